@@ -1,0 +1,19 @@
+//! Sans-IO SIP for Weir.
+//!
+//! This crate holds the protocol logic of the proxy and nothing else: no sockets,
+//! no clock reads, no async runtime. Bytes and the current time go in; bytes to
+//! send, timer deadlines and events come out. The `weir` binary owns the I/O.
+//!
+//! - [`message`]: byte-preserving messages, [`framing`] of datagrams and streams;
+//! - [`uri`] and [`headers`]: the typed views a proxy needs, parsed lazily;
+//! - [`transaction`]: the four state machines of RFC 3261 §17 (with RFC 6026);
+//! - [`proxy`]: the transaction-stateful proxy of RFC 3261 §16.
+
+pub mod framing;
+pub mod headers;
+pub mod message;
+mod text;
+pub mod uri;
+
+pub use message::{Framing, Message, Method, Rewrite};
+pub use text::unescape;

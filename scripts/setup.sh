@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Weir needs on a fresh Debian machine.
+#   setup.sh run    the Rust toolchain only (to build and run weir)
+#   setup.sh test   plus the real SIP peers and tools the tests start
+set -euo pipefail
+what="${1:-run}"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2
+  exit 1
+fi
+
+if [[ "$what" == test ]]; then
+  sudo=""
+  [[ "$(id -u)" != 0 ]] && sudo="sudo"
+  need=()
+  command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+  command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  if ((${#need[@]})); then
+    echo "setup: installing ${need[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
