@@ -12,7 +12,9 @@
 pub mod framing;
 pub mod headers;
 pub mod message;
+pub mod build;
 mod text;
+pub mod transaction;
 pub mod uri;
 
 pub use message::{Framing, Message, Method, Rewrite};

@@ -186,8 +186,6 @@ pub struct Message {
     start: StartLine,
     start_line: Span,
     headers: Vec<Field>,
-    /// Offset of the CRLF that ends the header section.
-    head_end: u32,
     body: Span,
     content_length: Option<usize>,
     defect: Option<Defect>,
@@ -275,7 +273,6 @@ impl Message {
             start,
             start_line,
             headers,
-            head_end: head_end as u32,
             body: Span::default(),
             content_length: None,
             defect,
@@ -486,14 +483,6 @@ impl Message {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub(crate) fn start_line_span(&self) -> Span {
-        self.start_line
-    }
-
-    pub(crate) fn head_end(&self) -> usize {
-        self.head_end as usize
     }
 
     pub(crate) fn raw(&self, span: Span) -> &[u8] {
