@@ -34,7 +34,9 @@ pub fn response(
                     if let Some(top) = top_via {
                         // Replace only the first value of the first Via line.
                         let value = req.value(f);
-                        let rest = crate::text::split_list(value).nth(1).map(|(o, _)| &value[o..]);
+                        let rest = crate::text::split_list(value)
+                            .nth(1)
+                            .map(|(o, _)| &value[o..]);
                         put(&mut out, b"Via", top);
                         if let Some(rest) = rest {
                             put(&mut out, b"Via", rest);
@@ -44,9 +46,15 @@ pub fn response(
                 }
                 out.put_slice(req.raw(f.line));
             }
-            HeaderName::From | HeaderName::CallId | HeaderName::CSeq => out.put_slice(req.raw(f.line)),
+            HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                out.put_slice(req.raw(f.line))
+            }
             HeaderName::To => {
-                let has_tag = req.to().and_then(Result::ok).and_then(|t| t.tag()).is_some();
+                let has_tag = req
+                    .to()
+                    .and_then(Result::ok)
+                    .and_then(|t| t.tag())
+                    .is_some();
                 match to_tag {
                     Some(tag) if !has_tag && status > 100 => {
                         out.put_slice(req.raw(f.name_span));
@@ -74,7 +82,11 @@ pub fn response(
 /// same Request-URI, top Via, Route, From and Call-ID as the INVITE, the To of
 /// the response, CSeq number of the INVITE with method ACK.
 pub fn ack(invite: &Message, resp: &Message) -> Bytes {
-    derived(invite, "ACK", resp.fields(HeaderName::To).next().map(|f| resp.raw(f.line)))
+    derived(
+        invite,
+        "ACK",
+        resp.fields(HeaderName::To).next().map(|f| resp.raw(f.line)),
+    )
 }
 
 /// A CANCEL for `req` (§9.1): the same Request-URI, top Via (so the same branch),
@@ -94,7 +106,9 @@ fn derived(req: &Message, method: &str, to_line: Option<&[u8]>) -> Bytes {
     }
     for f in req.fields_all() {
         match f.name {
-            HeaderName::Route | HeaderName::From | HeaderName::CallId => out.put_slice(req.raw(f.line)),
+            HeaderName::Route | HeaderName::From | HeaderName::CallId => {
+                out.put_slice(req.raw(f.line))
+            }
             HeaderName::To => match to_line {
                 Some(line) => out.put_slice(line),
                 None => out.put_slice(req.raw(f.line)),
@@ -103,7 +117,9 @@ fn derived(req: &Message, method: &str, to_line: Option<&[u8]>) -> Bytes {
         }
     }
     let seq = req.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
-    out.put_slice(format!("CSeq: {seq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").as_bytes());
+    out.put_slice(
+        format!("CSeq: {seq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    );
     out.freeze()
 }
 
@@ -135,13 +151,27 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn response_copies_the_dialog_headers() {
         let req = parse(Bytes::from_static(REQ));
-        let r = parse(response(&req, 486, "Busy Here", None, Some("xyz"), &["Retry-After: 5"]));
+        let r = parse(response(
+            &req,
+            486,
+            "Busy Here",
+            None,
+            Some("xyz"),
+            &["Retry-After: 5"],
+        ));
         assert_eq!(r.status(), Some(486));
         assert_eq!(r.list(HeaderName::Via).count(), 2);
         assert_eq!(r.to().unwrap().unwrap().tag(), Some(&b"xyz"[..]));
         assert_eq!(r.cseq().unwrap().unwrap().seq, 7);
         assert_eq!(r.fields_named("Retry-After").count(), 1);
-        let r = parse(response(&req, 400, "Bad", Some(b"SIP/2.0/UDP p.example;branch=z9hG4bKp1;received=192.0.2.1"), None, &[]));
+        let r = parse(response(
+            &req,
+            400,
+            "Bad",
+            Some(b"SIP/2.0/UDP p.example;branch=z9hG4bKp1;received=192.0.2.1"),
+            None,
+            &[],
+        ));
         let top = r.top_via().unwrap().unwrap();
         assert_eq!(top.received(), Some("192.0.2.1".parse().unwrap()));
         assert_eq!(r.list(HeaderName::Via).count(), 2);
@@ -154,7 +184,10 @@ Content-Length: 0\r\n\r\n";
         let ack = parse(ack(&req, &resp));
         assert_eq!(ack.method_bytes(), b"ACK");
         assert_eq!(ack.list(HeaderName::Via).count(), 1);
-        assert_eq!(ack.top_via().unwrap().unwrap().branch(), Some(&b"z9hG4bKp1"[..]));
+        assert_eq!(
+            ack.top_via().unwrap().unwrap().branch(),
+            Some(&b"z9hG4bKp1"[..])
+        );
         assert_eq!(ack.to().unwrap().unwrap().tag(), Some(&b"t9"[..]));
         assert_eq!(ack.cseq().unwrap().unwrap().method, b"ACK");
         assert_eq!(ack.count(HeaderName::Route), 1);

@@ -168,9 +168,15 @@ mod tests {
         assert!(drain(&mut f).is_empty());
         f.push(&all[10..50]);
         f.push(&all[50..all.len() - 1]);
-        assert_eq!(drain(&mut f), vec![StreamItem::Message(Bytes::from_static(a))]);
+        assert_eq!(
+            drain(&mut f),
+            vec![StreamItem::Message(Bytes::from_static(a))]
+        );
         f.push(&all[all.len() - 1..]);
-        assert_eq!(drain(&mut f), vec![StreamItem::Message(Bytes::from_static(b))]);
+        assert_eq!(
+            drain(&mut f),
+            vec![StreamItem::Message(Bytes::from_static(b))]
+        );
         assert_eq!(f.buffered(), 0);
     }
 
@@ -183,7 +189,12 @@ mod tests {
         assert!(drain(&mut f).is_empty());
         f.push(b"OPTIONS sip:x SIP/2.0\r\n\r\n");
         let items = drain(&mut f);
-        assert_eq!(items, vec![StreamItem::Message(Bytes::from_static(b"OPTIONS sip:x SIP/2.0\r\n\r\n"))]);
+        assert_eq!(
+            items,
+            vec![StreamItem::Message(Bytes::from_static(
+                b"OPTIONS sip:x SIP/2.0\r\n\r\n"
+            ))]
+        );
     }
 
     #[test]

@@ -281,7 +281,10 @@ impl<'a> Via<'a> {
     pub fn received(&self) -> Option<std::net::IpAddr> {
         let v = self.params.get("received").flatten()?;
         let s = std::str::from_utf8(v).ok()?;
-        let s = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
+        let s = s
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .unwrap_or(s);
         s.parse::<std::net::Ipv4Addr>()
             .map(std::net::IpAddr::V4)
             .or_else(|_| parse_ipv6(s).map(std::net::IpAddr::V6))
@@ -311,13 +314,16 @@ impl<'a> Via<'a> {
 fn scan_sent_by<'a>(sc: &mut Scanner<'a>) -> Result<(Host<'a>, &'a str, Option<u16>), HeaderError> {
     let start = sc.pos;
     if sc.peek() == Some(b'[') {
-        let close = sc.rest().iter().position(|&b| b == b']').ok_or(HeaderError::SentBy)?;
+        let close = sc
+            .rest()
+            .iter()
+            .position(|&b| b == b']')
+            .ok_or(HeaderError::SentBy)?;
         sc.pos += close + 1;
     } else {
         sc.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     }
-    let host_text =
-        std::str::from_utf8(&sc.s[start..sc.pos]).map_err(|_| HeaderError::SentBy)?;
+    let host_text = std::str::from_utf8(&sc.s[start..sc.pos]).map_err(|_| HeaderError::SentBy)?;
     let host = parse_host(host_text).map_err(|_| HeaderError::SentBy)?;
     let port = if sc.eat(b':') {
         sc.skip_ws();
@@ -378,7 +384,11 @@ impl<'a> NameAddr<'a> {
         }
         if sc.peek() == Some(b'<') {
             bracketed = true;
-            let close = sc.rest().iter().position(|&b| b == b'>').ok_or(HeaderError::Angle)?;
+            let close = sc
+                .rest()
+                .iter()
+                .position(|&b| b == b'>')
+                .ok_or(HeaderError::Angle)?;
             uri_bytes = &sc.rest()[1..close];
             sc.pos += close + 1;
         } else {
@@ -460,7 +470,10 @@ mod tests {
     #[test]
     fn compact_and_case() {
         assert_eq!(HeaderName::classify(b"v"), HeaderName::Via);
-        assert_eq!(HeaderName::classify(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
+        assert_eq!(
+            HeaderName::classify(b"MaX-fOrWaRdS"),
+            HeaderName::MaxForwards
+        );
         assert_eq!(HeaderName::classify(b"i"), HeaderName::CallId);
         assert_eq!(HeaderName::classify(b"C%6Fntact"), HeaderName::Other);
         assert_eq!(HeaderName::classify(b"l"), HeaderName::ContentLength);
@@ -471,16 +484,24 @@ mod tests {
         let v = Via::parse(b"SIP  /   2.0   /UDP     192.0.2.2;branch=390skdjuw").unwrap();
         assert!(v.transport_is("udp"));
         assert_eq!(v.branch(), Some(&b"390skdjuw"[..]));
-        let v = Via::parse(b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8").unwrap();
+        let v = Via::parse(
+            b"SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8",
+        )
+        .unwrap();
         assert_eq!(v.host, Host::Domain("spindle.example.com"));
         assert_eq!(v.branch(), Some(&b"z9hG4bK9ikj8"[..]));
     }
 
     #[test]
     fn via_received_and_rport() {
-        let v = Via::parse(b"SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bKas3-111").unwrap();
+        let v = Via::parse(
+            b"SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bKas3-111",
+        )
+        .unwrap();
         assert_eq!(v.received(), Some("2001:db8::9:255".parse().unwrap()));
-        let v = Via::parse(b"SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3").unwrap();
+        let v =
+            Via::parse(b"SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3")
+                .unwrap();
         assert_eq!(v.received(), Some("2001:db8::9:255".parse().unwrap()));
         let v = Via::parse(b"SIP/2.0/UDP 10.0.0.1:5070;rport;branch=z9hG4bK1").unwrap();
         assert_eq!(v.rport(), Some(None));
@@ -498,10 +519,14 @@ mod tests {
 
     #[test]
     fn name_addr_forms() {
-        let n = NameAddr::parse(br#""J Rosenberg \\\""       <sip:jdrosen@example.com>   ;   tag = 98asjd8"#).unwrap();
+        let n = NameAddr::parse(
+            br#""J Rosenberg \\\""       <sip:jdrosen@example.com>   ;   tag = 98asjd8"#,
+        )
+        .unwrap();
         assert_eq!(n.tag(), Some(&b"98asjd8"[..]));
         assert!(n.bracketed);
-        let n = NameAddr::parse(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
+        let n =
+            NameAddr::parse(b"sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
         assert_eq!(n.tag(), Some(&b"1918181833n"[..]));
         assert_eq!(n.uri_text, "sip:vivekg@chair-dnrc.example.com");
         let n = NameAddr::parse(b"caller<sip:caller@example.com>;tag=323").unwrap();
@@ -512,8 +537,14 @@ mod tests {
 
     #[test]
     fn name_addr_errors() {
-        assert_eq!(NameAddr::parse(br#""Mr. J. User <sip:j.user@example.com>"#), Err(HeaderError::Quote));
-        assert_eq!(NameAddr::parse(b"Bell, Alexander <sip:a@b>"), Err(HeaderError::DisplayName));
+        assert_eq!(
+            NameAddr::parse(br#""Mr. J. User <sip:j.user@example.com>"#),
+            Err(HeaderError::Quote)
+        );
+        assert_eq!(
+            NameAddr::parse(b"Bell, Alexander <sip:a@b>"),
+            Err(HeaderError::DisplayName)
+        );
         assert!(NameAddr::parse(b"\"Joe\" <sip:joe@example.org>;;;;").is_err());
         assert!(NameAddr::parse(b"sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
         assert!(NameAddr::parse(b"< sip:t.watson@example.org >").is_err());
@@ -521,8 +552,17 @@ mod tests {
 
     #[test]
     fn cseq() {
-        assert_eq!(CSeq::parse(b"0009\r\n  INVITE").unwrap(), CSeq { seq: 9, method: b"INVITE" });
-        assert_eq!(CSeq::parse(b"36893488147419103232 REGISTER"), Err(HeaderError::Number));
+        assert_eq!(
+            CSeq::parse(b"0009\r\n  INVITE").unwrap(),
+            CSeq {
+                seq: 9,
+                method: b"INVITE"
+            }
+        );
+        assert_eq!(
+            CSeq::parse(b"36893488147419103232 REGISTER"),
+            Err(HeaderError::Number)
+        );
         assert_eq!(CSeq::parse(b"1INVITE"), Err(HeaderError::Method));
     }
 }

@@ -9,10 +9,12 @@
 //! - [`transaction`]: the four state machines of RFC 3261 §17 (with RFC 6026);
 //! - [`proxy`]: the transaction-stateful proxy of RFC 3261 §16.
 
+pub mod build;
 pub mod framing;
 pub mod headers;
 pub mod message;
-pub mod build;
+pub mod proxy;
+mod slab;
 mod text;
 pub mod transaction;
 pub mod uri;

@@ -194,7 +194,10 @@ pub struct Message {
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Message")
-            .field("start", &String::from_utf8_lossy(&self.buf[self.start_line.range()]))
+            .field(
+                "start",
+                &String::from_utf8_lossy(&self.buf[self.start_line.range()]),
+            )
             .field("headers", &self.headers.len())
             .field("body", &self.body.len())
             .field("defect", &self.defect)
@@ -306,7 +309,8 @@ impl Message {
         for f in self.fields(HeaderName::ContentLength) {
             let v = self.value(f);
             let n = parse_decimal(v, 1 << 30)
-                .ok_or_else(|| Defect::new(400, "Bad Content-Length"))? as usize;
+                .ok_or_else(|| Defect::new(400, "Bad Content-Length"))?
+                as usize;
             match found {
                 Some(prev) if prev != n => {
                     return Err(Defect::new(400, "Conflicting Content-Length headers"))
@@ -359,7 +363,8 @@ impl Message {
 
     /// The Request-URI, parsed.
     pub fn request_uri(&self) -> Result<Uri<'_>, UriError> {
-        let s = std::str::from_utf8(self.request_uri_bytes()).map_err(|_| UriError::BadCharacter)?;
+        let s =
+            std::str::from_utf8(self.request_uri_bytes()).map_err(|_| UriError::BadCharacter)?;
         Uri::parse(s)
     }
 
@@ -428,7 +433,9 @@ impl Message {
 
     /// The top Via, parsed.
     pub fn top_via(&self) -> Option<Result<Via<'_>, HeaderError>> {
-        self.list(HeaderName::Via).next().map(|(_, v)| Via::parse(v))
+        self.list(HeaderName::Via)
+            .next()
+            .map(|(_, v)| Via::parse(v))
     }
 
     pub fn call_id(&self) -> Option<&[u8]> {
@@ -525,7 +532,10 @@ fn parse_start_line(
 ) -> Result<StartLine, ParseError> {
     if let Some(rest) = line.strip_prefix(b"SIP/") {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
-        let sp = rest.iter().position(|&b| b == b' ').ok_or(ParseError::StartLine)?;
+        let sp = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or(ParseError::StartLine)?;
         let after = &rest[sp + 1..];
         let code_end = after.iter().position(|&b| b == b' ').unwrap_or(after.len());
         let code = &after[..code_end];
@@ -546,7 +556,10 @@ fn parse_start_line(
         });
     }
     // Request-Line = Method SP Request-URI SP SIP-Version
-    let m_end = line.iter().position(|&b| b == b' ').ok_or(ParseError::StartLine)?;
+    let m_end = line
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(ParseError::StartLine)?;
     let method = &line[..m_end];
     if method.is_empty() || !method.iter().all(|&b| is_token(b)) {
         return Err(ParseError::StartLine);
@@ -554,7 +567,10 @@ fn parse_start_line(
     let after = &line[m_end + 1..];
     let core_end = after.len() - after.iter().rev().take_while(|&&b| b == b' ').count();
     let lead = after[..core_end].iter().take_while(|&&b| b == b' ').count();
-    let v_sp = after[..core_end].iter().rposition(|&b| b == b' ').ok_or(ParseError::StartLine)?;
+    let v_sp = after[..core_end]
+        .iter()
+        .rposition(|&b| b == b' ')
+        .ok_or(ParseError::StartLine)?;
     if v_sp < lead {
         return Err(ParseError::StartLine);
     }
@@ -569,7 +585,10 @@ fn parse_start_line(
     }
     // RFC 4475 §3.1.2.9/10: extra SP around the URI or after the version is invalid.
     if lead > 0 || core_end < after.len() || uri_e < m_end + 1 + v_sp {
-        defect.get_or_insert(Defect::new(400, "Malformed request line (extra white space)"));
+        defect.get_or_insert(Defect::new(
+            400,
+            "Malformed request line (extra white space)",
+        ));
     }
     if &version[4..] != b"2.0" {
         defect.get_or_insert(Defect::new(505, "Version Not Supported"));
@@ -616,8 +635,13 @@ pub struct Rewrite<'m> {
 enum FieldEdit {
     Remove,
     Replace(Vec<u8>),
-    /// Remove the first `n` comma-separated values of the line.
-    DropFirstValues(usize),
+    /// Edits of a comma-separated line: values dropped at either end, and a new
+    /// first value (after the drops).
+    Values {
+        drop_front: usize,
+        drop_back: usize,
+        first: Option<Vec<u8>>,
+    },
 }
 
 impl<'m> Rewrite<'m> {
@@ -680,7 +704,46 @@ impl<'m> Rewrite<'m> {
     /// Removes the first `n` values of a comma-separated header line; the whole line
     /// goes when nothing is left.
     pub fn drop_first_values(&mut self, index: usize, n: usize) {
-        self.set_edit(index, FieldEdit::DropFirstValues(n));
+        self.values_edit(index, |front, _, _| *front += n);
+    }
+
+    /// Removes the last `n` values of a comma-separated header line.
+    pub fn drop_last_values(&mut self, index: usize, n: usize) {
+        self.values_edit(index, |_, back, _| *back += n);
+    }
+
+    /// Replaces the first (remaining) value of a comma-separated header line.
+    pub fn replace_first_value(&mut self, index: usize, value: &[u8]) {
+        self.values_edit(index, |_, _, first| *first = Some(value.to_vec()));
+    }
+
+    fn values_edit(
+        &mut self,
+        index: usize,
+        f: impl FnOnce(&mut usize, &mut usize, &mut Option<Vec<u8>>),
+    ) {
+        let slot = match self.edits.iter().position(|(i, _)| *i == index) {
+            Some(p) => p,
+            None => {
+                self.edits.push((
+                    index,
+                    FieldEdit::Values {
+                        drop_front: 0,
+                        drop_back: 0,
+                        first: None,
+                    },
+                ));
+                self.edits.len() - 1
+            }
+        };
+        if let FieldEdit::Values {
+            drop_front,
+            drop_back,
+            first,
+        } = &mut self.edits[slot].1
+        {
+            f(drop_front, drop_back, first);
+        }
     }
 
     /// Replaces the body and its Content-Length.
@@ -722,7 +785,11 @@ impl<'m> Rewrite<'m> {
                 }
                 saw_cl = true;
                 if body.is_some() || m.content_length != Some(body_len) {
-                    put_line(&mut out, m.raw(f.name_span), body_len.to_string().as_bytes());
+                    put_line(
+                        &mut out,
+                        m.raw(f.name_span),
+                        body_len.to_string().as_bytes(),
+                    );
                     continue;
                 }
             }
@@ -730,12 +797,33 @@ impl<'m> Rewrite<'m> {
                 None => out.put_slice(m.raw(f.line)),
                 Some(FieldEdit::Remove) => {}
                 Some(FieldEdit::Replace(v)) => put_line(&mut out, m.raw(f.name_span), v),
-                Some(FieldEdit::DropFirstValues(n)) => {
+                Some(FieldEdit::Values {
+                    drop_front,
+                    drop_back,
+                    first,
+                }) => {
                     let v = m.raw(f.value);
-                    let rest = split_list(v).nth(*n).map(|(off, _)| &v[off..]);
-                    if let Some(rest) = rest.filter(|r| !trim(r).is_empty()) {
-                        put_line(&mut out, m.raw(f.name_span), rest);
+                    let items: Vec<(usize, &[u8])> = split_list(v).collect();
+                    let end = items.len().saturating_sub(*drop_back);
+                    if *drop_front >= end {
+                        continue;
                     }
+                    let kept = &items[*drop_front..end];
+                    let last = kept[kept.len() - 1];
+                    let stop = last.0 + last.1.len();
+                    out.put_slice(m.raw(f.name_span));
+                    out.put_slice(b": ");
+                    match first {
+                        Some(first) => {
+                            out.put_slice(first);
+                            if kept.len() > 1 {
+                                out.put_slice(b", ");
+                                out.put_slice(&v[kept[1].0..stop]);
+                            }
+                        }
+                        None => out.put_slice(&v[kept[0].0..stop]),
+                    }
+                    out.put_slice(b"\r\n");
                 }
             }
         }
@@ -784,7 +872,10 @@ Content-Length: 4\r\n\r\nbody";
         assert_eq!(m.method(), Some(Method::Invite));
         assert_eq!(m.request_uri_bytes(), b"sip:bob@example.com");
         assert_eq!(m.list(HeaderName::Via).count(), 2);
-        assert_eq!(m.top_via().unwrap().unwrap().branch(), Some(&b"z9hG4bKa"[..]));
+        assert_eq!(
+            m.top_via().unwrap().unwrap().branch(),
+            Some(&b"z9hG4bKa"[..])
+        );
         assert_eq!(m.call_id(), Some(&b"abc"[..]));
         assert_eq!(m.cseq().unwrap().unwrap().seq, 1);
         assert_eq!(m.from().unwrap().unwrap().tag(), Some(&b"1"[..]));
@@ -805,8 +896,16 @@ Content-Length: 4\r\n\r\nbody";
     #[test]
     fn drop_first_values_keeps_the_rest() {
         let m = parse(INVITE);
-        let route = m.fields_all().iter().position(|f| f.name == HeaderName::Route).unwrap();
-        let via = m.fields_all().iter().position(|f| f.name == HeaderName::Via).unwrap();
+        let route = m
+            .fields_all()
+            .iter()
+            .position(|f| f.name == HeaderName::Route)
+            .unwrap();
+        let via = m
+            .fields_all()
+            .iter()
+            .position(|f| f.name == HeaderName::Via)
+            .unwrap();
         let mut rw = Rewrite::new(&m);
         rw.drop_first_values(route, 1);
         rw.drop_first_values(via, 2);
@@ -814,6 +913,17 @@ Content-Length: 4\r\n\r\nbody";
         let s = std::str::from_utf8(&out).unwrap();
         assert!(s.contains("\r\nRoute: <sip:p2.example.com;lr>\r\n"), "{s}");
         assert!(!s.contains("Via:"), "{s}");
+
+        let mut rw = Rewrite::new(&m);
+        rw.drop_last_values(route, 1);
+        rw.replace_first_value(
+            via,
+            b"SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=192.0.2.9",
+        );
+        let out = rw.finish();
+        let s = std::str::from_utf8(&out).unwrap();
+        assert!(s.contains("\r\nRoute: <sip:p1.example.com;lr>\r\n"), "{s}");
+        assert!(s.contains("\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKa;received=192.0.2.9, SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKb\r\n"), "{s}");
     }
 
     #[test]
@@ -825,7 +935,10 @@ Content-Length: 4\r\n\r\nbody";
         let m = parse(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: -1\r\n\r\nab");
         assert_eq!(m.defect().unwrap().reason, "Bad Content-Length");
         let m = parse(b"OPTIONS sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nab");
-        assert_eq!(m.defect().unwrap().reason, "Conflicting Content-Length headers");
+        assert_eq!(
+            m.defect().unwrap().reason,
+            "Conflicting Content-Length headers"
+        );
         let m = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\nrest of datagram");
         assert_eq!(m.body(), b"rest of datagram");
         assert_eq!(m.content_length(), None);
@@ -835,7 +948,10 @@ Content-Length: 4\r\n\r\nbody";
     fn missing_content_length_is_added_on_rewrite() {
         let m = parse(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\nabc");
         let out = Rewrite::new(&m).finish();
-        assert_eq!(&out[..], b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(
+            &out[..],
+            b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\nContent-Length: 3\r\n\r\nabc"
+        );
     }
 
     #[test]
@@ -843,7 +959,10 @@ Content-Length: 4\r\n\r\nbody";
         let raw = b"OPTIONS sip:a@b SIP/2.0\r\nCSeq: 0009\r\n  OPTIONS\r\nX: a\r\n b\r\n\r\n";
         let m = parse(raw);
         assert_eq!(m.cseq().unwrap().unwrap().seq, 9);
-        assert_eq!(&Rewrite::new(&m).finish()[..raw.len() - 2], &raw[..raw.len() - 2]);
+        assert_eq!(
+            &Rewrite::new(&m).finish()[..raw.len() - 2],
+            &raw[..raw.len() - 2]
+        );
     }
 
     #[test]
@@ -854,19 +973,35 @@ Content-Length: 4\r\n\r\nbody";
         assert_eq!(m.defect().unwrap().status, 400);
         let m = parse(b"OPTIONS sip:a@b SIP/2.0  \r\n\r\n");
         assert_eq!(m.defect().unwrap().status, 400);
-        assert!(Message::parse(Bytes::from_static(b"INVITE sip:a@b\r\n\r\n"), Framing::Datagram).is_err());
+        assert!(Message::parse(
+            Bytes::from_static(b"INVITE sip:a@b\r\n\r\n"),
+            Framing::Datagram
+        )
+        .is_err());
         let r = parse(b"SIP/2.0 100 \r\nVia: x\r\n\r\n");
         assert_eq!(r.status(), Some(100));
         assert_eq!(r.reason(), b"");
-        assert!(Message::parse(Bytes::from_static(b"SIP/2.0 4294967301 Big\r\n\r\n"), Framing::Datagram).is_err());
+        assert!(Message::parse(
+            Bytes::from_static(b"SIP/2.0 4294967301 Big\r\n\r\n"),
+            Framing::Datagram
+        )
+        .is_err());
     }
 
     #[test]
     fn unterminated_and_bare_lf() {
         assert_eq!(
-            Message::parse(Bytes::from_static(b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n"), Framing::Datagram).err(),
+            Message::parse(
+                Bytes::from_static(b"OPTIONS sip:a@b SIP/2.0\r\nl: 0\r\n"),
+                Framing::Datagram
+            )
+            .err(),
             Some(ParseError::Unterminated)
         );
-        assert!(Message::parse(Bytes::from_static(b"OPTIONS sip:a@b SIP/2.0\nl: 0\n\n"), Framing::Datagram).is_err());
+        assert!(Message::parse(
+            Bytes::from_static(b"OPTIONS sip:a@b SIP/2.0\nl: 0\n\n"),
+            Framing::Datagram
+        )
+        .is_err());
     }
 }

@@ -76,7 +76,11 @@ pub(crate) fn find_top_level(s: &[u8], needle: u8) -> Option<usize> {
 /// Splits a header value on top-level commas (RFC 3261 §7.3.1), yielding trimmed,
 /// possibly empty, pieces with their offsets in `s`.
 pub(crate) fn split_list(s: &[u8]) -> ListIter<'_> {
-    ListIter { s, pos: 0, done: false }
+    ListIter {
+        s,
+        pos: 0,
+        done: false,
+    }
 }
 
 #[derive(Debug)]

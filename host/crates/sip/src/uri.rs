@@ -122,7 +122,10 @@ pub enum Uri<'a> {
     Sip(SipUri<'a>),
     Tel(TelUri<'a>),
     /// An absolute URI of a scheme this proxy does not route (RFC 3261 `absoluteURI`).
-    Other { scheme: &'a str, rest: &'a str },
+    Other {
+        scheme: &'a str,
+        rest: &'a str,
+    },
 }
 
 impl<'a> Uri<'a> {
@@ -139,7 +142,9 @@ impl<'a> Uri<'a> {
         {
             return Err(UriError::NoScheme);
         }
-        if s.bytes().any(|b| b <= b' ' || b >= 0x7f || b == b'<' || b == b'>' || b == b'"') {
+        if s.bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b == b'<' || b == b'>' || b == b'"')
+        {
             return Err(UriError::BadCharacter);
         }
         if scheme.eq_ignore_ascii_case("sip") {
@@ -461,7 +466,10 @@ mod tests {
         ));
         assert!(matches!(
             Uri::parse("soap.beep://192.0.2.103:3002"),
-            Ok(Uri::Other { scheme: "soap.beep", .. })
+            Ok(Uri::Other {
+                scheme: "soap.beep",
+                ..
+            })
         ));
         assert!(matches!(Uri::parse("SIP:a@b"), Ok(Uri::Sip(_))));
         assert_eq!(Uri::parse("<sip:a@b>"), Err(UriError::NoScheme));

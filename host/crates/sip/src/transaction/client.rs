@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{due, earliest, Backoff, Step, Timers, TuEvent};
 use crate::build;
-use crate::message::Message;
+use crate::message::{Framing, Message};
 
 /// The INVITE client transaction (RFC 3261 §17.1.1, Figure 5, as corrected by
 /// RFC 6026 §7.2, Figure 3).
@@ -30,7 +30,6 @@ use crate::message::Message;
 /// ```
 #[derive(Debug)]
 pub struct ClientInvite {
-    request: Message,
     wire: Bytes,
     reliable: bool,
     timers: Timers,
@@ -70,10 +69,9 @@ struct Accepted {
 impl ClientInvite {
     /// Starts the transaction. The caller sends `wire` once now; the transaction
     /// asks for every retransmission.
-    pub fn new(now: Instant, request: Message, wire: Bytes, reliable: bool, timers: Timers) -> Self {
+    pub fn new(now: Instant, wire: Bytes, reliable: bool, timers: Timers) -> Self {
         let retransmit = (!reliable).then(|| Backoff::start(now, timers.t1, None));
         ClientInvite {
-            request,
             wire,
             reliable,
             timers,
@@ -85,10 +83,6 @@ impl ClientInvite {
     }
 
     /// The request this transaction sent, as it went on the wire.
-    pub fn request(&self) -> &Message {
-        &self.request
-    }
-
     pub fn wire(&self) -> &Bytes {
         &self.wire
     }
@@ -109,21 +103,28 @@ impl ClientInvite {
 
     /// True once any response arrived (CANCEL may be sent only then: §9.1).
     pub fn has_response(&self) -> bool {
-        !matches!(self.state, InviteState::Calling(_) | InviteState::Terminated)
+        !matches!(
+            self.state,
+            InviteState::Calling(_) | InviteState::Terminated
+        )
     }
 
     /// True until a final response or a timeout.
     pub fn is_pending(&self) -> bool {
-        matches!(self.state, InviteState::Calling(_) | InviteState::Proceeding)
+        matches!(
+            self.state,
+            InviteState::Calling(_) | InviteState::Proceeding
+        )
     }
 
     pub fn handle_response(&mut self, now: Instant, resp: Message) -> Step {
         let code = resp.status().unwrap_or(0);
         let state = std::mem::replace(&mut self.state, InviteState::Terminated);
         let (next, step) = match state {
-            InviteState::Calling(_) | InviteState::Proceeding if code < 200 => {
-                (InviteState::Proceeding, Step::event(TuEvent::Response(resp)))
-            }
+            InviteState::Calling(_) | InviteState::Proceeding if code < 200 => (
+                InviteState::Proceeding,
+                Step::event(TuEvent::Response(resp)),
+            ),
             InviteState::Calling(_) | InviteState::Proceeding if code < 300 => (
                 InviteState::Accepted(Accepted {
                     until: now + self.timers.t1x64(),
@@ -131,7 +132,10 @@ impl ClientInvite {
                 Step::event(TuEvent::Response(resp)),
             ),
             InviteState::Calling(_) | InviteState::Proceeding => {
-                let ack = build::ack(&self.request, &resp);
+                // The request is our own serialisation; it always parses.
+                let ack = Message::parse(self.wire.clone(), Framing::Exact)
+                    .map(|req| build::ack(&req, &resp))
+                    .unwrap_or_default();
                 (
                     InviteState::Completed(Completed {
                         ack: ack.clone(),
@@ -149,7 +153,10 @@ impl ClientInvite {
             }
             InviteState::Accepted(a) if (200..300).contains(&code) => {
                 // RFC 6026: further 2xx go to the TU, which forwards them.
-                (InviteState::Accepted(a), Step::event(TuEvent::Response(resp)))
+                (
+                    InviteState::Accepted(a),
+                    Step::event(TuEvent::Response(resp)),
+                )
             }
             other => (other, Step::none()),
         };
@@ -227,7 +234,6 @@ impl ClientInvite {
 /// ```
 #[derive(Debug)]
 pub struct ClientNonInvite {
-    request: Message,
     wire: Bytes,
     reliable: bool,
     timers: Timers,
@@ -251,10 +257,9 @@ struct Waiting {
 }
 
 impl ClientNonInvite {
-    pub fn new(now: Instant, request: Message, wire: Bytes, reliable: bool, timers: Timers) -> Self {
+    pub fn new(now: Instant, wire: Bytes, reliable: bool, timers: Timers) -> Self {
         let retransmit = (!reliable).then(|| Backoff::start(now, timers.t1, Some(timers.t2)));
         ClientNonInvite {
-            request,
             wire,
             reliable,
             timers,
@@ -265,8 +270,8 @@ impl ClientNonInvite {
         }
     }
 
-    pub fn request(&self) -> &Message {
-        &self.request
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
     }
 
     pub fn state_name(&self) -> &'static str {
@@ -283,16 +288,20 @@ impl ClientNonInvite {
     }
 
     pub fn is_pending(&self) -> bool {
-        matches!(self.state, NonInviteState::Trying(_) | NonInviteState::Proceeding(_))
+        matches!(
+            self.state,
+            NonInviteState::Trying(_) | NonInviteState::Proceeding(_)
+        )
     }
 
     pub fn handle_response(&mut self, now: Instant, resp: Message) -> Step {
         let code = resp.status().unwrap_or(0);
         let state = std::mem::replace(&mut self.state, NonInviteState::Terminated);
         let (next, step) = match state {
-            NonInviteState::Trying(w) | NonInviteState::Proceeding(w) if code < 200 => {
-                (NonInviteState::Proceeding(w), Step::event(TuEvent::Response(resp)))
-            }
+            NonInviteState::Trying(w) | NonInviteState::Proceeding(w) if code < 200 => (
+                NonInviteState::Proceeding(w),
+                Step::event(TuEvent::Response(resp)),
+            ),
             NonInviteState::Trying(_) | NonInviteState::Proceeding(_) => (
                 NonInviteState::Completed {
                     until: now + self.timers.t4_or_zero(self.reliable),

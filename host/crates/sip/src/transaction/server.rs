@@ -157,9 +157,10 @@ impl ServerInvite {
     pub fn handle_timeout(&mut self, now: Instant) -> Step {
         let state = std::mem::replace(&mut self.state, ServerInviteState::Terminated);
         let (next, step) = match state {
-            ServerInviteState::Completed(c) if now >= c.give_up => {
-                (ServerInviteState::Terminated, Step::event(TuEvent::AckTimeout))
-            }
+            ServerInviteState::Completed(c) if now >= c.give_up => (
+                ServerInviteState::Terminated,
+                Step::event(TuEvent::AckTimeout),
+            ),
             ServerInviteState::Completed(mut c) => {
                 let step = if c.retransmit.as_mut().is_some_and(|r| r.fire(now)) {
                     Step::send(c.response.clone())

@@ -1,0 +1,1977 @@
+//! The proxy state: server and client transactions, response contexts, timers.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::validate::{check_request, check_response, Rejection};
+use super::{
+    Decision, Event, Flow, Listener, ProxyConfig, RecordRoute, Router, SendTag, Stats, Target,
+    Transmit, Transport,
+};
+use crate::build;
+use crate::headers::{HeaderName, NameAddr, Via};
+use crate::message::{Framing, Message, Method, Rewrite};
+use crate::slab::{Key, Slab};
+use crate::transaction::{
+    ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, Step, TuEvent,
+};
+use crate::uri::{Host, Scheme, SipUri, Uri};
+
+/// Prefix of every branch this proxy writes: the RFC 3261 magic cookie and a
+/// marker, then the loop-detection hash (16 hex digits), a dot and a random part.
+const BRANCH_PREFIX: &str = "z9hG4bKw";
+
+/// The transaction-stateful proxy. See the [module documentation](super).
+pub struct Proxy {
+    cfg: ProxyConfig,
+    router: Box<dyn Router>,
+    rng: u64,
+    servers: HashMap<Box<[u8]>, Key>,
+    server_txns: Slab<ServerTxn>,
+    clients: HashMap<(Box<[u8]>, bool), Key>,
+    client_txns: Slab<ClientTxn>,
+    contexts: Slab<Context>,
+    timers: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    resolving: HashMap<u64, Pending>,
+    next_resolve: u64,
+    stats: Stats,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerRef {
+    Server(Key),
+    Client(Key),
+    Context(Key),
+}
+
+/// Where responses to a request go (RFC 3261 §18.2.2).
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    transport: Transport,
+    local: SocketAddr,
+    remote: SocketAddr,
+    conn: Option<u64>,
+}
+
+#[derive(Debug)]
+enum ServerMachine {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+#[derive(Debug)]
+struct ServerTxn {
+    key: Box<[u8]>,
+    machine: ServerMachine,
+    peer: Peer,
+    request: Message,
+    /// The top Via with `received`/`rport` filled in.
+    top_via: Vec<u8>,
+    to_tag: String,
+    context: Option<Key>,
+    armed: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum ClientMachine {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+#[derive(Debug)]
+struct ClientTxn {
+    key: (Box<[u8]>, bool),
+    machine: ClientMachine,
+    peer: Peer,
+    /// The context and branch index this transaction works for.
+    owner: Option<(Key, usize)>,
+    /// Forget the transaction at this time whatever its state (a branch that was
+    /// abandoned after CANCEL must not linger if the 487 never comes).
+    expire: Option<Instant>,
+    armed: Option<Instant>,
+}
+
+impl ClientTxn {
+    fn poll_timeout(&self) -> Option<Instant> {
+        let t = match &self.machine {
+            ClientMachine::Invite(m) => m.poll_timeout(),
+            ClientMachine::NonInvite(m) => m.poll_timeout(),
+        };
+        match (t, self.expire) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn is_terminated(&self) -> bool {
+        match &self.machine {
+            ClientMachine::Invite(m) => m.is_terminated(),
+            ClientMachine::NonInvite(m) => m.is_terminated(),
+        }
+    }
+}
+
+/// How the proxy reaches a next hop, before DNS.
+#[derive(Debug, Clone)]
+struct NextHop {
+    host: String,
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+    /// Named by `transport=` or implied by `sips:`.
+    transport: Option<Transport>,
+    sips: bool,
+}
+
+/// What §16.4 route pre-processing decided for a request.
+#[derive(Debug, Clone, Default)]
+struct RoutePlan {
+    /// Route values naming this proxy at the top, as (line, count) to drop.
+    drop_front: Vec<(usize, usize)>,
+    /// Strict-router compatibility: the Request-URI named us, so the last Route
+    /// value becomes the Request-URI: (its line, its URI).
+    from_last_route: Option<(usize, String)>,
+    /// The first Route value left, if any: the next hop.
+    next_route: Option<String>,
+}
+
+/// A forward waiting for DNS or ready to go.
+#[derive(Debug)]
+struct Forward {
+    request: Message,
+    plan: RoutePlan,
+    /// The Request-URI to send.
+    uri: String,
+    inbound: usize,
+    record_route: bool,
+    loop_hash: u64,
+    top_via: Vec<u8>,
+    kind: ForwardKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ForwardKind {
+    /// A branch of a response context.
+    Branch(Key, usize),
+    /// ACK for a 2xx, or CANCEL with no matching transaction (§16.10, §16.11):
+    /// no transaction; the branch is derived from the incoming one.
+    Stateless,
+}
+
+#[derive(Debug)]
+struct Pending {
+    forward: Forward,
+    hop: NextHop,
+}
+
+#[derive(Debug)]
+enum Final {
+    Received(Message),
+    Local {
+        status: u16,
+        reason: Cow<'static, str>,
+    },
+}
+
+impl Final {
+    fn status(&self) -> u16 {
+        match self {
+            Final::Received(m) => m.status().unwrap_or(500),
+            Final::Local { status, .. } => *status,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Branch {
+    client: Option<Key>,
+    resolving: Option<u64>,
+    deadline: Option<Instant>,
+    target_deadline: Option<Instant>,
+    provisional: bool,
+    cancel_pending: bool,
+    finished: bool,
+}
+
+/// A response context (§16.7): one server transaction and its branches.
+#[derive(Debug)]
+struct Context {
+    server: Key,
+    request: Message,
+    method: Method,
+    plan: RoutePlan,
+    inbound: usize,
+    loop_hash: u64,
+    record_route: bool,
+    targets: VecDeque<Target>,
+    branches: Vec<Branch>,
+    finals: Vec<Final>,
+    answered: bool,
+    cancelled: bool,
+    armed: Option<Instant>,
+}
+
+impl Context {
+    fn active(&self) -> bool {
+        self.branches.iter().any(|b| !b.finished)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.branches
+            .iter()
+            .filter(|b| !b.finished)
+            .filter_map(|b| match (b.deadline, b.target_deadline) {
+                (Some(a), Some(c)) => Some(a.min(c)),
+                (a, c) => a.or(c),
+            })
+            .min()
+    }
+}
+
+impl Proxy {
+    /// A proxy with `cfg`, asking `router` about initial requests. `seed` feeds
+    /// the branch and tag generator: pass something random.
+    pub fn new(cfg: ProxyConfig, router: Box<dyn Router>, seed: u64) -> Proxy {
+        Proxy {
+            cfg,
+            router,
+            rng: seed | 1,
+            servers: HashMap::new(),
+            server_txns: Slab::default(),
+            clients: HashMap::new(),
+            client_txns: Slab::default(),
+            contexts: Slab::default(),
+            timers: BinaryHeap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            resolving: HashMap::new(),
+            next_resolve: 1,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    /// Replaces the router (for example when plugins are reloaded).
+    pub fn set_router(&mut self, router: Box<dyn Router>) {
+        self.router = router;
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            live_server_transactions: self.server_txns.len(),
+            live_client_transactions: self.client_txns.len(),
+            live_contexts: self.contexts.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest deadline at which [`Proxy::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// One message: a whole UDP datagram, or one message framed from a stream.
+    pub fn handle_input(&mut self, now: Instant, flow: Flow, bytes: Bytes) {
+        if flow.transport == Transport::Udp {
+            match crate::framing::classify_datagram(&bytes) {
+                crate::framing::DatagramKind::Sip => {}
+                _ => return,
+            }
+        }
+        let framing = match flow.transport {
+            Transport::Udp => Framing::Datagram,
+            _ => Framing::Exact,
+        };
+        let too_large = bytes.len() > self.cfg.max_message;
+        let msg = match Message::parse(bytes, framing) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        if too_large {
+            if msg.is_request() && msg.method() != Some(Method::Ack) {
+                self.reply_stateless(&flow, &msg, &Rejection::new(513, "Message Too Large"));
+            } else {
+                self.stats.dropped_malformed += 1;
+            }
+            return;
+        }
+        if msg.is_request() {
+            self.on_request(now, flow, msg);
+        } else {
+            self.on_response(now, flow, msg);
+        }
+    }
+
+    /// Fires every timer that is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, r))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match r {
+                TimerRef::Server(k) => self.server_timer(now, k, at),
+                TimerRef::Client(k) => self.client_timer(now, k, at),
+                TimerRef::Context(k) => self.context_timer(now, k, at),
+            }
+        }
+    }
+
+    /// The answer to [`Event::Resolve`].
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        id: u64,
+        addrs: Result<Vec<SocketAddr>, String>,
+    ) {
+        let Some(p) = self.resolving.remove(&id) else {
+            return;
+        };
+        if let ForwardKind::Branch(ctx, i) = p.forward.kind {
+            match self
+                .contexts
+                .get_mut(ctx)
+                .and_then(|c| c.branches.get_mut(i))
+            {
+                Some(b) if b.resolving == Some(id) => b.resolving = None,
+                _ => return,
+            }
+        }
+        let transport = self.pick_transport(&p.hop, p.forward.request.len());
+        let addr = match addrs {
+            Ok(list) => list
+                .iter()
+                .find(|a| self.listener_for(transport, a.ip()).is_some())
+                .or(list.first())
+                .copied(),
+            Err(_) => None,
+        };
+        match addr {
+            Some(addr) => self.send_forward(now, p.forward, &p.hop, addr),
+            None => {
+                let reason = format!("Service Unavailable (DNS lookup of {} failed)", p.hop.host);
+                self.forward_failed(now, p.forward.kind, 503, reason.into());
+            }
+        }
+    }
+
+    /// A transmit tagged with `tag` could not be delivered.
+    pub fn handle_send_error(&mut self, now: Instant, tag: SendTag) {
+        let Some(txn) = self.client_txns.get_mut(tag.0) else {
+            return;
+        };
+        let step = match &mut txn.machine {
+            ClientMachine::Invite(m) => m.handle_transport_error(),
+            ClientMachine::NonInvite(m) => m.handle_transport_error(),
+        };
+        self.after_client_step(now, tag.0, step);
+    }
+
+    // ----- requests -------------------------------------------------------------
+
+    fn on_request(&mut self, now: Instant, flow: Flow, msg: Message) {
+        self.stats.requests_in += 1;
+        let method = msg.method().unwrap_or(Method::Extension);
+        // Match retransmissions, ACKs and CANCELs before validating again.
+        if let Some(key) = server_key(&msg, false) {
+            if method == Method::Ack {
+                if let Some(k) = self
+                    .servers
+                    .get(&server_key_for(&msg, Method::Invite))
+                    .copied()
+                {
+                    if let Some(ServerTxn {
+                        machine: ServerMachine::Invite(m),
+                        ..
+                    }) = self.server_txns.get_mut(k)
+                    {
+                        if m.handle_ack(now) {
+                            self.stats.retransmissions_absorbed += 1;
+                            self.arm_server(k);
+                            return;
+                        }
+                    }
+                }
+            } else if let Some(&k) = self.servers.get(&key) {
+                self.stats.retransmissions_absorbed += 1;
+                self.server_retransmission(k);
+                return;
+            }
+        }
+        let Some(via) = lenient_top_via(&msg) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let top_via = stamp_via(&via, &flow);
+        if let Err(rej) = check_request(&msg) {
+            self.reject(&flow, &msg, &top_via, &rej);
+            return;
+        }
+        let loop_hash = loop_hash(&msg);
+        if self.is_loop(&msg, loop_hash) {
+            self.stats.loops_detected += 1;
+            self.reject(&flow, &msg, &top_via, &Rejection::new(482, "Loop Detected"));
+            return;
+        }
+        let inbound = self.inbound_listener(&flow);
+        let plan = match self.preprocess_routes(&msg) {
+            Ok(p) => p,
+            Err(rej) => {
+                self.reject(&flow, &msg, &top_via, &rej);
+                return;
+            }
+        };
+        match method {
+            Method::Ack => {
+                self.forward_stateless(now, msg, plan, inbound, loop_hash, top_via);
+                return;
+            }
+            Method::Cancel => {
+                self.on_cancel(now, flow, msg, plan, inbound, loop_hash, top_via);
+                return;
+            }
+            _ => {}
+        }
+        let in_dialog = msg
+            .to()
+            .and_then(Result::ok)
+            .and_then(|t| t.tag())
+            .is_some();
+        let ruri_is_local = self.request_uri_is_local(&msg, &plan);
+        let decision = if plan.next_route.is_some() {
+            // A route set names the next hop; the Request-URI goes along unchanged.
+            Decision::Forward(vec![Target::new(effective_ruri(&msg, &plan))])
+        } else if ruri_is_local && method == Method::Options && !in_dialog {
+            Decision::Reply {
+                status: 200,
+                reason: "OK".into(),
+            }
+        } else if in_dialog {
+            if ruri_is_local {
+                Decision::Reply {
+                    status: 481,
+                    reason: "Call/Transaction Does Not Exist".into(),
+                }
+            } else {
+                Decision::Forward(vec![Target::new(effective_ruri(&msg, &plan))])
+            }
+        } else {
+            self.router.route(&msg, &flow)
+        };
+        if matches!(decision, Decision::Drop) {
+            return;
+        }
+        // A new server transaction (§17.2.3 key), then the decision.
+        let Some(key) = server_key(&msg, false) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let peer = reply_peer(&via, &flow);
+        let reliable = flow.transport.is_reliable();
+        let machine = if method == Method::Invite {
+            ServerMachine::Invite(ServerInvite::new(reliable, self.cfg.timers))
+        } else {
+            ServerMachine::NonInvite(ServerNonInvite::new(reliable, self.cfg.timers))
+        };
+        let to_tag = format!("{:016x}", fnv(&[msg.call_id().unwrap_or_default(), &key]));
+        let skey = self.server_txns.insert(ServerTxn {
+            key: key.clone(),
+            machine,
+            peer,
+            request: msg,
+            top_via: top_via.clone(),
+            to_tag,
+            context: None,
+            armed: None,
+        });
+        self.servers.insert(key, skey);
+        if method == Method::Invite {
+            self.respond_local(now, skey, 100, "Trying", &[]);
+        }
+        match decision {
+            Decision::Reply { status, reason } => {
+                let extra: Vec<String> = if status == 200 && method == Method::Options {
+                    vec![
+                        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE".into(),
+                        "Accept: application/sdp".into(),
+                    ]
+                } else {
+                    vec![]
+                };
+                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+                self.respond_local(now, skey, status, &reason, &extra);
+            }
+            Decision::Forward(targets) if targets.is_empty() => {
+                self.respond_local(now, skey, 500, "Server Internal Error (no target)", &[]);
+            }
+            Decision::Forward(targets) => {
+                let Some(request) = self.server_txns.get(skey).map(|t| t.request.clone()) else {
+                    return;
+                };
+                let record_route = self.cfg.record_route == RecordRoute::Dialogs
+                    && !in_dialog
+                    && matches!(
+                        method,
+                        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+                    );
+                let ctx = self.contexts.insert(Context {
+                    server: skey,
+                    request,
+                    method,
+                    plan,
+                    inbound,
+                    loop_hash,
+                    record_route,
+                    targets: targets.into(),
+                    branches: Vec::new(),
+                    finals: Vec::new(),
+                    answered: false,
+                    cancelled: false,
+                    armed: None,
+                });
+                if let Some(t) = self.server_txns.get_mut(skey) {
+                    t.context = Some(ctx);
+                }
+                self.next_branch(now, ctx);
+            }
+            Decision::Drop => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_cancel(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        msg: Message,
+        plan: RoutePlan,
+        inbound: usize,
+        loop_hash: u64,
+        top_via: Vec<u8>,
+    ) {
+        let invite = self
+            .servers
+            .get(&server_key_for(&msg, Method::Invite))
+            .copied();
+        let Some(invite) = invite else {
+            // §16.10: no response context; forward statelessly.
+            self.forward_stateless(now, msg, plan, inbound, loop_hash, top_via);
+            return;
+        };
+        let Some(key) = server_key(&msg, false) else {
+            return;
+        };
+        let Some(via) = lenient_top_via(&msg) else {
+            return;
+        };
+        let to_tag = self
+            .server_txns
+            .get(invite)
+            .map(|t| t.to_tag.clone())
+            .unwrap_or_default();
+        let skey = self.server_txns.insert(ServerTxn {
+            key: key.clone(),
+            machine: ServerMachine::NonInvite(ServerNonInvite::new(
+                flow.transport.is_reliable(),
+                self.cfg.timers,
+            )),
+            peer: reply_peer(&via, &flow),
+            request: msg,
+            top_via,
+            to_tag,
+            context: None,
+            armed: None,
+        });
+        self.servers.insert(key, skey);
+        self.respond_local(now, skey, 200, "OK", &[]);
+        let Some(ctx) = self.server_txns.get(invite).and_then(|t| t.context) else {
+            return;
+        };
+        self.cancel_context(now, ctx);
+    }
+
+    /// Stops a context: no more targets, CANCEL to every branch still ringing.
+    fn cancel_context(&mut self, now: Instant, ctx: Key) {
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return;
+        };
+        c.cancelled = true;
+        c.targets.clear();
+        let mut to_cancel = Vec::new();
+        for b in c.branches.iter_mut().filter(|b| !b.finished) {
+            if b.provisional {
+                if let Some(k) = b.client {
+                    to_cancel.push(k);
+                }
+            } else {
+                b.cancel_pending = true;
+            }
+        }
+        for k in to_cancel {
+            self.send_cancel(now, k);
+        }
+    }
+
+    fn server_retransmission(&mut self, k: Key) {
+        let Some(t) = self.server_txns.get_mut(k) else {
+            return;
+        };
+        let step = match &mut t.machine {
+            ServerMachine::Invite(m) => m.handle_retransmission(),
+            ServerMachine::NonInvite(m) => m.handle_retransmission(),
+        };
+        let peer = t.peer;
+        if let Some(bytes) = step.send {
+            self.push_transmit(peer, bytes, None);
+        }
+    }
+
+    /// §16.4: strips the Route values that name this proxy, and undoes what a
+    /// strict router did.
+    fn preprocess_routes(&self, msg: &Message) -> Result<RoutePlan, Rejection> {
+        let mut plan = RoutePlan::default();
+        let routes: Vec<(usize, &[u8])> = msg.list(HeaderName::Route).collect();
+        let mut skip = 0;
+        // Strict router before us: the Request-URI is a URI we put in Record-Route
+        // and the real Request-URI is the last Route value.
+        if !routes.is_empty() && self.uri_bytes_are_local(msg.request_uri_bytes()) {
+            let (line, v) = routes[routes.len() - 1];
+            let na = NameAddr::parse(v).map_err(|_| Rejection::new(400, "Bad Route header"))?;
+            plan.from_last_route = Some((line, na.uri_text.to_string()));
+        }
+        let usable = routes.len() - usize::from(plan.from_last_route.is_some());
+        while skip < usable {
+            let (_, v) = routes[skip];
+            let na = NameAddr::parse(v).map_err(|_| Rejection::new(400, "Bad Route header"))?;
+            if !self.uri_is_local(&na.uri) {
+                plan.next_route = Some(na.uri_text.to_string());
+                break;
+            }
+            skip += 1;
+        }
+        for &(line, _) in routes.iter().take(skip) {
+            match plan.drop_front.last_mut() {
+                Some((l, n)) if *l == line => *n += 1,
+                _ => plan.drop_front.push((line, 1)),
+            }
+        }
+        Ok(plan)
+    }
+
+    fn request_uri_is_local(&self, msg: &Message, plan: &RoutePlan) -> bool {
+        match &plan.from_last_route {
+            Some((_, uri)) => self.uri_bytes_are_local(uri.as_bytes()),
+            None => self.uri_bytes_are_local(msg.request_uri_bytes()),
+        }
+    }
+
+    fn uri_bytes_are_local(&self, uri: &[u8]) -> bool {
+        std::str::from_utf8(uri)
+            .ok()
+            .and_then(|s| Uri::parse(s).ok())
+            .is_some_and(|u| self.uri_is_local(&u))
+    }
+
+    fn uri_is_local(&self, uri: &Uri<'_>) -> bool {
+        let Uri::Sip(u) = uri else {
+            return false;
+        };
+        let host = match u
+            .param("maddr")
+            .and_then(|m| crate::uri::parse_host(m).ok())
+        {
+            Some(h) => h,
+            None => u.host,
+        };
+        self.host_is_local(&host, u.port.unwrap_or(u.default_port()))
+    }
+
+    fn host_is_local(&self, host: &Host<'_>, port: u16) -> bool {
+        self.cfg.listeners.iter().any(|l| {
+            let adv = crate::uri::parse_host(&l.advertise_host).ok();
+            (port == l.advertise_port && adv.is_some_and(|a| a.matches(host)))
+                || (port == l.local.port() && host.ip() == Some(l.local.ip()))
+        }) || self.cfg.aliases.iter().any(|a| {
+            let (h, p) = match a.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
+                    (h, p.parse::<u16>().ok())
+                }
+                _ => (a.as_str(), None),
+            };
+            crate::uri::parse_host(h).is_ok_and(|h| h.matches(host)) && p.is_none_or(|p| p == port)
+        })
+    }
+
+    fn is_loop(&self, msg: &Message, hash: u64) -> bool {
+        let marker = format!("{BRANCH_PREFIX}{hash:016x}.");
+        msg.list(HeaderName::Via).any(|(_, v)| {
+            Via::parse(v).is_ok_and(|via| {
+                via.branch()
+                    .is_some_and(|b| b.starts_with(marker.as_bytes()))
+                    && self.host_is_local(&via.host, via.port.unwrap_or(5060))
+            })
+        })
+    }
+
+    fn inbound_listener(&self, flow: &Flow) -> usize {
+        self.cfg
+            .listeners
+            .iter()
+            .position(|l| l.transport == flow.transport && l.local == flow.local)
+            .or_else(|| {
+                self.cfg.listeners.iter().position(|l| {
+                    l.transport == flow.transport && l.local.is_ipv4() == flow.local.is_ipv4()
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    fn listener_for(&self, transport: Transport, ip: IpAddr) -> Option<usize> {
+        self.cfg
+            .listeners
+            .iter()
+            .position(|l| l.transport == transport && l.local.is_ipv4() == ip.is_ipv4())
+    }
+
+    // ----- forwarding -------------------------------------------------------------
+
+    /// Starts the next target of a context, or sends the best response when none is left.
+    fn next_branch(&mut self, now: Instant, ctx: Key) {
+        loop {
+            let Some(c) = self.contexts.get_mut(ctx) else {
+                return;
+            };
+            if c.active() {
+                return;
+            }
+            let target = if c.cancelled || c.answered {
+                None
+            } else {
+                c.targets.pop_front()
+            };
+            let Some(target) = target else {
+                self.finish_context(now, ctx);
+                return;
+            };
+            if !c.branches.is_empty() {
+                self.stats.failovers += 1;
+            }
+            let idx = c.branches.len();
+            c.branches.push(Branch {
+                client: None,
+                resolving: None,
+                deadline: None,
+                target_deadline: target.timeout.map(|t| now + t),
+                provisional: false,
+                cancel_pending: false,
+                finished: false,
+            });
+            let forward = Forward {
+                request: c.request.clone(),
+                plan: c.plan.clone(),
+                uri: target.uri.clone(),
+                inbound: c.inbound,
+                record_route: c.record_route,
+                loop_hash: c.loop_hash,
+                top_via: self
+                    .server_txns
+                    .get(c.server)
+                    .map(|t| t.top_via.clone())
+                    .unwrap_or_default(),
+                kind: ForwardKind::Branch(ctx, idx),
+            };
+            self.arm_context(ctx);
+            self.start_forward(now, forward);
+        }
+    }
+
+    fn forward_stateless(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        plan: RoutePlan,
+        inbound: usize,
+        loop_hash: u64,
+        top_via: Vec<u8>,
+    ) {
+        if plan.next_route.is_none() && self.request_uri_is_local(&msg, &plan) {
+            // An ACK or CANCEL for this proxy itself: nothing to forward.
+            return;
+        }
+        let uri = effective_ruri(&msg, &plan);
+        self.start_forward(
+            now,
+            Forward {
+                request: msg,
+                plan,
+                uri,
+                inbound,
+                record_route: false,
+                loop_hash,
+                top_via,
+                kind: ForwardKind::Stateless,
+            },
+        );
+    }
+
+    /// Works out the next hop (§16.6 steps 6–7) and sends, or asks for DNS first.
+    fn start_forward(&mut self, now: Instant, forward: Forward) {
+        let hop_uri = forward
+            .plan
+            .next_route
+            .clone()
+            .unwrap_or_else(|| forward.uri.clone());
+        let hop = match next_hop(&hop_uri) {
+            Ok(h) => h,
+            Err(rej) => {
+                self.forward_failed(now, forward.kind, rej.status, rej.reason);
+                return;
+            }
+        };
+        if hop.transport.is_none() && !hop.sips {
+            // no explicit transport: UDP, or a stream when the request is large
+        }
+        if let Some(ip) = hop.ip {
+            let port = hop.port.unwrap_or(if hop.sips { 5061 } else { 5060 });
+            if self.host_is_local(&Host::Ip(ip), port) && forward.plan.next_route.is_none() {
+                self.forward_failed(
+                    now,
+                    forward.kind,
+                    404,
+                    "Not Found (the target names this proxy; add routing for it)".into(),
+                );
+                return;
+            }
+            self.send_forward(now, forward, &hop, SocketAddr::new(ip, port));
+            return;
+        }
+        let id = self.next_resolve;
+        self.next_resolve += 1;
+        let transport = self.pick_transport(&hop, forward.request.len());
+        self.events.push_back(Event::Resolve {
+            id,
+            host: hop.host.clone(),
+            port: hop.port.unwrap_or(if hop.sips { 5061 } else { 5060 }),
+            transport,
+        });
+        if let ForwardKind::Branch(ctx, i) = forward.kind {
+            if let Some(b) = self
+                .contexts
+                .get_mut(ctx)
+                .and_then(|c| c.branches.get_mut(i))
+            {
+                b.resolving = Some(id);
+            }
+        }
+        self.resolving.insert(id, Pending { forward, hop });
+    }
+
+    fn pick_transport(&self, hop: &NextHop, size: usize) -> Transport {
+        match hop.transport {
+            Some(t) => t,
+            None if hop.sips => Transport::Tls,
+            None if size + 300 > self.cfg.udp_max
+                && self
+                    .cfg
+                    .listeners
+                    .iter()
+                    .any(|l| l.transport == Transport::Tcp) =>
+            {
+                Transport::Tcp
+            }
+            None => Transport::Udp,
+        }
+    }
+
+    /// Builds the forwarded request for `addr` and sends it.
+    fn send_forward(&mut self, now: Instant, forward: Forward, hop: &NextHop, addr: SocketAddr) {
+        if self.host_is_local(&Host::Ip(addr.ip()), addr.port())
+            && forward.plan.next_route.is_none()
+        {
+            self.forward_failed(
+                now,
+                forward.kind,
+                404,
+                "Not Found (the target names this proxy; add routing for it)".into(),
+            );
+            return;
+        }
+        let mut transport = self.pick_transport(hop, forward.request.len());
+        let mut bytes = None;
+        let mut branch = String::new();
+        for _ in 0..2 {
+            let Some(out) = self.listener_for(transport, addr.ip()) else {
+                let reason = format!(
+                    "Service Unavailable (no {} listener for {})",
+                    transport.via_token(),
+                    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+                );
+                self.forward_failed(now, forward.kind, 503, reason.into());
+                return;
+            };
+            branch = match forward.kind {
+                ForwardKind::Branch(..) => {
+                    let r = self.random();
+                    format!(
+                        "{BRANCH_PREFIX}{:016x}.{:012x}",
+                        forward.loop_hash,
+                        r & 0xffff_ffff_ffff
+                    )
+                }
+                ForwardKind::Stateless => {
+                    let incoming = forward
+                        .request
+                        .top_via()
+                        .and_then(Result::ok)
+                        .and_then(|v| v.branch())
+                        .unwrap_or_default();
+                    format!(
+                        "{BRANCH_PREFIX}{:016x}.s{:011x}",
+                        forward.loop_hash,
+                        fnv(&[incoming, forward.request.method_bytes()]) & 0xfff_ffff_ffff
+                    )
+                }
+            };
+            let b = self.build_forward(&forward, out, &branch);
+            let implicit = hop.transport.is_none() && !hop.sips;
+            if transport == Transport::Udp
+                && implicit
+                && b.len() > self.cfg.udp_max
+                && self.listener_for(Transport::Tcp, addr.ip()).is_some()
+            {
+                // RFC 3261 §18.1.1: too big for UDP with an unknown MTU.
+                transport = Transport::Tcp;
+                continue;
+            }
+            bytes = Some((b, out));
+            break;
+        }
+        let Some((bytes, out)) = bytes else {
+            return;
+        };
+        let local = self.cfg.listeners[out].local;
+        let peer = Peer {
+            transport,
+            local,
+            remote: addr,
+            conn: None,
+        };
+        match forward.kind {
+            ForwardKind::Stateless => {
+                self.stats.forwarded_requests += 1;
+                self.push_transmit(peer, bytes, None);
+            }
+            ForwardKind::Branch(ctx, i) => {
+                let Some(c) = self.contexts.get(ctx) else {
+                    return;
+                };
+                let reliable = transport.is_reliable();
+                let machine = if c.method == Method::Invite {
+                    ClientMachine::Invite(ClientInvite::new(
+                        now,
+                        bytes.clone(),
+                        reliable,
+                        self.cfg.timers,
+                    ))
+                } else {
+                    ClientMachine::NonInvite(ClientNonInvite::new(
+                        now,
+                        bytes.clone(),
+                        reliable,
+                        self.cfg.timers,
+                    ))
+                };
+                let key: (Box<[u8]>, bool) = (branch.into_bytes().into_boxed_slice(), false);
+                let ck = self.client_txns.insert(ClientTxn {
+                    key: key.clone(),
+                    machine,
+                    peer,
+                    owner: Some((ctx, i)),
+                    expire: None,
+                    armed: None,
+                });
+                self.clients.insert(key, ck);
+                if let Some(b) = self
+                    .contexts
+                    .get_mut(ctx)
+                    .and_then(|c| c.branches.get_mut(i))
+                {
+                    b.client = Some(ck);
+                }
+                self.stats.forwarded_requests += 1;
+                self.push_transmit(peer, bytes, Some(SendTag(ck)));
+                self.arm_client(ck);
+            }
+        }
+    }
+
+    /// §16.6 steps 1–8: copy, Request-URI, Max-Forwards, Record-Route, routes, Via.
+    fn build_forward(&self, f: &Forward, out: usize, branch: &str) -> Bytes {
+        let m = &f.request;
+        let mut rw = Rewrite::new(m);
+        let mut uri = f.uri.clone();
+        for &(line, n) in &f.plan.drop_front {
+            rw.drop_first_values(line, n);
+        }
+        if let Some((line, _)) = &f.plan.from_last_route {
+            rw.drop_last_values(*line, 1);
+        }
+        // §16.6 step 6: a next hop without `lr` is a strict router: it becomes the
+        // Request-URI and the Request-URI goes to the end of the route set.
+        if let Some(next) = &f.plan.next_route {
+            let strict = SipUri::parse(next).is_ok_and(|u| !u.has_lr());
+            if strict {
+                if let Some((line, _)) = m
+                    .list(HeaderName::Route)
+                    .nth(f.plan.drop_front.iter().map(|(_, n)| n).sum::<usize>())
+                {
+                    rw.drop_first_values(line, 1);
+                }
+                rw.append("Route", format!("<{uri}>").as_bytes());
+                uri = next.clone();
+            }
+        }
+        if uri.as_bytes() != m.request_uri_bytes() {
+            rw.set_request_uri(uri.as_bytes());
+        }
+        if let Some((i, _)) = m
+            .fields_all()
+            .iter()
+            .enumerate()
+            .find(|(_, fl)| fl.name == HeaderName::MaxForwards)
+        {
+            let mf = m.max_forwards().and_then(Result::ok).unwrap_or(70);
+            rw.replace_value(i, &mf.saturating_sub(1).to_string());
+        } else {
+            rw.append("Max-Forwards", b"70");
+        }
+        if let Some((via_line, _)) = m.list(HeaderName::Via).next() {
+            if f.top_via.as_slice() != m.list(HeaderName::Via).next().map_or(&b""[..], |(_, v)| v) {
+                rw.replace_first_value(via_line, &f.top_via);
+            }
+        }
+        let out_l = &self.cfg.listeners[out];
+        if f.record_route {
+            let in_l = &self.cfg.listeners[f.inbound];
+            if in_l != out_l {
+                rw.prepend("Record-Route", &record_route_value(in_l));
+            }
+            rw.prepend("Record-Route", &record_route_value(out_l));
+        }
+        rw.prepend(
+            "Via",
+            &format!(
+                "SIP/2.0/{} {};branch={branch}",
+                out_l.transport.via_token(),
+                out_l.sent_by()
+            ),
+        );
+        rw.finish()
+    }
+
+    fn forward_failed(
+        &mut self,
+        now: Instant,
+        kind: ForwardKind,
+        status: u16,
+        reason: Cow<'static, str>,
+    ) {
+        if let ForwardKind::Branch(ctx, i) = kind {
+            self.branch_final(now, ctx, i, Final::Local { status, reason });
+        }
+    }
+
+    // ----- responses --------------------------------------------------------------
+
+    fn on_response(&mut self, now: Instant, _flow: Flow, msg: Message) {
+        self.stats.responses_in += 1;
+        if !check_response(&msg) {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        let Some(Ok(via)) = msg.top_via() else {
+            return;
+        };
+        // §18.1.2: the top Via must be ours.
+        if !self.host_is_local(&via.host, via.port.unwrap_or(5060)) {
+            self.stats.stray_responses_dropped += 1;
+            return;
+        }
+        let is_cancel = msg
+            .cseq()
+            .and_then(Result::ok)
+            .is_some_and(|c| c.method == b"CANCEL");
+        let branch = via.branch().unwrap_or_default();
+        let key = (Box::<[u8]>::from(branch), is_cancel);
+        let Some(&ck) = self.clients.get(&key) else {
+            self.forward_stray(msg);
+            return;
+        };
+        let Some(txn) = self.client_txns.get_mut(ck) else {
+            return;
+        };
+        let step = match &mut txn.machine {
+            ClientMachine::Invite(m) => m.handle_response(now, msg),
+            ClientMachine::NonInvite(m) => m.handle_response(now, msg),
+        };
+        self.after_client_step(now, ck, step);
+    }
+
+    /// §16.11: a response no transaction knows goes to the next Via.
+    fn forward_stray(&mut self, msg: Message) {
+        if !self.cfg.forward_stray_responses || msg.status() == Some(100) {
+            self.stats.stray_responses_dropped += 1;
+            return;
+        }
+        let Some(peer) = msg
+            .list(HeaderName::Via)
+            .nth(1)
+            .and_then(|(_, v)| via_peer(v))
+        else {
+            self.stats.stray_responses_dropped += 1;
+            return;
+        };
+        let Some(out) = self.listener_for(peer.0, peer.1.ip()) else {
+            self.stats.stray_responses_dropped += 1;
+            return;
+        };
+        let Some((via_line, _)) = msg.list(HeaderName::Via).next() else {
+            return;
+        };
+        let mut rw = Rewrite::new(&msg);
+        rw.drop_first_values(via_line, 1);
+        let bytes = rw.finish();
+        self.stats.stray_responses_forwarded += 1;
+        let local = self.cfg.listeners[out].local;
+        self.push_transmit(
+            Peer {
+                transport: peer.0,
+                local,
+                remote: peer.1,
+                conn: None,
+            },
+            bytes,
+            None,
+        );
+    }
+
+    fn after_client_step(&mut self, now: Instant, ck: Key, step: Step) {
+        let Some(txn) = self.client_txns.get(ck) else {
+            return;
+        };
+        let peer = txn.peer;
+        let owner = txn.owner;
+        if let Some(bytes) = step.send {
+            self.push_transmit(peer, bytes, None);
+        }
+        if let (Some(event), Some((ctx, i))) = (step.event, owner) {
+            match event {
+                TuEvent::Response(resp) => self.branch_response(now, ctx, i, resp),
+                TuEvent::Timeout => self.branch_final(
+                    now,
+                    ctx,
+                    i,
+                    Final::Local {
+                        status: 408,
+                        reason: "Request Timeout".into(),
+                    },
+                ),
+                TuEvent::TransportError => self.branch_final(
+                    now,
+                    ctx,
+                    i,
+                    Final::Local {
+                        status: 503,
+                        reason: "Service Unavailable (next hop unreachable)".into(),
+                    },
+                ),
+                TuEvent::AckTimeout => {}
+            }
+        }
+        self.reap_client(ck);
+    }
+
+    fn reap_client(&mut self, ck: Key) {
+        match self.client_txns.get(ck) {
+            Some(t) if t.is_terminated() => {
+                if let Some(t) = self.client_txns.remove(ck) {
+                    self.clients.remove(&t.key);
+                }
+            }
+            Some(_) => self.arm_client(ck),
+            None => {}
+        }
+    }
+
+    /// §16.7 for one response from branch `i`.
+    fn branch_response(&mut self, now: Instant, ctx: Key, i: usize, resp: Message) {
+        let code = resp.status().unwrap_or(0);
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            // The context is gone (its server transaction ended); a late 2xx still
+            // goes upstream by Via.
+            if (200..300).contains(&code) {
+                self.forward_stray(resp);
+            }
+            return;
+        };
+        if code < 200 {
+            let Some(b) = c.branches.get_mut(i) else {
+                return;
+            };
+            b.provisional = true;
+            if c.method == Method::Invite && !b.finished {
+                b.deadline = Some(now + self.cfg.ring_timeout);
+            }
+            let cancel = std::mem::take(&mut b.cancel_pending)
+                .then_some(b.client)
+                .flatten();
+            self.arm_context(ctx);
+            if let Some(k) = cancel {
+                self.send_cancel(now, k);
+            }
+            if code > 100 {
+                self.forward_response(now, ctx, &resp);
+            }
+            return;
+        }
+        if (200..300).contains(&code) {
+            c.answered = true;
+            if let Some(b) = c.branches.get_mut(i) {
+                b.finished = true;
+            }
+            self.forward_response(now, ctx, &resp);
+            // A 2xx to INVITE ends the other branches (sequential: none are live).
+            self.cancel_context(now, ctx);
+            self.reap_context(ctx);
+            return;
+        }
+        self.branch_final(now, ctx, i, Final::Received(resp));
+    }
+
+    /// A branch ended with a non-2xx final (received or local).
+    fn branch_final(&mut self, now: Instant, ctx: Key, i: usize, fin: Final) {
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return;
+        };
+        let Some(b) = c.branches.get_mut(i) else {
+            return;
+        };
+        if b.finished {
+            return;
+        }
+        b.finished = true;
+        let six = fin.status() >= 600;
+        c.finals.push(fin);
+        if six {
+            // §16.7 step 5: a 6xx ends the search.
+            c.targets.clear();
+            self.cancel_context(now, ctx);
+        }
+        self.next_branch(now, ctx);
+    }
+
+    /// Sends the best final response (§16.7 step 6) when nothing is pending.
+    fn finish_context(&mut self, now: Instant, ctx: Key) {
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return;
+        };
+        if c.answered || c.active() {
+            self.reap_context(ctx);
+            return;
+        }
+        c.answered = true;
+        let best = best_response(&mut c.finals);
+        let cancelled = c.cancelled;
+        let server = c.server;
+        match best {
+            Some(Final::Received(resp)) => {
+                if resp.status() == Some(503) {
+                    // §16.7 step 6: 503 becomes 500 so upstream does not think the
+                    // proxy itself is unavailable.
+                    self.forward_response_as(now, ctx, &resp, Some(500));
+                } else {
+                    self.forward_response(now, ctx, &resp);
+                }
+            }
+            Some(Final::Local { status, reason }) => {
+                let (status, reason) = if cancelled && status == 408 {
+                    (487, Cow::Borrowed("Request Terminated"))
+                } else if status == 503 {
+                    (
+                        500,
+                        Cow::Owned(reason.replacen(
+                            "Service Unavailable",
+                            "Server Internal Error",
+                            1,
+                        )),
+                    )
+                } else {
+                    (status, reason)
+                };
+                self.respond_local(now, server, status, &reason, &[]);
+            }
+            None => {
+                self.respond_local(now, server, 500, "Server Internal Error (no target)", &[]);
+            }
+        }
+        self.reap_context(ctx);
+    }
+
+    fn forward_response(&mut self, now: Instant, ctx: Key, resp: &Message) {
+        self.forward_response_as(now, ctx, resp, None);
+    }
+
+    /// Sends a branch's response upstream through the server transaction with our
+    /// Via removed (§16.7 steps 7–9).
+    fn forward_response_as(&mut self, now: Instant, ctx: Key, resp: &Message, status: Option<u16>) {
+        let Some(server) = self.contexts.get(ctx).map(|c| c.server) else {
+            return;
+        };
+        let Some((via_line, _)) = resp.list(HeaderName::Via).next() else {
+            return;
+        };
+        if resp.list(HeaderName::Via).nth(1).is_none() {
+            // No Via left: the response was meant for us. Nothing to forward.
+            return;
+        }
+        let mut rw = Rewrite::new(resp);
+        rw.drop_first_values(via_line, 1);
+        if let Some(s) = status {
+            rw.set_start_line(format!("SIP/2.0 {s} Server Internal Error").as_bytes());
+        }
+        let bytes = rw.finish();
+        let code = status.or(resp.status()).unwrap_or(500);
+        self.stats.forwarded_responses += 1;
+        self.server_send(now, server, code, bytes);
+    }
+
+    fn respond_local(
+        &mut self,
+        now: Instant,
+        server: Key,
+        status: u16,
+        reason: &str,
+        extra: &[&str],
+    ) {
+        let Some(t) = self.server_txns.get(server) else {
+            return;
+        };
+        let mut lines: Vec<&str> = extra.to_vec();
+        let server_line = self
+            .cfg
+            .server_name
+            .as_ref()
+            .map(|s| format!("Server: {s}"));
+        if let Some(s) = &server_line {
+            if status > 100 {
+                lines.push(s);
+            }
+        }
+        let bytes = build::response(
+            &t.request,
+            status,
+            reason,
+            Some(&t.top_via),
+            Some(&t.to_tag),
+            &lines,
+        );
+        self.server_send(now, server, status, bytes);
+    }
+
+    fn server_send(&mut self, now: Instant, server: Key, code: u16, bytes: Bytes) {
+        let Some(t) = self.server_txns.get_mut(server) else {
+            return;
+        };
+        let out = match &mut t.machine {
+            ServerMachine::Invite(m) => m.send_response(now, code, bytes),
+            ServerMachine::NonInvite(m) => m.send_response(now, code, bytes),
+        };
+        let peer = t.peer;
+        if let Some(bytes) = out {
+            self.push_transmit(peer, bytes, None);
+        }
+        self.reap_server(server);
+    }
+
+    fn reap_server(&mut self, k: Key) {
+        let done = match self.server_txns.get(k) {
+            Some(t) => match &t.machine {
+                ServerMachine::Invite(m) => m.is_terminated(),
+                ServerMachine::NonInvite(m) => m.is_terminated(),
+            },
+            None => return,
+        };
+        if done {
+            if let Some(t) = self.server_txns.remove(k) {
+                self.servers.remove(&t.key);
+                if let Some(ctx) = t.context {
+                    if let Some(c) = self.contexts.get_mut(ctx) {
+                        c.answered = true;
+                    }
+                    self.drop_context(ctx);
+                }
+            }
+        } else {
+            self.arm_server(k);
+        }
+    }
+
+    /// Removes a context once its final went upstream and no branch is live.
+    fn reap_context(&mut self, ctx: Key) {
+        if self
+            .contexts
+            .get(ctx)
+            .is_some_and(|c| c.answered && !c.active())
+        {
+            // Keep it while the server transaction lives, so further 2xx (forking)
+            // and retransmitted finals still find their way; the server
+            // transaction's end drops it.
+            let server_alive = self
+                .contexts
+                .get(ctx)
+                .is_some_and(|c| self.server_txns.get(c.server).is_some());
+            if !server_alive {
+                self.drop_context(ctx);
+            }
+        }
+    }
+
+    fn drop_context(&mut self, ctx: Key) {
+        if let Some(c) = self.contexts.remove(ctx) {
+            for b in &c.branches {
+                if let Some(id) = b.resolving {
+                    self.resolving.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn send_cancel(&mut self, now: Instant, invite: Key) {
+        let Some(t) = self.client_txns.get_mut(invite) else {
+            return;
+        };
+        let ClientMachine::Invite(m) = &t.machine else {
+            return;
+        };
+        if !m.is_pending() {
+            return;
+        }
+        // Forget the INVITE branch if no final comes within 64·T1 of the CANCEL.
+        t.expire = Some(now + self.cfg.timers.t1x64());
+        let Ok(req) = Message::parse(m.wire().clone(), Framing::Exact) else {
+            return;
+        };
+        let bytes = build::cancel(&req);
+        let peer = t.peer;
+        let key = (t.key.0.clone(), true);
+        if self.clients.contains_key(&key) {
+            return;
+        }
+        let ck = self.client_txns.insert(ClientTxn {
+            key: key.clone(),
+            machine: ClientMachine::NonInvite(ClientNonInvite::new(
+                now,
+                bytes.clone(),
+                peer.transport.is_reliable(),
+                self.cfg.timers,
+            )),
+            peer,
+            owner: None,
+            expire: None,
+            armed: None,
+        });
+        self.clients.insert(key, ck);
+        self.push_transmit(peer, bytes, Some(SendTag(ck)));
+        self.arm_client(ck);
+        self.arm_client(invite);
+    }
+
+    // ----- timers -----------------------------------------------------------------
+
+    fn server_timer(&mut self, now: Instant, k: Key, at: Instant) {
+        let Some(t) = self.server_txns.get_mut(k) else {
+            return;
+        };
+        if t.armed != Some(at) {
+            return;
+        }
+        t.armed = None;
+        let peer = t.peer;
+        let send = match &mut t.machine {
+            ServerMachine::Invite(m) => m.handle_timeout(now).send,
+            ServerMachine::NonInvite(m) => {
+                m.handle_timeout(now);
+                None
+            }
+        };
+        if let Some(bytes) = send {
+            self.push_transmit(peer, bytes, None);
+        }
+        self.reap_server(k);
+    }
+
+    fn client_timer(&mut self, now: Instant, k: Key, at: Instant) {
+        let Some(t) = self.client_txns.get_mut(k) else {
+            return;
+        };
+        if t.armed != Some(at) {
+            return;
+        }
+        t.armed = None;
+        if t.expire.is_some_and(|e| now >= e) {
+            if let Some(t) = self.client_txns.remove(k) {
+                self.clients.remove(&t.key);
+            }
+            return;
+        }
+        let step = match &mut t.machine {
+            ClientMachine::Invite(m) => m.handle_timeout(now),
+            ClientMachine::NonInvite(m) => m.handle_timeout(now),
+        };
+        self.after_client_step(now, k, step);
+    }
+
+    /// Timer C and per-target timeouts (§16.6 step 11, §16.8).
+    fn context_timer(&mut self, now: Instant, ctx: Key, at: Instant) {
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return;
+        };
+        if c.armed != Some(at) {
+            return;
+        }
+        c.armed = None;
+        let expired: Vec<(usize, Option<Key>, bool)> = c
+            .branches
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !b.finished)
+            .filter(|(_, b)| {
+                b.deadline.is_some_and(|d| now >= d) || b.target_deadline.is_some_and(|d| now >= d)
+            })
+            .map(|(i, b)| (i, b.client, b.provisional))
+            .collect();
+        for (i, client, provisional) in expired {
+            match (client, provisional) {
+                (Some(k), true) => self.send_cancel(now, k),
+                (Some(k), false) => {
+                    if let Some(t) = self.client_txns.get_mut(k) {
+                        match &mut t.machine {
+                            ClientMachine::Invite(m) => m.terminate(),
+                            ClientMachine::NonInvite(m) => m.terminate(),
+                        }
+                    }
+                    self.reap_client(k);
+                }
+                (None, _) => {}
+            }
+            self.branch_final(
+                now,
+                ctx,
+                i,
+                Final::Local {
+                    status: 408,
+                    reason: "Request Timeout".into(),
+                },
+            );
+        }
+        self.arm_context(ctx);
+    }
+
+    fn arm_server(&mut self, k: Key) {
+        let Some(t) = self.server_txns.get_mut(k) else {
+            return;
+        };
+        let at = match &t.machine {
+            ServerMachine::Invite(m) => m.poll_timeout(),
+            ServerMachine::NonInvite(m) => m.poll_timeout(),
+        };
+        if let Some(at) = at {
+            if t.armed != Some(at) {
+                t.armed = Some(at);
+                self.timers.push(Reverse((at, TimerRef::Server(k))));
+            }
+        }
+    }
+
+    fn arm_client(&mut self, k: Key) {
+        let Some(t) = self.client_txns.get_mut(k) else {
+            return;
+        };
+        if let Some(at) = t.poll_timeout() {
+            if t.armed != Some(at) {
+                t.armed = Some(at);
+                self.timers.push(Reverse((at, TimerRef::Client(k))));
+            }
+        }
+    }
+
+    fn arm_context(&mut self, k: Key) {
+        let Some(c) = self.contexts.get_mut(k) else {
+            return;
+        };
+        if let Some(at) = c.poll_timeout() {
+            if c.armed != Some(at) {
+                c.armed = Some(at);
+                self.timers.push(Reverse((at, TimerRef::Context(k))));
+            }
+        }
+    }
+
+    // ----- helpers ----------------------------------------------------------------
+
+    fn push_transmit(&mut self, peer: Peer, bytes: Bytes, tag: Option<SendTag>) {
+        self.transmits.push_back(Transmit {
+            transport: peer.transport,
+            local: peer.local,
+            remote: peer.remote,
+            conn: peer.conn,
+            bytes,
+            on_error: tag,
+        });
+    }
+
+    /// Answers an invalid request without a transaction (ACKs are never answered).
+    fn reject(&mut self, flow: &Flow, msg: &Message, top_via: &[u8], rej: &Rejection) {
+        self.stats.rejected += 1;
+        if msg.method() == Some(Method::Ack) {
+            return;
+        }
+        let Some(via) = lenient_top_via(msg) else {
+            return;
+        };
+        let peer = reply_peer(&via, flow);
+        let to_tag = format!(
+            "{:016x}",
+            fnv(&[msg.call_id().unwrap_or_default(), top_via])
+        );
+        let mut lines: Vec<&str> = rej.headers.iter().map(String::as_str).collect();
+        let server_line = self
+            .cfg
+            .server_name
+            .as_ref()
+            .map(|s| format!("Server: {s}"));
+        if let Some(s) = &server_line {
+            lines.push(s);
+        }
+        let bytes = build::response(
+            msg,
+            rej.status,
+            &rej.reason,
+            Some(top_via),
+            Some(&to_tag),
+            &lines,
+        );
+        self.push_transmit(peer, bytes, None);
+    }
+
+    fn reply_stateless(&mut self, flow: &Flow, msg: &Message, rej: &Rejection) {
+        let Some(via) = lenient_top_via(msg) else {
+            self.stats.dropped_malformed += 1;
+            return;
+        };
+        let top = stamp_via(&via, flow);
+        self.reject(flow, msg, &top, rej);
+    }
+
+    fn random(&mut self) -> u64 {
+        // xorshift64*: branches need uniqueness, not secrecy.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// The Request-URI after strict-router repair.
+fn effective_ruri(msg: &Message, plan: &RoutePlan) -> String {
+    match &plan.from_last_route {
+        Some((_, uri)) => uri.clone(),
+        None => String::from_utf8_lossy(msg.request_uri_bytes()).into_owned(),
+    }
+}
+
+fn record_route_value(l: &Listener) -> String {
+    match l.transport {
+        Transport::Udp => format!("<sip:{};lr>", l.sent_by()),
+        t => format!("<sip:{};transport={};lr>", l.sent_by(), t.param()),
+    }
+}
+
+fn next_hop(uri: &str) -> Result<NextHop, Rejection> {
+    let parsed = Uri::parse(uri).map_err(|_| Rejection::new(400, "Bad target URI"))?;
+    let u = match parsed {
+        Uri::Sip(u) => u,
+        Uri::Tel(_) => {
+            return Err(Rejection::new(
+                404,
+                "Not Found (no route for a tel: URI; add routing for it)",
+            ))
+        }
+        Uri::Other { .. } => return Err(Rejection::new(416, "Unsupported URI Scheme")),
+    };
+    let host = u
+        .param("maddr")
+        .and_then(|m| crate::uri::parse_host(m).ok())
+        .unwrap_or(u.host);
+    let transport = match u.param("transport") {
+        Some(t) => Some(Transport::from_token(t.as_bytes()).ok_or_else(|| {
+            Rejection::new(
+                503,
+                format!("Service Unavailable (transport {t} not supported)"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(NextHop {
+        host: match host {
+            Host::Domain(d) => d.to_string(),
+            Host::Ip(ip) => ip.to_string(),
+        },
+        ip: host.ip(),
+        port: u.port,
+        transport,
+        sips: u.scheme == Scheme::Sips,
+    })
+}
+
+/// The top Via, parsed leniently: enough to address a response even when its
+/// parameters are broken (RFC 4475 `badinv01`).
+fn lenient_top_via(msg: &Message) -> Option<Via<'_>> {
+    let (_, v) = msg.list(HeaderName::Via).next()?;
+    if let Ok(via) = Via::parse(v) {
+        return Some(via);
+    }
+    let cut = v
+        .iter()
+        .position(|&b| b == b';' || b == b',')
+        .unwrap_or(v.len());
+    Via::parse(&v[..cut]).ok()
+}
+
+/// The top Via value with `received` (RFC 3261 §18.2.1) and `rport` (RFC 3581)
+/// filled in from the source of the request.
+fn stamp_via(via: &Via<'_>, flow: &Flow) -> Vec<u8> {
+    let src = flow.remote;
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"SIP/2.0/");
+    out.extend_from_slice(via.transport);
+    out.push(b' ');
+    out.extend_from_slice(via.host_text.as_bytes());
+    if let Some(p) = via.port {
+        out.extend_from_slice(format!(":{p}").as_bytes());
+    }
+    let rport_asked = via.rport().is_some();
+    for (name, value) in via.params.iter() {
+        if name.eq_ignore_ascii_case(b"received")
+            || (rport_asked && name.eq_ignore_ascii_case(b"rport"))
+        {
+            continue;
+        }
+        out.push(b';');
+        out.extend_from_slice(name);
+        if let Some(v) = value {
+            out.push(b'=');
+            out.extend_from_slice(v);
+        }
+    }
+    let differs = via.host.ip() != Some(src.ip());
+    if differs || rport_asked {
+        out.extend_from_slice(format!(";received={}", src.ip()).as_bytes());
+    } else if let Some(Some(v)) = via.params.get("received") {
+        out.extend_from_slice(b";received=");
+        out.extend_from_slice(v);
+    }
+    if rport_asked {
+        out.extend_from_slice(format!(";rport={}", src.port()).as_bytes());
+    }
+    out
+}
+
+/// Where responses to a request received on `flow` go (§18.2.2, RFC 3581).
+fn reply_peer(via: &Via<'_>, flow: &Flow) -> Peer {
+    let remote = if flow.transport.is_reliable() || via.rport().is_some() {
+        flow.remote
+    } else {
+        SocketAddr::new(flow.remote.ip(), via.port.unwrap_or(5060))
+    };
+    Peer {
+        transport: flow.transport,
+        local: flow.local,
+        remote,
+        conn: flow.conn,
+    }
+}
+
+/// Where a response goes by a Via value that already carries received/rport.
+fn via_peer(v: &[u8]) -> Option<(Transport, SocketAddr)> {
+    let via = Via::parse(v).ok()?;
+    let transport = Transport::from_token(via.transport)?;
+    let ip = via.received().or(via.host.ip())?;
+    if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::from([255, 255, 255, 255]) {
+        return None;
+    }
+    let port = match via.rport() {
+        Some(Some(p)) => p,
+        _ => via.port.unwrap_or(5060),
+    };
+    Some((transport, SocketAddr::new(ip, port)))
+}
+
+/// The server transaction key of RFC 3261 §17.2.3 (branch, sent-by, method),
+/// or the RFC 2543 fallback when the branch lacks the magic cookie.
+fn server_key(msg: &Message, _for_ack: bool) -> Option<Box<[u8]>> {
+    let method = msg.method()?;
+    Some(server_key_for(msg, method))
+}
+
+fn server_key_for(msg: &Message, method: Method) -> Box<[u8]> {
+    let m: &[u8] = match method {
+        Method::Ack => b"INVITE",
+        Method::Extension => msg.method_bytes(),
+        _ if msg.method() == Some(method) => msg.method_bytes(),
+        other => other.as_str().as_bytes(),
+    };
+    let via = msg.top_via().and_then(Result::ok);
+    let mut key = Vec::with_capacity(96);
+    match via
+        .as_ref()
+        .and_then(|v| v.branch())
+        .filter(|b| b.len() > 7 && b.starts_with(b"z9hG4bK"))
+    {
+        Some(branch) => {
+            key.push(b'3');
+            key.extend_from_slice(branch);
+            key.push(0);
+            if let Some(v) = &via {
+                key.extend(v.host_text.bytes().map(|b| b.to_ascii_lowercase()));
+                key.extend_from_slice(format!(":{}", v.port.unwrap_or(5060)).as_bytes());
+            }
+        }
+        None => {
+            // RFC 2543 (§17.2.3 last paragraph): Request-URI, From tag, Call-ID, CSeq
+            // number and top Via. The To tag is left out so the ACK, which carries
+            // the response's tag, still matches its INVITE.
+            key.push(b'2');
+            let from_tag = msg
+                .from()
+                .and_then(Result::ok)
+                .and_then(|f| f.tag())
+                .unwrap_or_default();
+            let seq = msg.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
+            let top = msg
+                .list(HeaderName::Via)
+                .next()
+                .map_or(&b""[..], |(_, v)| v);
+            let h = fnv(&[
+                msg.request_uri_bytes(),
+                from_tag,
+                msg.call_id().unwrap_or_default(),
+                &seq.to_be_bytes(),
+                top,
+            ]);
+            key.extend_from_slice(&h.to_be_bytes());
+        }
+    }
+    key.push(0);
+    key.extend_from_slice(m);
+    key.into_boxed_slice()
+}
+
+/// The loop-detection hash (§16.6 step 8 with the RFC 5393 changes): the fields a
+/// looping request keeps unchanged. The top Via is left out because on a loop it
+/// is the previous hop's, not the original sender's.
+fn loop_hash(msg: &Message) -> u64 {
+    let from_tag = msg
+        .from()
+        .and_then(Result::ok)
+        .and_then(|f| f.tag())
+        .unwrap_or_default();
+    let to_tag = msg
+        .to()
+        .and_then(Result::ok)
+        .and_then(|t| t.tag())
+        .unwrap_or_default();
+    let seq = msg.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
+    let mut parts: Vec<&[u8]> = vec![
+        msg.request_uri_bytes(),
+        from_tag,
+        to_tag,
+        msg.call_id().unwrap_or_default(),
+    ];
+    let seq = seq.to_be_bytes();
+    parts.push(&seq);
+    for name in [
+        HeaderName::ProxyRequire,
+        HeaderName::ProxyAuthorization,
+        HeaderName::Route,
+    ] {
+        for f in msg.fields(name) {
+            parts.push(msg.value(f));
+        }
+    }
+    fnv(&parts)
+}
+
+/// FNV-1a over several byte strings (with separators).
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(std::iter::once(&0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The best final response of §16.7 step 6: a 6xx if any; otherwise the lowest
+/// class, preferring 401, 407, 415, 420 and 484 among 4xx.
+fn best_response(finals: &mut Vec<Final>) -> Option<Final> {
+    if finals.is_empty() {
+        return None;
+    }
+    let rank = |f: &Final| -> (u16, u16) {
+        let s = f.status();
+        let class = if s >= 600 { 0 } else { s / 100 };
+        let preferred = matches!(s, 401 | 407 | 415 | 420 | 484);
+        (class, u16::from(!preferred))
+    };
+    let mut best = 0;
+    for (i, f) in finals.iter().enumerate() {
+        if rank(f) < rank(&finals[best]) {
+            best = i;
+        }
+    }
+    Some(finals.swap_remove(best))
+}

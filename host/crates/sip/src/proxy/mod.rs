@@ -1,0 +1,275 @@
+//! The transaction-stateful proxy of RFC 3261 §16, sans-IO.
+//!
+//! [`Proxy`] takes framed messages with the [`Flow`] they arrived on, the
+//! current time, and DNS answers; it produces [`Transmit`]s, [`Event`]s (DNS
+//! questions) and a timer deadline. The host owns every RFC duty: validation
+//! (§16.3), route pre-processing (§16.4), forwarding (§16.6), response
+//! selection (§16.7), CANCEL (§16.10), retransmissions, Record-Route. Where an
+//! initial request goes is asked of a [`Router`]: the configured fallback today,
+//! plugins later.
+
+mod core;
+mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+pub use self::core::Proxy;
+pub use validate::Rejection;
+
+use crate::message::Message;
+use crate::transaction::Timers;
+
+/// A SIP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    pub fn is_reliable(&self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// The token used in Via.
+    pub fn via_token(&self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// The `transport=` URI parameter value.
+    pub fn param(&self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    pub fn from_token(t: &[u8]) -> Option<Transport> {
+        if t.eq_ignore_ascii_case(b"udp") {
+            Some(Transport::Udp)
+        } else if t.eq_ignore_ascii_case(b"tcp") {
+            Some(Transport::Tcp)
+        } else if t.eq_ignore_ascii_case(b"tls") {
+            Some(Transport::Tls)
+        } else {
+            None
+        }
+    }
+}
+
+/// Identifies one stream connection in the host.
+pub type ConnId = u64;
+
+/// Where a message came from: the transport, our socket, the peer, and for
+/// streams the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub conn: Option<ConnId>,
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub transport: Transport,
+    /// The listener to send from (its socket for UDP, its address family for streams).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// For streams: the connection to use if it is still open. Otherwise the host
+    /// reuses any open connection to `remote` or opens one.
+    pub conn: Option<ConnId>,
+    pub bytes: bytes::Bytes,
+    /// Report a failure to deliver with [`Proxy::handle_send_error`] and this tag.
+    pub on_error: Option<SendTag>,
+}
+
+/// Names the transaction a transmit belongs to, for transport error reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendTag(pub(crate) crate::slab::Key);
+
+/// Something the host must do for the proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Resolve `host` to addresses and answer with [`Proxy::handle_resolved`].
+    Resolve {
+        id: u64,
+        host: String,
+        port: u16,
+        transport: Transport,
+    },
+}
+
+/// A socket the proxy listens on and how it names itself there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub transport: Transport,
+    pub local: SocketAddr,
+    /// Host written into Via and Record-Route (the listen IP unless advertised).
+    pub advertise_host: String,
+    pub advertise_port: u16,
+}
+
+impl Listener {
+    pub fn new(transport: Transport, local: SocketAddr) -> Listener {
+        let host = match local.ip() {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        Listener {
+            transport,
+            local,
+            advertise_host: host,
+            advertise_port: local.port(),
+        }
+    }
+
+    /// The `host:port` written into Via.
+    pub fn sent_by(&self) -> String {
+        format!("{}:{}", self.advertise_host, self.advertise_port)
+    }
+}
+
+/// What happens to an initial request that nothing else routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Forward it to its Request-URI (plain RFC 3261 proxy behaviour).
+    RequestUri,
+    /// Answer 404 with a reason that says how to add routing.
+    Reject,
+}
+
+/// Which initial requests get a Record-Route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordRoute {
+    /// Requests that can create a dialog (INVITE, SUBSCRIBE, REFER, NOTIFY).
+    Dialogs,
+    Never,
+}
+
+/// Proxy settings (the `[sip]` and `[routing]` sections of the configuration).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listeners: Vec<Listener>,
+    /// Extra `host` or `host:port` names that mean "this proxy".
+    pub aliases: Vec<String>,
+    pub timers: Timers,
+    pub record_route: RecordRoute,
+    pub fallback: Fallback,
+    /// Timer C (§16.6 step 11): how long an INVITE branch may ring before it is
+    /// cancelled; reset by every provisional response.
+    pub ring_timeout: Duration,
+    /// Requests larger than this go over a stream transport when the target did
+    /// not name one (RFC 3261 §18.1.1).
+    pub udp_max: usize,
+    /// Messages larger than this get 513 or are dropped.
+    pub max_message: usize,
+    /// Forward responses that match no transaction by their Via (§16.11).
+    pub forward_stray_responses: bool,
+    /// Value of the Server/User-Agent header on locally generated messages.
+    pub server_name: Option<String>,
+}
+
+impl ProxyConfig {
+    pub fn new(listeners: Vec<Listener>) -> Self {
+        ProxyConfig {
+            listeners,
+            aliases: Vec::new(),
+            timers: Timers::default(),
+            record_route: RecordRoute::Dialogs,
+            fallback: Fallback::RequestUri,
+            ring_timeout: Duration::from_secs(180),
+            udp_max: 1300,
+            max_message: 65_535,
+            forward_stray_responses: true,
+            server_name: Some(concat!("weir/", env!("CARGO_PKG_VERSION")).to_string()),
+        }
+    }
+}
+
+/// A place to send a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The Request-URI to send.
+    pub uri: String,
+    /// Give up on this target after this long without a final response.
+    pub timeout: Option<Duration>,
+}
+
+impl Target {
+    pub fn new(uri: impl Into<String>) -> Target {
+        Target {
+            uri: uri.into(),
+            timeout: None,
+        }
+    }
+}
+
+/// What to do with an initial request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Try the targets in order until one answers 2xx or 6xx (sequential failover).
+    Forward(Vec<Target>),
+    /// Answer with this status and reason.
+    Reply { status: u16, reason: String },
+    /// Send nothing.
+    Drop,
+}
+
+/// Decides where initial requests go. In-dialog requests, ACK and CANCEL never
+/// reach the router: they follow the route set.
+pub trait Router: Send {
+    fn route(&mut self, request: &Message, from: &Flow) -> Decision;
+}
+
+/// The configured fallback as a router.
+#[derive(Debug, Clone, Copy)]
+pub struct FallbackRouter(pub Fallback);
+
+impl Router for FallbackRouter {
+    fn route(&mut self, request: &Message, _from: &Flow) -> Decision {
+        match self.0 {
+            Fallback::RequestUri => Decision::Forward(vec![Target::new(
+                String::from_utf8_lossy(request.request_uri_bytes()).into_owned(),
+            )]),
+            Fallback::Reject => Decision::Reply {
+                status: 404,
+                reason:
+                    "No Route (set [routing] fallback = \"request-uri\" or add a routing plugin)"
+                        .to_string(),
+            },
+        }
+    }
+}
+
+/// Counters that tell what the proxy did; `live_*` are current sizes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests_in: u64,
+    pub responses_in: u64,
+    /// Input that could not be indexed, or a response or ACK that was invalid.
+    pub dropped_malformed: u64,
+    /// Invalid requests answered with an error (400, 416, 420, 483, 505…).
+    pub rejected: u64,
+    pub retransmissions_absorbed: u64,
+    pub stray_responses_forwarded: u64,
+    pub stray_responses_dropped: u64,
+    pub forwarded_requests: u64,
+    pub forwarded_responses: u64,
+    pub failovers: u64,
+    pub loops_detected: u64,
+    pub live_server_transactions: usize,
+    pub live_client_transactions: usize,
+    pub live_contexts: usize,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,812 @@
+//! Simulation tests of the proxy core, one group per RFC 3261 §16 step, on a
+//! virtual clock. Peers are plain byte strings; nothing touches a socket.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_sim::Clock;
+
+use super::*;
+use crate::headers::HeaderName;
+use crate::message::{Framing, Message, Method};
+
+const PROXY: &str = "127.0.0.1:5060";
+const ALICE: &str = "127.0.0.1:5070";
+const BOB: &str = "127.0.0.1:5080";
+const CAROL: &str = "127.0.0.1:5090";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Sim {
+    clock: Clock,
+    proxy: Proxy,
+}
+
+/// Routes every initial request to a fixed list of targets.
+struct Fixed(Vec<Target>);
+
+impl Router for Fixed {
+    fn route(&mut self, _: &Message, _: &Flow) -> Decision {
+        Decision::Forward(self.0.clone())
+    }
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Self::with(|_| {}, Box::new(FallbackRouter(Fallback::RequestUri)))
+    }
+
+    fn with(edit: impl FnOnce(&mut ProxyConfig), router: Box<dyn Router>) -> Sim {
+        let mut cfg = ProxyConfig::new(vec![
+            Listener::new(Transport::Udp, addr(PROXY)),
+            Listener::new(Transport::Tcp, addr(PROXY)),
+        ]);
+        edit(&mut cfg);
+        Sim {
+            clock: Clock::new(),
+            proxy: Proxy::new(cfg, router, 42),
+        }
+    }
+
+    fn udp(&mut self, from: &str, msg: &str) {
+        let flow = Flow {
+            transport: Transport::Udp,
+            local: addr(PROXY),
+            remote: addr(from),
+            conn: None,
+        };
+        self.proxy.handle_input(
+            self.clock.now(),
+            flow,
+            Bytes::from(msg.replace("\r\n", "\n").replace('\n', "\r\n")),
+        );
+    }
+
+    fn udp_raw(&mut self, from: &str, msg: Bytes) {
+        let flow = Flow {
+            transport: Transport::Udp,
+            local: addr(PROXY),
+            remote: addr(from),
+            conn: None,
+        };
+        self.proxy.handle_input(self.clock.now(), flow, msg);
+    }
+
+    fn out(&mut self) -> Vec<(SocketAddr, Transport, Message)> {
+        let mut v = vec![];
+        while let Some(t) = self.proxy.poll_transmit() {
+            v.push((
+                t.remote,
+                t.transport,
+                Message::parse(t.bytes, Framing::Exact).unwrap(),
+            ));
+        }
+        v
+    }
+
+    /// The only message sent, to `to`.
+    fn one(&mut self, to: &str) -> Message {
+        let out = self.out();
+        assert_eq!(
+            out.len(),
+            1,
+            "expected one message, got {:?}",
+            out.iter().map(|o| o.2.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(out[0].0, addr(to));
+        out.into_iter().next().unwrap().2
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.clock.now() + d;
+        while let Some(at) = self.proxy.poll_timeout().filter(|&at| at <= end) {
+            self.clock.set(at);
+            self.proxy.handle_timeout(self.clock.now());
+        }
+        self.clock.set(end);
+    }
+
+    fn assert_idle(&mut self) {
+        self.advance(Duration::from_secs(300));
+        let s = self.proxy.stats();
+        assert_eq!(
+            (
+                s.live_server_transactions,
+                s.live_client_transactions,
+                s.live_contexts
+            ),
+            (0, 0, 0),
+            "state left over: {s:?}"
+        );
+    }
+}
+
+fn invite(ruri: &str, branch: &str) -> String {
+    format!(
+        "INVITE {ruri} SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport
+Max-Forwards: 70
+From: <sip:alice@a.example>;tag=fa
+To: <sip:bob@b.example>
+Call-ID: call-{branch}
+CSeq: 1 INVITE
+Contact: <sip:alice@127.0.0.1:5070>
+X-Unknown:   kept   as is
+Content-Type: application/sdp
+Content-Length: 5
+
+v=0
+"
+    )
+}
+
+/// A response to `req` as a UAS at the far end writes it (all Vias copied).
+fn answer(req: &Message, code: u16, reason: &str, to_tag: &str, extra: &str) -> String {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for f in req.fields_all() {
+        if matches!(
+            f.name,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::CallId
+                | HeaderName::CSeq
+                | HeaderName::RecordRoute
+        ) {
+            s.push_str(&String::from_utf8_lossy(&req.as_bytes()[f.line.range()]));
+        }
+        if f.name == HeaderName::To {
+            s.push_str(&format!(
+                "To: {};tag={to_tag}\r\n",
+                String::from_utf8_lossy(req.value(f))
+            ));
+        }
+    }
+    s.push_str(extra);
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s
+}
+
+fn header(m: &Message, name: &str) -> Vec<String> {
+    m.fields_named(name)
+        .map(|f| String::from_utf8_lossy(m.value(f)).into_owned())
+        .collect()
+}
+
+fn branch_of(m: &Message) -> String {
+    String::from_utf8_lossy(m.top_via().unwrap().unwrap().branch().unwrap()).into_owned()
+}
+
+/// INVITE from Alice through the proxy to Bob; returns the INVITE Bob got.
+fn invite_to_bob(sim: &mut Sim, branch: &str) -> Message {
+    sim.udp(ALICE, &invite("sip:bob@127.0.0.1:5080", branch));
+    let out = sim.out();
+    assert_eq!(out.len(), 2, "100 Trying and the forward");
+    assert_eq!(out[0].0, addr(ALICE));
+    assert_eq!(out[0].2.status(), Some(100));
+    assert_eq!(out[1].0, addr(BOB));
+    out[1].2.clone()
+}
+
+#[test]
+fn s16_6_forwarded_request_copy() {
+    let mut sim = Sim::new();
+    let fwd = invite_to_bob(&mut sim, "z9hG4bK-a1");
+    // Step 3: Max-Forwards decremented. Step 4: Record-Route. Step 8: our Via on top
+    // with a magic-cookie branch, the client's Via stamped with received/rport.
+    assert_eq!(header(&fwd, "Max-Forwards"), ["69"]);
+    assert_eq!(header(&fwd, "Record-Route"), ["<sip:127.0.0.1:5060;lr>"]);
+    let vias: Vec<_> = fwd
+        .list(HeaderName::Via)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(
+        vias[0].starts_with("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK"),
+        "{vias:?}"
+    );
+    assert_eq!(
+        vias[1],
+        "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-a1;received=127.0.0.1;rport=5070"
+    );
+    // Unknown headers and the body pass byte for byte.
+    assert!(String::from_utf8_lossy(fwd.as_bytes()).contains("\r\nX-Unknown:   kept   as is\r\n"));
+    assert_eq!(fwd.body(), b"v=0\r\n");
+    assert_eq!(fwd.request_uri_bytes(), b"sip:bob@127.0.0.1:5080");
+}
+
+#[test]
+fn s16_7_call_flow_with_provisional_answer_ack_and_bye() {
+    let mut sim = Sim::new();
+    let fwd = invite_to_bob(&mut sim, "z9hG4bK-a2");
+    // 100 from Bob is not forwarded (§16.7 step 5); 180 and 200 are, without our Via.
+    sim.udp(BOB, &answer(&fwd, 100, "Trying", "", ""));
+    assert!(sim.out().is_empty());
+    sim.udp(BOB, &answer(&fwd, 180, "Ringing", "tb", ""));
+    let ringing = sim.one(ALICE);
+    assert_eq!(ringing.status(), Some(180));
+    assert_eq!(ringing.list(HeaderName::Via).count(), 1);
+    sim.udp(
+        BOB,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            "tb",
+            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+        ),
+    );
+    let ok = sim.one(ALICE);
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(header(&ok, "Record-Route"), ["<sip:127.0.0.1:5060;lr>"]);
+    // A retransmitted 2xx is forwarded again (RFC 6026).
+    sim.udp(
+        BOB,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            "tb",
+            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+        ),
+    );
+    assert_eq!(sim.one(ALICE).status(), Some(200));
+    // ACK for the 2xx follows the route set end to end.
+    let in_dialog = |method: &str, branch: &str, seq: u32| {
+        format!(
+            "{method} sip:bob@127.0.0.1:5080 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport
+Route: <sip:127.0.0.1:5060;lr>
+Max-Forwards: 70
+From: <sip:alice@a.example>;tag=fa
+To: <sip:bob@b.example>;tag=tb
+Call-ID: call-z9hG4bK-a2
+CSeq: {seq} {method}
+Content-Length: 0
+
+"
+        )
+    };
+    sim.udp(ALICE, &in_dialog("ACK", "z9hG4bK-ack2", 1));
+    let ack = sim.one(BOB);
+    assert_eq!(ack.method(), Some(Method::Ack));
+    assert_eq!(
+        ack.count(HeaderName::Route),
+        0,
+        "our Route value is consumed"
+    );
+    assert_eq!(ack.list(HeaderName::Via).count(), 2);
+    sim.udp(ALICE, &in_dialog("BYE", "z9hG4bK-bye2", 2));
+    let bye = sim.one(BOB);
+    assert_eq!(bye.method(), Some(Method::Bye));
+    assert_eq!(
+        bye.count(HeaderName::RecordRoute),
+        0,
+        "no Record-Route on in-dialog requests"
+    );
+    sim.udp(BOB, &answer(&bye, 200, "OK", "tb", ""));
+    assert_eq!(sim.one(ALICE).status(), Some(200));
+    sim.assert_idle();
+}
+
+#[test]
+fn s16_3_validation_answers() {
+    let mut sim = Sim::new();
+    let base = invite("sip:bob@127.0.0.1:5080", "z9hG4bK-v1");
+    let cases: &[(&str, &str, u16, &str)] = &[
+        ("Max-Forwards: 70", "Max-Forwards: 0", 483, "Too Many Hops"),
+        (
+            "Max-Forwards: 70",
+            "Max-Forwards: 70\nProxy-Require: foo, bar",
+            420,
+            "Bad Extension",
+        ),
+        (
+            "INVITE sip:bob@127.0.0.1:5080",
+            "INVITE xmpp:bob@b.example",
+            416,
+            "Unsupported URI Scheme",
+        ),
+        (
+            "CSeq: 1 INVITE",
+            "CSeq: 1 BYE",
+            400,
+            "CSeq method does not match the request method",
+        ),
+        (
+            "CSeq: 1 INVITE",
+            "CSeq: 99999999999 INVITE",
+            400,
+            "Bad CSeq",
+        ),
+        (
+            "Call-ID: call-z9hG4bK-v1\n",
+            "",
+            400,
+            "Missing Call-ID header",
+        ),
+        (
+            "Contact: <sip:alice@127.0.0.1:5070>",
+            "Contact: <sip:alice@127.0.0.1:5070>;;",
+            400,
+            "Bad Contact header",
+        ),
+        (
+            "branch=z9hG4bK-v1",
+            "branch=z9hG4bK",
+            400,
+            "Empty Via branch",
+        ),
+    ];
+    for (i, (from, to, status, reason)) in cases.iter().enumerate() {
+        let msg = base
+            .replace(from, to)
+            .replace("call-z9hG4bK-v1", &format!("call-v{i}"));
+        sim.udp(ALICE, &msg);
+        let r = sim.one(ALICE);
+        assert_eq!(r.status(), Some(*status), "case {i}: {to}");
+        assert_eq!(r.reason(), reason.as_bytes(), "case {i}");
+        if *status == 420 {
+            assert_eq!(header(&r, "Unsupported"), ["foo, bar"]);
+        }
+    }
+    // No Via at all: nothing to answer to; dropped and counted.
+    let before = sim.proxy.stats().dropped_malformed;
+    sim.udp(
+        ALICE,
+        &base.replace(
+            "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-v1;rport\n",
+            "",
+        ),
+    );
+    assert!(sim.out().is_empty());
+    assert_eq!(sim.proxy.stats().dropped_malformed, before + 1);
+    sim.assert_idle();
+}
+
+#[test]
+fn s16_3_loop_detection_and_spirals() {
+    let mut sim = Sim::new();
+    let fwd = invite_to_bob(&mut sim, "z9hG4bK-l1");
+    // The same request comes back unchanged (a loop): 482.
+    let looped = String::from_utf8_lossy(fwd.as_bytes()).into_owned();
+    sim.udp_raw(BOB, Bytes::from(looped.clone()));
+    let out = sim.out();
+    let r = out.iter().find(|o| o.2.status().is_some()).unwrap();
+    assert_eq!(r.2.status(), Some(482));
+    assert_eq!(sim.proxy.stats().loops_detected, 1);
+    // Back with another Request-URI (a spiral): forwarded.
+    let spiral = looped.replacen(
+        "INVITE sip:bob@127.0.0.1:5080",
+        "INVITE sip:carol@127.0.0.1:5090",
+        1,
+    );
+    sim.udp_raw(BOB, Bytes::from(spiral));
+    let out = sim.out();
+    assert!(
+        out.iter()
+            .any(|o| o.0 == addr(CAROL) && o.2.method() == Some(Method::Invite)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn s16_10_cancel_before_the_answer() {
+    let mut sim = Sim::new();
+    let fwd = invite_to_bob(&mut sim, "z9hG4bK-c1");
+    sim.udp(BOB, &answer(&fwd, 180, "Ringing", "tb", ""));
+    assert_eq!(sim.one(ALICE).status(), Some(180));
+    let cancel = invite("sip:bob@127.0.0.1:5080", "z9hG4bK-c1")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    sim.udp(ALICE, &cancel);
+    let out = sim.out();
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[0].0, out[0].2.status()), (addr(ALICE), Some(200)));
+    let down = &out[1];
+    assert_eq!(down.0, addr(BOB));
+    assert_eq!(down.2.method(), Some(Method::Cancel));
+    assert_eq!(
+        branch_of(&down.2),
+        branch_of(&fwd),
+        "CANCEL carries the INVITE's branch"
+    );
+    sim.udp(BOB, &answer(&down.2, 200, "OK", "tb", ""));
+    assert!(sim.out().is_empty(), "the 200 to CANCEL stops here");
+    sim.udp(BOB, &answer(&fwd, 487, "Request Terminated", "tb", ""));
+    let out = sim.out();
+    assert_eq!(out.len(), 2);
+    let ack = out.iter().find(|o| o.0 == addr(BOB)).unwrap();
+    assert_eq!(
+        ack.2.method(),
+        Some(Method::Ack),
+        "the proxy ACKs the 487 downstream"
+    );
+    let up = out.iter().find(|o| o.0 == addr(ALICE)).unwrap();
+    assert_eq!(up.2.status(), Some(487));
+    // Alice's ACK for the 487 is absorbed by the server transaction.
+    let ack_up = invite("sip:bob@127.0.0.1:5080", "z9hG4bK-c1")
+        .replace("INVITE sip:", "ACK sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace("To: <sip:bob@b.example>", "To: <sip:bob@b.example>;tag=tb");
+    sim.udp(ALICE, &ack_up);
+    assert!(sim.out().is_empty());
+    sim.assert_idle();
+}
+
+#[test]
+fn s16_10_cancel_before_any_provisional_waits_for_one() {
+    let mut sim = Sim::new();
+    let fwd = invite_to_bob(&mut sim, "z9hG4bK-c2");
+    let cancel = invite("sip:bob@127.0.0.1:5080", "z9hG4bK-c2")
+        .replace("INVITE sip:", "CANCEL sip:")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    sim.udp(ALICE, &cancel);
+    assert_eq!(sim.one(ALICE).status(), Some(200));
+    sim.udp(BOB, &answer(&fwd, 180, "Ringing", "tb", ""));
+    let out = sim.out();
+    assert!(out
+        .iter()
+        .any(|o| o.0 == addr(BOB) && o.2.method() == Some(Method::Cancel)));
+    assert!(out
+        .iter()
+        .any(|o| o.0 == addr(ALICE) && o.2.status() == Some(180)));
+}
+
+#[test]
+fn s17_timer_b_total_loss_yields_408_and_cleans_up() {
+    let mut sim = Sim::with(
+        |c| c.timers.t1 = Duration::from_millis(100),
+        Box::new(FallbackRouter(Fallback::RequestUri)),
+    );
+    invite_to_bob(&mut sim, "z9hG4bK-t1");
+    sim.advance(Duration::from_millis(6399));
+    let retrans = sim.out();
+    assert_eq!(retrans.len(), 6, "Timer A retransmissions");
+    assert!(retrans.iter().all(|o| o.0 == addr(BOB)));
+    sim.advance(Duration::from_millis(1));
+    let r = sim.one(ALICE);
+    assert_eq!(r.status(), Some(408));
+    sim.assert_idle();
+}
+
+#[test]
+fn s16_7_sequential_failover_and_503_becomes_500() {
+    let targets = vec![
+        Target::new("sip:bob@127.0.0.1:5080"),
+        Target::new("sip:carol@127.0.0.1:5090"),
+    ];
+    let mut sim = Sim::with(|_| {}, Box::new(Fixed(targets)));
+    sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-f1"));
+    let out = sim.out();
+    let to_bob = out.iter().find(|o| o.0 == addr(BOB)).unwrap().2.clone();
+    assert_eq!(to_bob.request_uri_bytes(), b"sip:bob@127.0.0.1:5080");
+    sim.udp(BOB, &answer(&to_bob, 503, "Service Unavailable", "tb", ""));
+    let out = sim.out();
+    let to_carol = out
+        .iter()
+        .find(|o| o.0 == addr(CAROL))
+        .expect("failover to the second target");
+    assert_eq!(to_carol.2.request_uri_bytes(), b"sip:carol@127.0.0.1:5090");
+    assert_ne!(
+        branch_of(&to_carol.2),
+        branch_of(&to_bob),
+        "a new branch per target"
+    );
+    sim.udp(
+        CAROL,
+        &answer(&to_carol.2, 503, "Service Unavailable", "tc", ""),
+    );
+    let up = sim
+        .out()
+        .into_iter()
+        .find(|o| o.0 == addr(ALICE))
+        .unwrap()
+        .2;
+    assert_eq!(
+        up.status(),
+        Some(500),
+        "§16.7: 503 is never forwarded as such"
+    );
+    assert_eq!(sim.proxy.stats().failovers, 1);
+    sim.assert_idle();
+}
+
+#[test]
+fn s16_7_best_response_prefers_lower_class_and_auth() {
+    let targets = vec![
+        Target::new("sip:bob@127.0.0.1:5080"),
+        Target::new("sip:carol@127.0.0.1:5090"),
+    ];
+    let mut sim = Sim::with(|_| {}, Box::new(Fixed(targets)));
+    sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-f2"));
+    let to_bob = sim.out().into_iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    sim.udp(BOB, &answer(&to_bob, 486, "Busy Here", "tb", ""));
+    let to_carol = sim
+        .out()
+        .into_iter()
+        .find(|o| o.0 == addr(CAROL))
+        .unwrap()
+        .2;
+    sim.udp(CAROL, &answer(&to_carol, 500, "Oops", "tc", ""));
+    let up = sim
+        .out()
+        .into_iter()
+        .find(|o| o.0 == addr(ALICE))
+        .unwrap()
+        .2;
+    assert_eq!(up.status(), Some(486));
+}
+
+#[test]
+fn s16_8_target_timeout_cancels_a_ringing_branch_and_fails_over() {
+    let mut first = Target::new("sip:bob@127.0.0.1:5080");
+    first.timeout = Some(Duration::from_secs(2));
+    let targets = vec![first, Target::new("sip:carol@127.0.0.1:5090")];
+    let mut sim = Sim::with(|_| {}, Box::new(Fixed(targets)));
+    sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-f3"));
+    let to_bob = sim.out().into_iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    sim.udp(BOB, &answer(&to_bob, 180, "Ringing", "tb", ""));
+    sim.out();
+    sim.advance(Duration::from_millis(1999));
+    assert!(sim.out().is_empty());
+    sim.advance(Duration::from_millis(1));
+    let out = sim.out();
+    assert!(
+        out.iter()
+            .any(|o| o.0 == addr(BOB) && o.2.method() == Some(Method::Cancel)),
+        "{out:?}"
+    );
+    let to_carol = out.iter().find(|o| o.0 == addr(CAROL)).unwrap().2.clone();
+    sim.udp(CAROL, &answer(&to_carol, 200, "OK", "tc", ""));
+    let up = sim
+        .out()
+        .into_iter()
+        .find(|o| o.0 == addr(ALICE))
+        .unwrap()
+        .2;
+    assert_eq!(up.status(), Some(200));
+}
+
+#[test]
+fn s16_6_timer_c_cancels_after_ringing_too_long() {
+    let mut sim = Sim::with(
+        |c| c.ring_timeout = Duration::from_secs(10),
+        Box::new(FallbackRouter(Fallback::RequestUri)),
+    );
+    let fwd = invite_to_bob(&mut sim, "z9hG4bK-tc");
+    sim.udp(BOB, &answer(&fwd, 180, "Ringing", "tb", ""));
+    sim.out();
+    sim.advance(Duration::from_secs(9));
+    sim.udp(BOB, &answer(&fwd, 183, "Session Progress", "tb", ""));
+    sim.out();
+    sim.advance(Duration::from_secs(9));
+    assert!(sim.out().is_empty(), "a provisional resets Timer C");
+    sim.advance(Duration::from_secs(1));
+    let out = sim.out();
+    assert!(out
+        .iter()
+        .any(|o| o.0 == addr(BOB) && o.2.method() == Some(Method::Cancel)));
+    assert!(out
+        .iter()
+        .any(|o| o.0 == addr(ALICE) && o.2.status() == Some(408)));
+    sim.assert_idle();
+}
+
+#[test]
+fn s16_4_strict_router_before_us() {
+    let mut sim = Sim::new();
+    // A strict router put our Record-Route URI in the Request-URI and the real
+    // Request-URI at the end of the Route set.
+    let msg = "BYE sip:127.0.0.1:5060;lr SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-s1
+Route: <sip:bob@127.0.0.1:5080>
+Max-Forwards: 70
+From: <sip:alice@a.example>;tag=fa
+To: <sip:bob@b.example>;tag=tb
+Call-ID: strict1
+CSeq: 2 BYE
+Content-Length: 0
+
+";
+    sim.udp(ALICE, msg);
+    let fwd = sim.one(BOB);
+    assert_eq!(fwd.request_uri_bytes(), b"sip:bob@127.0.0.1:5080");
+    assert_eq!(fwd.count(HeaderName::Route), 0);
+}
+
+#[test]
+fn s16_6_step_6_next_hop_strict_router() {
+    let mut sim = Sim::new();
+    let msg = "BYE sip:bob@b.example SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-s2
+Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5090>
+Max-Forwards: 70
+From: <sip:alice@a.example>;tag=fa
+To: <sip:bob@b.example>;tag=tb
+Call-ID: strict2
+CSeq: 2 BYE
+Content-Length: 0
+
+";
+    sim.udp(ALICE, msg);
+    let fwd = sim.one(CAROL);
+    assert_eq!(fwd.request_uri_bytes(), b"sip:127.0.0.1:5090");
+    assert_eq!(header(&fwd, "Route"), ["<sip:bob@b.example>"]);
+}
+
+#[test]
+fn s16_6_double_record_route_when_the_transport_changes() {
+    let mut sim = Sim::new();
+    sim.udp(
+        ALICE,
+        &invite("sip:bob@127.0.0.1:5080;transport=tcp", "z9hG4bK-d1"),
+    );
+    let out = sim.out();
+    let (to, transport, fwd) = out.iter().find(|o| o.2.is_request()).unwrap().clone();
+    assert_eq!((to, transport), (addr(BOB), Transport::Tcp));
+    assert_eq!(
+        header(&fwd, "Record-Route"),
+        [
+            "<sip:127.0.0.1:5060;transport=tcp;lr>",
+            "<sip:127.0.0.1:5060;lr>"
+        ]
+    );
+    assert!(fwd.top_via().unwrap().unwrap().transport_is("TCP"));
+}
+
+#[test]
+fn s18_1_1_large_requests_go_over_tcp() {
+    let mut sim = Sim::new();
+    let big = invite("sip:bob@127.0.0.1:5080", "z9hG4bK-big").replace(
+        "X-Unknown:   kept   as is",
+        &format!("X-Pad: {}", "p".repeat(1400)),
+    );
+    sim.udp(ALICE, &big);
+    let out = sim.out();
+    let fwd = out.iter().find(|o| o.2.is_request()).unwrap();
+    assert_eq!(fwd.1, Transport::Tcp);
+    assert_eq!(fwd.0, addr(BOB));
+}
+
+#[test]
+fn s16_7_retransmissions_are_absorbed() {
+    let mut sim = Sim::new();
+    let req = invite("sip:bob@127.0.0.1:5080", "z9hG4bK-r1");
+    invite_to_bob(&mut sim, "z9hG4bK-r1");
+    sim.udp(ALICE, &req);
+    let out = sim.out();
+    assert_eq!(out.len(), 1, "only the 100 Trying is repeated");
+    assert_eq!(out[0].2.status(), Some(100));
+    assert_eq!(sim.proxy.stats().retransmissions_absorbed, 1);
+}
+
+#[test]
+fn s16_11_stray_responses() {
+    let mut sim = Sim::new();
+    // Our Via on top, no transaction: forwarded by the next Via.
+    let stray = "SIP/2.0 200 OK
+Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKwgone
+Via: SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bK-x;received=127.0.0.1;rport=5070
+From: <sip:alice@a.example>;tag=fa
+To: <sip:bob@b.example>;tag=tb
+Call-ID: stray
+CSeq: 1 INVITE
+Content-Length: 0
+
+";
+    sim.udp(BOB, stray);
+    let r = sim.one(ALICE);
+    assert_eq!(r.list(HeaderName::Via).count(), 1);
+    // Someone else's Via on top: dropped (§18.1.2), never reflected to 255.255.255.255.
+    sim.udp(
+        BOB,
+        &stray.replace(
+            "127.0.0.1:5060;branch=z9hG4bKwgone",
+            "192.0.2.1;branch=z9hG4bKx",
+        ),
+    );
+    assert!(sim.out().is_empty());
+}
+
+#[test]
+fn options_to_the_proxy_itself_and_the_reject_fallback() {
+    let mut sim = Sim::with(
+        |c| c.fallback = Fallback::Reject,
+        Box::new(FallbackRouter(Fallback::Reject)),
+    );
+    let options = "OPTIONS sip:127.0.0.1:5060 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-o1
+Max-Forwards: 70
+From: <sip:ping@a.example>;tag=p
+To: <sip:127.0.0.1:5060>
+Call-ID: ping1
+CSeq: 1 OPTIONS
+Content-Length: 0
+
+";
+    sim.udp(ALICE, options);
+    let r = sim.one(ALICE);
+    assert_eq!(r.status(), Some(200));
+    assert!(!header(&r, "Allow").is_empty());
+    assert!(r.to().unwrap().unwrap().tag().is_some());
+    sim.udp(ALICE, &invite("sip:bob@127.0.0.1:5080", "z9hG4bK-rj"));
+    let out = sim.out();
+    let rej = out.iter().find(|o| o.2.status() != Some(100)).unwrap();
+    assert_eq!(rej.2.status(), Some(404));
+    assert!(String::from_utf8_lossy(rej.2.reason()).contains("fallback"));
+}
+
+#[test]
+fn request_uri_naming_the_proxy_is_not_sent_to_itself() {
+    let mut sim = Sim::new();
+    sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-self"));
+    let out = sim.out();
+    assert!(out.iter().all(|o| o.0 == addr(ALICE)));
+    assert_eq!(out.last().unwrap().2.status(), Some(404));
+}
+
+#[test]
+fn dns_names_are_resolved_by_the_host() {
+    let mut sim = Sim::new();
+    sim.udp(ALICE, &invite("sip:bob@b.example", "z9hG4bK-dns"));
+    assert_eq!(sim.out().len(), 1, "100 Trying only, waiting for DNS");
+    let Some(Event::Resolve {
+        id,
+        host,
+        port,
+        transport,
+    }) = sim.proxy.poll_event()
+    else {
+        panic!("expected a DNS question");
+    };
+    assert_eq!(
+        (host.as_str(), port, transport),
+        ("b.example", 5060, Transport::Udp)
+    );
+    sim.proxy
+        .handle_resolved(sim.clock.now(), id, Ok(vec![addr(BOB)]));
+    assert_eq!(sim.one(BOB).method(), Some(Method::Invite));
+
+    sim.udp(ALICE, &invite("sip:bob@nowhere.example", "z9hG4bK-dns2"));
+    sim.out();
+    let Some(Event::Resolve { id, .. }) = sim.proxy.poll_event() else {
+        panic!("expected a DNS question");
+    };
+    sim.proxy
+        .handle_resolved(sim.clock.now(), id, Err("NXDOMAIN".into()));
+    let r = sim.one(ALICE);
+    assert_eq!(r.status(), Some(500));
+    assert!(String::from_utf8_lossy(r.reason()).contains("nowhere.example"));
+}
+
+#[test]
+fn transport_errors_fail_over() {
+    let targets = vec![
+        Target::new("sip:bob@127.0.0.1:5080;transport=tcp"),
+        Target::new("sip:carol@127.0.0.1:5090"),
+    ];
+    let mut sim = Sim::with(|_| {}, Box::new(Fixed(targets)));
+    sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-te"));
+    let mut tag = None;
+    while let Some(t) = sim.proxy.poll_transmit() {
+        if t.remote == addr(BOB) {
+            tag = t.on_error;
+        }
+    }
+    sim.proxy.handle_send_error(sim.clock.now(), tag.unwrap());
+    let out = sim.out();
+    assert!(out.iter().any(|o| o.0 == addr(CAROL)));
+}
+
+#[test]
+fn missing_max_forwards_is_added_as_70() {
+    let mut sim = Sim::new();
+    sim.udp(
+        ALICE,
+        &invite("sip:bob@127.0.0.1:5080", "z9hG4bK-mf").replace("Max-Forwards: 70\n", ""),
+    );
+    let fwd = sim.out().into_iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    assert_eq!(header(&fwd, "Max-Forwards"), ["70"]);
+}
