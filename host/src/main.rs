@@ -1,1 +1,158 @@
-fn main() {}
+//! `weir`: the command line of the Weir SIP edge proxy.
+
+mod config;
+mod runtime;
+mod transport;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about = "A programmable SIP edge proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (on the embedded default configuration when no file is given).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and exit: 0 when valid, 1 with every error.
+    CheckConfig {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+    /// Print the embedded default configuration (a commented example of every key).
+    DefaultConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("weir {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::DefaultConfig => {
+            print!("{}", config::EMBEDDED_DEFAULT);
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match load(Some(&config)) {
+            Ok(c) => {
+                let listen: Vec<String> = c
+                    .listen
+                    .iter()
+                    .map(|(t, a)| format!("{}:{a}", t.param()))
+                    .collect();
+                println!("{}: OK (listen {})", config.display(), listen.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(msg) => {
+                eprintln!("{msg}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(msg) => {
+                    eprintln!("{msg}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(&cfg);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let source = config.map_or_else(
+                || "embedded default".to_string(),
+                |p| p.display().to_string(),
+            );
+            tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, "weir starting");
+            match rt.block_on(runtime::run(cfg, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(msg) => {
+                    tracing::error!("{msg}");
+                    eprintln!("weir: {msg}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Reads and validates the configuration; the error text names the file, the
+/// line and the key of every problem.
+fn load(path: Option<&std::path::Path>) -> Result<config::Config, String> {
+    let (name, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: cannot read: {e}", p.display()))?;
+            (p.display().to_string(), text)
+        }
+        None => (
+            "(embedded default)".to_string(),
+            config::EMBEDDED_DEFAULT.to_string(),
+        ),
+    };
+    config::parse(&text).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| format!("{name}: {e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+fn init_logging(cfg: &config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

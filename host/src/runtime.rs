@@ -1,0 +1,231 @@
+//! The proxy loop: the one task that owns the sans-IO [`Proxy`], feeds it socket
+//! input, DNS answers and the clock, and carries out what it asks for.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use weir_sip::proxy::{ConnId, Event, FallbackRouter, Proxy, Transmit, Transport};
+
+use crate::config::Config;
+use crate::transport::{self, ConnHandle, Input, Limits, Out, StreamSettings};
+
+/// Open connections, by id and by peer address (for reuse).
+#[derive(Debug, Default)]
+struct Conns {
+    by_id: HashMap<ConnId, ConnHandle>,
+    by_remote: HashMap<SocketAddr, ConnId>,
+}
+
+/// Binds every listener and runs the proxy until `shutdown` resolves.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let (tx, mut rx) = mpsc::channel::<Input>(16 * 1024);
+    let settings = StreamSettings {
+        max_message: cfg.max_message_size,
+        idle_timeout: cfg.tcp_idle_timeout,
+        connect_timeout: cfg.tcp_connect_timeout,
+        max_connections: cfg.max_connections,
+        max_per_source: cfg.max_connections_per_source,
+    };
+    let limits = Arc::new(Limits::default());
+    let mut udp: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    for &(t, addr) in &cfg.listen {
+        match t {
+            Transport::Udp => {
+                let sock = transport::bind_udp(addr, cfg.udp_receive_buffer)
+                    .map_err(|e| format!("cannot listen on udp:{addr}: {e}"))?;
+                let sock = Arc::new(sock);
+                udp.insert(addr, sock.clone());
+                tokio::spawn(transport::udp_receiver(sock, tx.clone()));
+            }
+            Transport::Tcp => {
+                let l = transport::bind_tcp(addr)
+                    .map_err(|e| format!("cannot listen on tcp:{addr}: {e}"))?;
+                tokio::spawn(transport::tcp_acceptor(
+                    l,
+                    tx.clone(),
+                    limits.clone(),
+                    settings.clone(),
+                ));
+            }
+            Transport::Tls => return Err("TLS listeners are not available yet".into()),
+        }
+        info!(transport = t.param(), %addr, "listening");
+    }
+    let seed = rand::random::<u64>();
+    let mut proxy = Proxy::new(
+        cfg.proxy_config(),
+        Box::new(FallbackRouter(cfg.fallback)),
+        seed,
+    );
+    let mut conns = Conns::default();
+    let mut shell = Shell {
+        udp,
+        tx,
+        limits,
+        settings,
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = proxy.poll_timeout();
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                shell.handle(&mut proxy, &mut conns, input);
+                // Take what is already queued before flushing: fewer wake-ups under load.
+                for _ in 0..256 {
+                    match rx.try_recv() {
+                        Ok(input) => shell.handle(&mut proxy, &mut conns, input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = sleep_until(deadline) => {
+                proxy.handle_timeout(std::time::Instant::now());
+            }
+            () = &mut shutdown => {
+                info!("shutting down");
+                break;
+            }
+        }
+        shell.flush(&mut proxy, &mut conns);
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Shell {
+    udp: HashMap<SocketAddr, Arc<UdpSocket>>,
+    tx: mpsc::Sender<Input>,
+    limits: Arc<Limits>,
+    settings: StreamSettings,
+}
+
+impl Shell {
+    fn handle(&mut self, proxy: &mut Proxy, conns: &mut Conns, input: Input) {
+        let now = std::time::Instant::now();
+        match input {
+            Input::Message { flow, bytes } => proxy.handle_input(now, flow, bytes),
+            Input::Resolved { id, result } => proxy.handle_resolved(now, id, result),
+            Input::ConnOpened(h) => {
+                conns.by_remote.insert(h.remote, h.id);
+                conns.by_id.insert(h.id, h);
+            }
+            Input::ConnClosed { id, failed } => {
+                if let Some(h) = conns.by_id.remove(&id) {
+                    if conns.by_remote.get(&h.remote) == Some(&id) {
+                        conns.by_remote.remove(&h.remote);
+                    }
+                }
+                for tag in failed {
+                    proxy.handle_send_error(now, tag);
+                }
+            }
+        }
+    }
+
+    /// Carries out every transmit and event the proxy produced.
+    fn flush(&mut self, proxy: &mut Proxy, conns: &mut Conns) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = proxy.poll_transmit() {
+                progressed = true;
+                self.transmit(proxy, conns, t);
+            }
+            while let Some(ev) = proxy.poll_event() {
+                progressed = true;
+                let Event::Resolve { id, host, port, .. } = ev;
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let lookup = tokio::net::lookup_host((host.as_str(), port));
+                    let result = match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                        Ok(Ok(addrs)) => Ok(addrs.collect::<Vec<_>>()),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("DNS timeout".to_string()),
+                    };
+                    if let Err(e) = &result {
+                        debug!(%host, error = %e, "DNS lookup failed");
+                    }
+                    let _ = tx.send(Input::Resolved { id, result }).await;
+                });
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn transmit(&mut self, proxy: &mut Proxy, conns: &mut Conns, t: Transmit) {
+        match t.transport {
+            Transport::Udp => {
+                let sock = self.udp.get(&t.local).or_else(|| {
+                    self.udp
+                        .iter()
+                        .find(|(a, _)| a.is_ipv4() == t.remote.is_ipv4())
+                        .map(|(_, s)| s)
+                });
+                let Some(sock) = sock else {
+                    warn!(remote = %t.remote, "no UDP socket for this address family");
+                    return;
+                };
+                if let Err(e) = sock.try_send_to(&t.bytes, t.remote) {
+                    // UDP is lossy by design: the transaction layer retransmits.
+                    debug!(remote = %t.remote, error = %e, "udp send failed");
+                }
+            }
+            Transport::Tcp => {
+                let id = t
+                    .conn
+                    .filter(|id| conns.by_id.contains_key(id))
+                    .or_else(|| conns.by_remote.get(&t.remote).copied());
+                let out = Out {
+                    bytes: t.bytes,
+                    tag: t.on_error,
+                };
+                if let Some(h) = id.and_then(|id| conns.by_id.get(&id)) {
+                    if let Err(e) = h.tx.send(out) {
+                        if let Some(tag) = e.0.tag {
+                            proxy.handle_send_error(std::time::Instant::now(), tag);
+                        }
+                    }
+                    return;
+                }
+                let (out_tx, out_rx) = mpsc::unbounded_channel();
+                let handle = ConnHandle {
+                    id: self.limits.next_id(),
+                    local: t.local,
+                    remote: t.remote,
+                    tx: out_tx,
+                };
+                let _ = handle.tx.send(out);
+                conns.by_remote.insert(handle.remote, handle.id);
+                conns.by_id.insert(handle.id, handle.clone());
+                transport::connect(
+                    handle,
+                    out_rx,
+                    self.tx.clone(),
+                    self.limits.clone(),
+                    self.settings.clone(),
+                );
+            }
+            Transport::Tls => {
+                if let Some(tag) = t.on_error {
+                    proxy.handle_send_error(std::time::Instant::now(), tag);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Sockets: UDP listeners, TCP listeners and connections (in and out).
+//!
+//! Each socket task turns bytes into [`Input`]s for the proxy loop; framing of
+//! streams is the SIP core's [`StreamFramer`]. Connection limits (total and per
+//! source address) and idle timeouts are enforced here.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use weir_sip::framing::{FrameError, StreamFramer, StreamItem, PONG};
+use weir_sip::proxy::{ConnId, Flow, SendTag, Transport};
+
+/// What the socket tasks tell the proxy loop.
+#[derive(Debug)]
+pub enum Input {
+    Message {
+        flow: Flow,
+        bytes: Bytes,
+    },
+    Resolved {
+        id: u64,
+        result: Result<Vec<SocketAddr>, String>,
+    },
+    ConnOpened(ConnHandle),
+    /// A connection ended; `failed` are the tagged sends it could not deliver.
+    ConnClosed {
+        id: ConnId,
+        failed: Vec<SendTag>,
+    },
+}
+
+/// Bytes for a connection to write.
+#[derive(Debug)]
+pub struct Out {
+    pub bytes: Bytes,
+    pub tag: Option<SendTag>,
+}
+
+/// The proxy loop's handle on one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub tx: mpsc::UnboundedSender<Out>,
+}
+
+/// Settings shared by every connection task.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub max_message: usize,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub max_per_source: usize,
+}
+
+/// Counts open connections, in total and per source address.
+#[derive(Debug, Default)]
+pub struct Limits {
+    next_id: AtomicU64,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Releases a connection's place in [`Limits`] when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limits.open.lock() {
+            open.0 = open.0.saturating_sub(1);
+            if let Some(n) = open.1.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.1.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl Limits {
+    pub fn next_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Takes a place for a connection with `ip`, or says which limit is reached.
+    pub fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        s: &StreamSettings,
+        inbound: bool,
+    ) -> Result<Slot, &'static str> {
+        let mut open = self.open.lock().map_err(|_| "limits poisoned")?;
+        if open.0 >= s.max_connections {
+            return Err("max_connections reached");
+        }
+        let per = open.1.entry(ip).or_insert(0);
+        if inbound && *per >= s.max_per_source {
+            return Err("max_connections_per_source reached");
+        }
+        *per += 1;
+        open.0 += 1;
+        Ok(Slot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// Binds a UDP socket with a large receive buffer.
+pub fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = sock.set_recv_buffer_size(recv_buffer);
+    let _ = sock.set_send_buffer_size(recv_buffer);
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Reads datagrams and hands them to the proxy loop.
+pub async fn udp_receiver(sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
+    let local = match sock.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        match sock.recv_from(&mut buf).await {
+            Ok((n, remote)) => {
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    local,
+                    remote,
+                    conn: None,
+                };
+                let input = Input::Message {
+                    flow,
+                    bytes: Bytes::copy_from_slice(&buf[..n]),
+                };
+                if tx.send(input).await.is_err() {
+                    return;
+                }
+            }
+            // ICMP errors from earlier sends surface here on Linux; keep reading.
+            Err(e) => debug!(%local, error = %e, "udp receive error"),
+        }
+    }
+}
+
+/// Accepts TCP connections within the limits.
+pub async fn tcp_acceptor(
+    listener: TcpListener,
+    tx: mpsc::Sender<Input>,
+    limits: Arc<Limits>,
+    s: StreamSettings,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(%local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match limits.acquire(remote.ip(), &s, true) {
+            Ok(slot) => slot,
+            Err(why) => {
+                info!(%remote, why, "connection refused");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let handle = ConnHandle {
+            id: limits.next_id(),
+            local,
+            remote,
+            tx: out_tx,
+        };
+        if tx.send(Input::ConnOpened(handle.clone())).await.is_err() {
+            return;
+        }
+        tokio::spawn(connection(
+            stream,
+            handle,
+            out_rx,
+            tx.clone(),
+            s.clone(),
+            slot,
+        ));
+    }
+}
+
+/// Opens a connection to a next hop; sends queue up until it is established.
+pub fn connect(
+    handle: ConnHandle,
+    out_rx: mpsc::UnboundedReceiver<Out>,
+    tx: mpsc::Sender<Input>,
+    limits: Arc<Limits>,
+    s: StreamSettings,
+) {
+    tokio::spawn(async move {
+        let slot = match limits.acquire(handle.remote.ip(), &s, false) {
+            Ok(slot) => slot,
+            Err(why) => {
+                warn!(remote = %handle.remote, why, "cannot open connection");
+                fail_all(handle.id, out_rx, tx).await;
+                return;
+            }
+        };
+        let stream = match connect_from(handle.local, handle.remote, s.connect_timeout).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                info!(remote = %handle.remote, error = %e, "connect failed");
+                fail_all(handle.id, out_rx, tx).await;
+                return;
+            }
+        };
+        connection(stream, handle, out_rx, tx, s, slot).await;
+    });
+}
+
+async fn connect_from(
+    local: SocketAddr,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let sock = if remote.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Bind to the listener's address (not its port) so the peer sees the address
+    // we advertise.
+    if local.ip().is_loopback() == remote.ip().is_loopback() && !local.ip().is_unspecified() {
+        let _ = sock.bind(SocketAddr::new(local.ip(), 0));
+    }
+    let stream = tokio::time::timeout(timeout, sock.connect(remote))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn fail_all(id: ConnId, mut out_rx: mpsc::UnboundedReceiver<Out>, tx: mpsc::Sender<Input>) {
+    out_rx.close();
+    let mut failed = Vec::new();
+    while let Ok(out) = out_rx.try_recv() {
+        failed.extend(out.tag);
+    }
+    let _ = tx.send(Input::ConnClosed { id, failed }).await;
+}
+
+/// Reads and frames one connection, writes what the proxy sends on it, and
+/// closes it when idle, broken or unframeable.
+async fn connection(
+    mut stream: TcpStream,
+    handle: ConnHandle,
+    mut out_rx: mpsc::UnboundedReceiver<Out>,
+    tx: mpsc::Sender<Input>,
+    s: StreamSettings,
+    _slot: Slot,
+) {
+    let flow = Flow {
+        transport: Transport::Tcp,
+        local: stream.local_addr().unwrap_or(handle.local),
+        remote: handle.remote,
+        conn: Some(handle.id),
+    };
+    let mut framer = StreamFramer::new(s.max_message);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut failed = Vec::new();
+    let idle = tokio::time::sleep(s.idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                idle.as_mut().reset(tokio::time::Instant::now() + s.idle_timeout);
+                framer.push(&buf[..n]);
+                let mut close = false;
+                loop {
+                    match framer.poll() {
+                        Ok(Some(StreamItem::Message(bytes))) => {
+                            if tx.send(Input::Message { flow, bytes }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(StreamItem::Ping)) => {
+                            if stream.write_all(PONG).await.is_err() {
+                                close = true;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e @ (FrameError::TooLarge(_) | FrameError::BadContentLength)) => {
+                            info!(remote = %handle.remote, error = %e, "closing connection");
+                            close = true;
+                            break;
+                        }
+                    }
+                }
+                if close {
+                    break;
+                }
+            }
+            out = out_rx.recv() => {
+                let Some(out) = out else { break };
+                idle.as_mut().reset(tokio::time::Instant::now() + s.idle_timeout);
+                if stream.write_all(&out.bytes).await.is_err() {
+                    failed.extend(out.tag);
+                    break;
+                }
+            }
+            () = &mut idle => {
+                debug!(remote = %handle.remote, "closing idle connection");
+                break;
+            }
+        }
+    }
+    out_rx.close();
+    while let Ok(out) = out_rx.try_recv() {
+        failed.extend(out.tag);
+    }
+    let _ = tx
+        .send(Input::ConnClosed {
+            id: handle.id,
+            failed,
+        })
+        .await;
+}
