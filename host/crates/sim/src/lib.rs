@@ -76,3 +76,5 @@ impl Rng {
         (self.next_u64() % n.max(1) as u64) as usize
     }
 }
+
+pub mod corpus;

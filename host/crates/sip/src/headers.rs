@@ -240,6 +240,16 @@ pub struct Via<'a> {
 
 impl<'a> Via<'a> {
     pub fn parse(value: &'a [u8]) -> Result<Via<'a>, HeaderError> {
+        Self::parse_inner(value, true)
+    }
+
+    /// Like [`Via::parse`] but accepts any SIP version, so that a request with a
+    /// version we do not support can still be answered (505).
+    pub fn parse_any_version(value: &'a [u8]) -> Result<Via<'a>, HeaderError> {
+        Self::parse_inner(value, false)
+    }
+
+    fn parse_inner(value: &'a [u8], strict: bool) -> Result<Via<'a>, HeaderError> {
         let mut sc = Scanner::new(value);
         sc.skip_ws();
         let proto = sc.token().ok_or(HeaderError::SentProtocol)?;
@@ -253,7 +263,7 @@ impl<'a> Via<'a> {
         }
         sc.skip_ws();
         let transport = sc.token().ok_or(HeaderError::SentProtocol)?;
-        if !eq_ignore_case(proto, b"SIP") || version != b"2.0" {
+        if !eq_ignore_case(proto, b"SIP") || (strict && version != b"2.0") {
             return Err(HeaderError::SentProtocol);
         }
         sc.skip_ws();

@@ -1769,14 +1769,14 @@ fn next_hop(uri: &str) -> Result<NextHop, Rejection> {
 /// parameters are broken (RFC 4475 `badinv01`).
 fn lenient_top_via(msg: &Message) -> Option<Via<'_>> {
     let (_, v) = msg.list(HeaderName::Via).next()?;
-    if let Ok(via) = Via::parse(v) {
+    if let Ok(via) = Via::parse_any_version(v) {
         return Some(via);
     }
     let cut = v
         .iter()
         .position(|&b| b == b';' || b == b',')
         .unwrap_or(v.len());
-    Via::parse(&v[..cut]).ok()
+    Via::parse_any_version(&v[..cut]).ok()
 }
 
 /// The top Via value with `received` (RFC 3261 §18.2.1) and `rport` (RFC 3581)
