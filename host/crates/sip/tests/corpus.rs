@@ -3,6 +3,8 @@
 //! no panic, and no state left behind. (The running binary gets the same
 //! messages over real sockets in a network namespace: tests/corpus_netns.rs.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
