@@ -1,1 +1,374 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: start the real `weir` binary, run SIPp
+//! scenarios against it, make network namespaces. Every wait is bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: failing loudly is the point
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `weir` binary built by the same `cargo build` as this test.
+pub fn weir_bin() -> PathBuf {
+    target_dir().join("weir")
+}
+
+/// `target/<profile>` of the running test executable.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// Whether an external program is on the PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Fails the test with a clear message when a required peer is missing; the
+/// test script installs them, so absence is a setup error, not a skip.
+pub fn require(program: &str, package: &str) {
+    assert!(
+        have(program),
+        "`{program}` is not installed: run scripts/test.sh (it installs the Debian package `{package}`)"
+    );
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A port free on 127.0.0.1 and ::1 for both UDP and TCP. Ports are handed out
+/// from a per-process range so parallel tests do not collide.
+pub fn free_port() -> u16 {
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        let base = 20_000 + (std::process::id() % 400) as u16 * 100;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let free = UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && UdpSocket::bind(("::1", p)).is_ok()
+            && TcpListener::bind(("::1", p)).is_ok();
+        if free {
+            return p;
+        }
+    }
+}
+
+/// A running `weir run`, killed when dropped.
+#[allow(missing_debug_implementations)]
+pub struct Weir {
+    child: Child,
+    pub dir: tempdir::Dir,
+    pub log: PathBuf,
+}
+
+impl Weir {
+    /// Starts weir with `config` (TOML) and waits until it answers OPTIONS on
+    /// `probe` (a UDP listen address of the config).
+    pub fn start(config: &str, probe: SocketAddr) -> Weir {
+        let bin = weir_bin();
+        assert!(
+            bin.exists(),
+            "{} is missing: build the workspace first (scripts/test.sh does)",
+            bin.display()
+        );
+        let dir = tempdir::Dir::new("weir");
+        let cfg = dir.path().join("weir.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("weir.log");
+        let child = Command::new(&bin)
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start weir");
+        let mut w = Weir { child, dir, log };
+        w.wait_ready(probe);
+        w
+    }
+
+    /// Like [`Weir::start`], inside a network namespace (no readiness probe from
+    /// here: the namespace's loopback is not ours; the caller probes).
+    pub fn start_in(config: &str, netns: &str) -> Weir {
+        let dir = tempdir::Dir::new("weir");
+        let cfg = dir.path().join("weir.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("weir.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(weir_bin())
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start weir in the namespace");
+        Weir { child, dir, log }
+    }
+
+    fn wait_ready(&mut self, probe: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("weir exited ({status}) during start:\n{}", self.log_text());
+            }
+            if options_ping(probe, Duration::from_millis(200)).is_some_and(|code| code == 200) {
+                return;
+            }
+        }
+        panic!(
+            "weir did not answer OPTIONS on {probe} within 10 s:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends an OPTIONS to `to` over UDP and returns the status of the answer.
+pub fn options_ping(to: SocketAddr, wait: Duration) -> Option<u16> {
+    let sock = UdpSocket::bind(if to.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    })
+    .ok()?;
+    let me = sock.local_addr().ok()?;
+    let host = match to {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let me_s = match me {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    let msg = format!(
+        "OPTIONS sip:{host} SIP/2.0\r\nVia: SIP/2.0/UDP {me_s};branch=z9hG4bK-ping{}\r\nMax-Forwards: 70\r\nFrom: <sip:probe@{me_s}>;tag=p\r\nTo: <sip:{host}>\r\nCall-ID: ping-{}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        me.port(),
+        me.port()
+    );
+    sock.set_read_timeout(Some(wait)).ok()?;
+    sock.send_to(msg.as_bytes(), to).ok()?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// A SIPp scenario from `tests/scenarios/`, with each `(from, to)` text replaced
+/// (placeholders such as `@METHOD@`).
+pub fn scenario(dir: &Path, name: &str, fill: &[(&str, &str)]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(name);
+    let mut text =
+        std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    for (k, v) in fill {
+        assert!(text.contains(k), "{name} has no {k}");
+        text = text.replace(k, v);
+    }
+    let out = dir.join(name);
+    std::fs::File::create(&out)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    out
+}
+
+/// The result of one SIPp run.
+#[derive(Debug)]
+pub struct SippRun {
+    pub code: Option<i32>,
+    pub successful: u64,
+    pub failed: u64,
+    pub output: String,
+}
+
+/// A SIPp process.
+#[allow(missing_debug_implementations)]
+pub struct Sipp {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Sipp {
+    /// Starts `sipp` with `args` (a `-timeout` bounds it) in `dir`.
+    pub fn spawn(dir: &Path, label: &str, args: &[String]) -> Sipp {
+        let out = dir.join(format!("{label}.out"));
+        let child = Command::new("sipp")
+            .current_dir(dir)
+            .args(args)
+            .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sipp");
+        Sipp { child, out }
+    }
+
+    /// Waits (at most `limit`) and reads the final statistics.
+    pub fn wait(mut self, limit: Duration) -> SippRun {
+        let deadline = Instant::now() + limit;
+        let code = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        let output = std::fs::read_to_string(&self.out).unwrap_or_default();
+        SippRun {
+            code,
+            successful: stat(&output, "Successful call"),
+            failed: stat(&output, "Failed call"),
+            output,
+        }
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stat(output: &str, name: &str) -> u64 {
+    output
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(name))
+        .and_then(|l| l.rsplit('|').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A temporary directory removed on drop.
+pub mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new(prefix: &str) -> Dir {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "{prefix}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+
+        /// Keeps the directory (for a failing test's evidence).
+        pub fn keep(self) -> PathBuf {
+            let p = self.0.clone();
+            std::mem::forget(self);
+            p
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A network namespace with its loopback up, deleted on drop.
+#[allow(missing_debug_implementations)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates the namespace, or returns `None` (saying why) when this machine
+    /// cannot (not root, no `ip`).
+    pub fn create(tag: &str) -> Option<Netns> {
+        if !have("ip") {
+            eprintln!("SKIPPED: `ip` (iproute2) is not installed");
+            return None;
+        }
+        let name = format!("weir-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot create a network namespace (needs root)");
+            return None;
+        }
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// Runs a command inside the namespace and asserts it succeeds.
+    pub fn exec(&self, cmd: &[&str]) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .status()
+            .expect("ip netns exec");
+        assert!(status.success(), "in {}: {cmd:?} failed", self.name);
+    }
+
+    /// The namespace's own /etc/hosts (bind-mounted by `ip netns exec`).
+    pub fn set_hosts(&self, text: &str) {
+        let dir = PathBuf::from("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts"), text).unwrap();
+        // No DNS server is reachable inside: answer from the hosts file only.
+        std::fs::write(dir.join("resolv.conf"), "").unwrap();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
+    }
+}
