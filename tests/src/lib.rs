@@ -280,6 +280,7 @@ fn stat(output: &str, name: &str) -> u64 {
 pub mod tempdir {
     use std::path::{Path, PathBuf};
 
+    #[derive(Debug)]
     pub struct Dir(PathBuf);
 
     impl Dir {
