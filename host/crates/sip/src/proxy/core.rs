@@ -1753,6 +1753,14 @@ fn next_hop(uri: &str) -> Result<NextHop, Rejection> {
         })?),
         None => None,
     };
+    // Policy (RFC 5118 §4.9 leaves it to us): an IPv4-mapped IPv6 next hop is
+    // reached over IPv4.
+    let host = match host.ip() {
+        Some(IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map_or(host, |v4| Host::Ip(IpAddr::V4(v4))),
+        _ => host,
+    };
     Ok(NextHop {
         host: match host {
             Host::Domain(d) => d.to_string(),

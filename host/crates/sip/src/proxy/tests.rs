@@ -810,3 +810,20 @@ fn missing_max_forwards_is_added_as_70() {
     let fwd = sim.out().into_iter().find(|o| o.0 == addr(BOB)).unwrap().2;
     assert_eq!(header(&fwd, "Max-Forwards"), ["70"]);
 }
+
+#[test]
+fn rfc5118_s4_9_ipv4_mapped_next_hops_are_reached_over_ipv4() {
+    let mut sim = Sim::new();
+    sim.udp(
+        ALICE,
+        &invite("sip:bob@[::ffff:127.0.0.1]:5080", "z9hG4bK-map"),
+    );
+    let out = sim.out();
+    let fwd = out.iter().find(|o| o.2.is_request()).unwrap();
+    assert_eq!(fwd.0, addr(BOB));
+    assert_eq!(
+        fwd.2.request_uri_bytes(),
+        b"sip:bob@[::ffff:127.0.0.1]:5080",
+        "the URI itself is not rewritten"
+    );
+}
