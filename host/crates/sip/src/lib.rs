@@ -11,6 +11,8 @@
 
 pub mod build;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod headers;
 pub mod message;
 pub mod proxy;
