@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets (`fuzz/`) and the bounded mutation test.
 //! Each takes arbitrary bytes and panics only if the code under test misbehaves.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -86,7 +87,7 @@ pub fn exercise_framer(data: &[u8]) {
 /// Splits `data` on `\0\0\0` into datagrams for a fresh proxy, lets every timer
 /// run out, and checks that all output parses and no state is left.
 pub fn exercise_proxy(data: &[u8]) {
-    let local = "127.0.0.1:5060".parse().expect("literal address");
+    let local = SocketAddr::from(([127, 0, 0, 1], 5060));
     let cfg = ProxyConfig::new(vec![
         Listener::new(Transport::Udp, local),
         Listener::new(Transport::Tcp, local),
@@ -101,9 +102,7 @@ pub fn exercise_proxy(data: &[u8]) {
         let flow = Flow {
             transport: Transport::Udp,
             local,
-            remote: format!("127.0.0.1:{}", 5070 + n % 3)
-                .parse()
-                .expect("literal address"),
+            remote: SocketAddr::from(([127, 0, 0, 1], 5070 + (n % 3) as u16)),
             conn: None,
         };
         proxy.handle_input(now, flow, Bytes::copy_from_slice(chunk));
