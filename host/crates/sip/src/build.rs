@@ -21,7 +21,13 @@ pub fn response(
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(512);
     out.put_slice(b"SIP/2.0 ");
-    out.put_slice(status.to_string().as_bytes());
+    // Status codes are three digits (the parser enforces 100–699).
+    let code = status.clamp(100, 699);
+    out.put_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+    ]);
     out.put_u8(b' ');
     out.put_slice(reason.as_bytes());
     out.put_slice(b"\r\n");
@@ -50,13 +56,16 @@ pub fn response(
                 out.put_slice(req.raw(f.line))
             }
             HeaderName::To => {
-                let has_tag = req
-                    .to()
-                    .and_then(Result::ok)
-                    .and_then(|t| t.tag())
-                    .is_some();
+                // Parsing To is only worth it when a tag may be added.
+                let needs_tag = status > 100
+                    && to_tag.is_some()
+                    && req
+                        .to()
+                        .and_then(Result::ok)
+                        .and_then(|t| t.tag())
+                        .is_none();
                 match to_tag {
-                    Some(tag) if !has_tag && status > 100 => {
+                    Some(tag) if needs_tag => {
                         out.put_slice(req.raw(f.name_span));
                         out.put_slice(b": ");
                         out.put_slice(req.raw(f.value));

@@ -36,6 +36,9 @@ pub enum HeaderName {
 impl HeaderName {
     /// Classifies a header name, long or compact form (RFC 3261 §7.3.3), any case.
     pub fn classify(name: &[u8]) -> HeaderName {
+        if name.is_empty() {
+            return HeaderName::Other;
+        }
         if name.len() == 1 {
             return match name[0].to_ascii_lowercase() {
                 b'v' => HeaderName::Via,
@@ -49,28 +52,40 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        const TABLE: &[(&[u8], HeaderName)] = &[
-            (b"via", HeaderName::Via),
-            (b"from", HeaderName::From),
-            (b"to", HeaderName::To),
-            (b"call-id", HeaderName::CallId),
-            (b"cseq", HeaderName::CSeq),
-            (b"max-forwards", HeaderName::MaxForwards),
-            (b"route", HeaderName::Route),
-            (b"record-route", HeaderName::RecordRoute),
-            (b"contact", HeaderName::Contact),
-            (b"content-length", HeaderName::ContentLength),
-            (b"content-type", HeaderName::ContentType),
-            (b"proxy-require", HeaderName::ProxyRequire),
-            (b"require", HeaderName::Require),
-            (b"supported", HeaderName::Supported),
-            (b"unsupported", HeaderName::Unsupported),
-            (b"proxy-authorization", HeaderName::ProxyAuthorization),
-        ];
-        TABLE
-            .iter()
-            .find(|(n, _)| n.len() == name.len() && eq_ignore_case(n, name))
-            .map_or(HeaderName::Other, |(_, h)| *h)
+        // One candidate per (length, first letter): a single comparison.
+        let candidate: Option<(&[u8], HeaderName)> =
+            match (name.len(), name[0].to_ascii_lowercase()) {
+                (2, b't') => Some((b"to", HeaderName::To)),
+                (3, b'v') => Some((b"via", HeaderName::Via)),
+                (4, b'f') => Some((b"from", HeaderName::From)),
+                (4, b'c') => Some((b"cseq", HeaderName::CSeq)),
+                (5, b'r') => Some((b"route", HeaderName::Route)),
+                (7, b'c') => Some((b"call-id", HeaderName::CallId)),
+                (7, b'r') => Some((b"require", HeaderName::Require)),
+                (9, b's') => Some((b"supported", HeaderName::Supported)),
+                (11, b'u') => Some((b"unsupported", HeaderName::Unsupported)),
+                (12, b'm') => Some((b"max-forwards", HeaderName::MaxForwards)),
+                (12, b'r') => Some((b"record-route", HeaderName::RecordRoute)),
+                (12, b'c') => Some((b"content-type", HeaderName::ContentType)),
+                (13, b'p') => Some((b"proxy-require", HeaderName::ProxyRequire)),
+                (14, b'c') => Some((b"content-length", HeaderName::ContentLength)),
+                (19, b'p') => Some((b"proxy-authorization", HeaderName::ProxyAuthorization)),
+                _ => None,
+            };
+        match candidate {
+            Some((n, h)) if eq_ignore_case(n, name) => h,
+            // "call-id" and "contact" share length and first letter.
+            _ if name.len() == 7 && eq_ignore_case(name, b"contact") => HeaderName::Contact,
+            _ => HeaderName::Other,
+        }
+    }
+
+    /// A small index for per-name tables; `None` for [`HeaderName::Other`].
+    pub fn slot(&self) -> Option<usize> {
+        match self {
+            HeaderName::Other => None,
+            h => Some(*h as usize),
+        }
     }
 
     /// The canonical long form, for headers the proxy writes itself.
@@ -352,9 +367,9 @@ fn scan_sent_by<'a>(sc: &mut Scanner<'a>) -> Result<(Host<'a>, &'a str, Option<u
 pub struct NameAddr<'a> {
     /// The display name as written: a quoted string (with quotes) or tokens.
     pub display: Option<&'a [u8]>,
-    /// The URI text, without the angle brackets.
+    /// The URI text, without the angle brackets. Only its scheme and characters
+    /// are checked here; [`NameAddr::uri`] parses it fully.
     pub uri_text: &'a str,
-    pub uri: Uri<'a>,
     /// True when the URI was written inside `<...>`.
     pub bracketed: bool,
     pub params: Params<'a>,
@@ -415,7 +430,7 @@ impl<'a> NameAddr<'a> {
             sc.pos += end;
         }
         let uri_text = std::str::from_utf8(uri_bytes).map_err(|_| HeaderError::Angle)?;
-        let uri = Uri::parse(uri_text)?;
+        crate::uri::check_light(uri_text)?;
         let params = Params::scan(&mut sc)?;
         sc.skip_ws();
         if !sc.at_end() {
@@ -424,10 +439,14 @@ impl<'a> NameAddr<'a> {
         Ok(NameAddr {
             display,
             uri_text,
-            uri,
             bracketed,
             params,
         })
+    }
+
+    /// The URI, fully parsed.
+    pub fn uri(&self) -> Result<Uri<'a>, UriError> {
+        Uri::parse(self.uri_text)
     }
 
     /// The `tag` parameter.

@@ -152,6 +152,8 @@ impl Defect {
     }
 }
 
+const SLOTS: usize = 16;
+
 /// Why bytes could not be indexed as a SIP message at all. Such input is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -186,6 +188,9 @@ pub struct Message {
     start: StartLine,
     start_line: Span,
     headers: Vec<Field>,
+    /// Per known header name: index of its first line + 1 (0: absent), and count.
+    first: [u16; SLOTS],
+    counts: [u8; SLOTS],
     body: Span,
     content_length: Option<usize>,
     defect: Option<Defect>,
@@ -223,6 +228,8 @@ impl Message {
         let start = parse_start_line(&bytes[pos..line_end], pos, &mut defect)?;
 
         let mut headers = Vec::with_capacity(20);
+        let mut first = [0u16; SLOTS];
+        let mut counts = [0u8; SLOTS];
         let mut folded = false;
         let mut pos = line_end + 2;
         let head_end = loop {
@@ -253,8 +260,15 @@ impl Message {
                         } else {
                             pos + colon + 1 + (v.as_ptr() as usize - raw_value.as_ptr() as usize)
                         };
+                        let hn = HeaderName::classify(name);
+                        if let Some(slot) = hn.slot() {
+                            if first[slot] == 0 {
+                                first[slot] = u16::try_from(headers.len() + 1).unwrap_or(u16::MAX);
+                            }
+                            counts[slot] = counts[slot].saturating_add(1);
+                        }
                         headers.push(Field {
-                            name: HeaderName::classify(name),
+                            name: hn,
                             name_span: Span::new(name_start, name_start + name.len()),
                             value: Span::new(v_start, v_start + v.len()),
                             line: Span::new(pos, end + 2),
@@ -276,6 +290,8 @@ impl Message {
             start,
             start_line,
             headers,
+            first,
+            counts,
             body: Span::default(),
             content_length: None,
             defect,
@@ -387,9 +403,18 @@ impl Message {
         &self.headers
     }
 
+    /// Index of the first line of a known header name.
+    fn first_index(&self, name: HeaderName) -> Option<usize> {
+        match name.slot() {
+            Some(slot) => (self.first[slot] as usize).checked_sub(1),
+            None => self.headers.iter().position(|f| f.name == name),
+        }
+    }
+
     /// Header lines of one known name, in order.
     pub fn fields(&self, name: HeaderName) -> impl Iterator<Item = &Field> + '_ {
-        self.headers.iter().filter(move |f| f.name == name)
+        let from = self.first_index(name).unwrap_or(self.headers.len());
+        self.headers[from..].iter().filter(move |f| f.name == name)
     }
 
     /// Header lines whose name is `name` (any case; for headers without a typed name).
@@ -418,15 +443,20 @@ impl Message {
     }
 
     pub fn count(&self, name: HeaderName) -> usize {
-        self.fields(name).count()
+        match name.slot() {
+            Some(slot) if self.counts[slot] < u8::MAX => usize::from(self.counts[slot]),
+            _ => self.fields(name).count(),
+        }
     }
 
     /// Every comma-separated value of a list header, across lines, in order:
     /// `(index of the line in [`Message::fields_all`], value)`.
     pub fn list(&self, name: HeaderName) -> impl Iterator<Item = (usize, &[u8])> + '_ {
+        let from = self.first_index(name).unwrap_or(self.headers.len());
         self.headers
             .iter()
             .enumerate()
+            .skip(from)
             .filter(move |(_, f)| f.name == name)
             .flat_map(move |(i, f)| split_list(self.value(f)).map(move |(_, v)| (i, v)))
     }

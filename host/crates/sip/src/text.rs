@@ -3,22 +3,42 @@
 //! Everything here works on bytes: SIP header values may carry UTF-8 and, inside
 //! quoted strings, even NUL (RFC 4475 §3.1.1.2), so nothing assumes `str`.
 
+/// Character classes as 256-entry tables: one load per byte on the hot path.
+const fn class_table(extra: &[u8], alnum: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = alnum && b.is_ascii_alphanumeric();
+        i += 1;
+    }
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+}
+
+static TOKEN: [bool; 256] = class_table(b"-.!%*_+`'~", true);
+static UNRESERVED: [bool; 256] = class_table(b"-_.!~*'()", true);
+/// unreserved / escaped / user-unreserved (RFC 3261 §25.1 `user`).
+pub(crate) static USER: [bool; 256] = class_table(b"-_.!~*'()%&=+$,;?/", true);
+/// unreserved / escaped / param-unreserved (`paramchar`, plus `=` and `;` handled by the caller).
+pub(crate) static PARAM: [bool; 256] = class_table(b"-_.!~*'()%[]/:&+$", true);
+/// Host name characters (domain labels, IPv4 dots).
+pub(crate) static HOST: [bool; 256] = class_table(b"-.", true);
+
 /// RFC 3261 `token` characters.
+#[inline]
 pub(crate) fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[b as usize]
 }
 
 /// `unreserved` (alphanum / mark).
+#[inline]
 pub(crate) fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
-        )
+    UNRESERVED[b as usize]
 }
 
 /// Linear white space inside one (already unfolded) header value.
@@ -46,29 +66,33 @@ pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
 
 /// Index of the first `needle` that is outside a quoted string and outside `<...>`.
 pub(crate) fn find_top_level(s: &[u8], needle: u8) -> Option<usize> {
-    let mut in_quote = false;
-    let mut in_angle = false;
     let mut i = 0;
     while i < s.len() {
-        let b = s[i];
-        if in_quote {
-            match b {
-                b'\\' => i += 1,
-                b'"' => in_quote = false,
-                _ => {}
+        // Jump to the next byte that matters.
+        i += memchr::memchr3(needle, b'"', b'<', &s[i..])?;
+        match s[i] {
+            b'"' => {
+                // Skip the quoted string, honouring backslash escapes.
+                i += 1;
+                loop {
+                    let k = memchr::memchr2(b'"', b'\\', &s[i..])?;
+                    i += k;
+                    if s[i] == b'\\' {
+                        i += 2;
+                    } else {
+                        i += 1;
+                        break;
+                    }
+                    if i >= s.len() {
+                        return None;
+                    }
+                }
             }
-        } else if in_angle {
-            if b == b'>' {
-                in_angle = false;
+            b'<' if needle != b'<' => {
+                i += memchr::memchr(b'>', &s[i..])? + 1;
             }
-        } else if b == needle {
-            return Some(i);
-        } else if b == b'"' {
-            in_quote = true;
-        } else if b == b'<' {
-            in_angle = true;
+            _ => return Some(i),
         }
-        i += 1;
     }
     None
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::text::{escapes_valid, is_unreserved, unescape};
+use crate::text::{escapes_valid, is_unreserved, unescape, HOST, PARAM, USER};
 
 /// Why a URI did not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +116,28 @@ pub fn parse_ipv6(s: &str) -> Result<Ipv6Addr, UriError> {
     Err(UriError::BadHost)
 }
 
+/// The cheap check of a URI inside a header: a scheme, then only characters a
+/// URI may hold. The full grammar is checked where the URI is used.
+pub fn check_light(s: &str) -> Result<(), UriError> {
+    let colon = memchr::memchr(b':', s.as_bytes()).ok_or(UriError::NoScheme)?;
+    let scheme = &s.as_bytes()[..colon];
+    if scheme.is_empty()
+        || !scheme[0].is_ascii_alphabetic()
+        || !scheme
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        return Err(UriError::NoScheme);
+    }
+    if colon + 1 == s.len()
+        || s.bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b == b'<' || b == b'>' || b == b'"')
+    {
+        return Err(UriError::BadCharacter);
+    }
+    Ok(())
+}
+
 /// A URI of any scheme.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Uri<'a> {
@@ -203,19 +225,21 @@ impl<'a> SipUri<'a> {
     }
 
     fn parse_parts(scheme: Scheme, rest: &'a str) -> Result<Self, UriError> {
+        let b = rest.as_bytes();
         // The user part may contain ';' and '?' (RFC 4475 §3.1.1.9) but never a raw '@'
         // and neither may parameters or headers, so the first '@' ends the userinfo.
-        let (user, password, hostpart) = match rest.find('@') {
+        let (user, password, host_start) = match memchr::memchr(b'@', b) {
             Some(at) => {
-                let userinfo = &rest[..at];
-                let (user, password) = match userinfo.find(':') {
-                    Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
-                    None => (userinfo, None),
+                let ui = &b[..at];
+                let (user_end, password) = match memchr::memchr(b':', ui) {
+                    Some(c) => (c, Some(&rest[c + 1..at])),
+                    None => (at, None),
                 };
-                if user.is_empty() || !user.bytes().all(is_user_char) {
+                let user = &ui[..user_end];
+                if user.is_empty() || !user.iter().all(|&c| USER[c as usize]) {
                     return Err(UriError::BadUser);
                 }
-                if !escapes_valid(user.as_bytes()) {
+                if user.contains(&b'%') && !escapes_valid(user) {
                     return Err(UriError::BadEscape);
                 }
                 if let Some(p) = password {
@@ -223,35 +247,68 @@ impl<'a> SipUri<'a> {
                         return Err(UriError::BadUser);
                     }
                 }
-                (Some(user), password, &rest[at + 1..])
+                (Some(&rest[..user_end]), password, at + 1)
             }
-            None => (None, None, rest),
+            None => (None, None, 0),
         };
-        let (hostport, after) = if hostpart.starts_with('[') {
-            let close = hostpart.find(']').ok_or(UriError::BadHost)?;
-            let end = hostpart[close..]
-                .find([';', '?'])
-                .map_or(hostpart.len(), |i| close + i);
-            (&hostpart[..end], &hostpart[end..])
+        let hb = &b[host_start..];
+        let mut i = if hb.first() == Some(&b'[') {
+            memchr::memchr(b']', hb).ok_or(UriError::BadHost)? + 1
         } else {
-            let end = hostpart.find([';', '?']).unwrap_or(hostpart.len());
-            (&hostpart[..end], &hostpart[end..])
+            hb.iter()
+                .position(|&c| !HOST[c as usize])
+                .unwrap_or(hb.len())
         };
-        let (host_text, port) = split_host_port(hostport)?;
+        let host_text = &rest[host_start..host_start + i];
+        let mut port = None;
+        if hb.get(i) == Some(&b':') {
+            let start = i + 1;
+            i = start;
+            while i < hb.len() && hb[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == start || i - start > 5 {
+                return Err(UriError::BadPort);
+            }
+            let n = crate::text::parse_decimal(&hb[start..i], u64::from(u16::MAX))
+                .ok_or(UriError::BadPort)?;
+            port = Some(n as u16);
+        }
+        match hb.get(i) {
+            None | Some(b';') | Some(b'?') => {}
+            Some(_) if port.is_some() => return Err(UriError::BadPort),
+            Some(_) => return Err(UriError::BadHost),
+        }
         let host = parse_host(host_text)?;
-        let (params, headers) = match after.find('?') {
+        let after = &rest[host_start + i..];
+        let (params, headers) = match memchr::memchr(b'?', after.as_bytes()) {
             Some(q) => (&after[..q], Some(&after[q + 1..])),
             None => (after, None),
         };
-        for p in params.split(';').skip(1) {
-            let (name, value) = p.split_once('=').unwrap_or((p, ""));
-            if name.is_empty()
-                || !name.bytes().all(is_param_char)
-                || !value.bytes().all(is_param_char)
-                || !escapes_valid(p.as_bytes())
-            {
+        // uri-parameters: *( ";" pname [ "=" pvalue ] ), names never empty.
+        let pb = params.as_bytes();
+        let mut k = 0;
+        while k < pb.len() {
+            // pb[k] is ';'
+            let start = k + 1;
+            let mut end = start;
+            let mut eq = false;
+            while end < pb.len() && pb[end] != b';' {
+                let c = pb[end];
+                if c == b'=' && !eq && end > start {
+                    eq = true;
+                } else if !PARAM[c as usize] {
+                    return Err(UriError::BadParam);
+                }
+                end += 1;
+            }
+            if end == start || pb[start] == b'=' {
                 return Err(UriError::BadParam);
             }
+            if pb[start..end].contains(&b'%') && !escapes_valid(&pb[start..end]) {
+                return Err(UriError::BadParam);
+            }
+            k = end;
         }
         if let Some(h) = headers {
             if h.is_empty() || !escapes_valid(h.as_bytes()) {
@@ -338,47 +395,8 @@ pub(crate) fn uri_param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn split_host_port(s: &str) -> Result<(&str, Option<u16>), UriError> {
-    let (host, port) = if s.starts_with('[') {
-        let close = s.find(']').ok_or(UriError::BadHost)?;
-        let after = &s[close + 1..];
-        match after.strip_prefix(':') {
-            Some(p) => (&s[..=close], Some(p)),
-            None if after.is_empty() => (&s[..=close], None),
-            None => return Err(UriError::BadHost),
-        }
-    } else {
-        match s.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (s, None),
-        }
-    };
-    let port = match port {
-        Some(p) => {
-            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(UriError::BadPort);
-            }
-            Some(p.parse::<u16>().map_err(|_| UriError::BadPort)?)
-        }
-        None => None,
-    };
-    Ok((host, port))
-}
-
-pub(crate) fn is_user_char(b: u8) -> bool {
-    is_unreserved(b)
-        || matches!(
-            b,
-            b'%' | b'&' | b'=' | b'+' | b'$' | b',' | b';' | b'?' | b'/'
-        )
-}
-
 fn is_password_char(b: u8) -> bool {
     is_unreserved(b) || matches!(b, b'%' | b'&' | b'=' | b'+' | b'$' | b',')
-}
-
-fn is_param_char(b: u8) -> bool {
-    is_unreserved(b) || matches!(b, b'%' | b'[' | b']' | b'/' | b':' | b'&' | b'+' | b'$')
 }
 
 /// A `tel:` URI (RFC 3966): the number as written and its parameters.

@@ -63,3 +63,19 @@ fn unsupported_version_in_via_still_gets_505() {
         "to the Via port at the source address"
     );
 }
+
+#[test]
+fn empty_header_name_in_a_stream_does_not_panic() {
+    let data = read("empty-header-name-in-stream.sip");
+    assert_eq!(
+        weir_sip::headers::HeaderName::classify(b""),
+        weir_sip::headers::HeaderName::Other
+    );
+    exercise_framer(&data);
+    let mut f = weir_sip::framing::StreamFramer::new(65_535);
+    f.push(b"OPTIONS sip:a SIP/2.0\r\n: 5\r\nContent-Length: 0\r\n\r\n");
+    assert!(matches!(
+        f.poll(),
+        Ok(Some(weir_sip::framing::StreamItem::Message(_)))
+    ));
+}

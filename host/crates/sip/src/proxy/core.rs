@@ -4,12 +4,15 @@ use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
+use std::hash::BuildHasherDefault;
+use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::validate::{check_request, check_response, Rejection};
+use super::validate::{check_request, check_response, Checked, Rejection};
 use super::{
     Decision, Event, Flow, Listener, ProxyConfig, RecordRoute, Router, SendTag, Stats, Target,
     Transmit, Transport,
@@ -30,11 +33,21 @@ const BRANCH_PREFIX: &str = "z9hG4bKw";
 /// The transaction-stateful proxy. See the [module documentation](super).
 pub struct Proxy {
     cfg: ProxyConfig,
+    /// Every (host, port) that means this proxy; a `None` port matches any.
+    local_names: Vec<(LocalHost, Option<u16>)>,
+    /// Per listener: the Via up to the branch value, and the Record-Route value.
+    via_prefix: Vec<String>,
+    rr_value: Vec<String>,
+    /// `Server: …` for responses the proxy writes, if configured.
+    server_line: Option<String>,
     router: Box<dyn Router>,
     rng: u64,
-    servers: HashMap<Box<[u8]>, Key>,
+    /// Keys transaction identifiers with secret hash keys, so keys are small
+    /// and no one can aim collisions at the tables.
+    keys: TxnKeys,
+    servers: HashMap<u128, Key, BuildHasherDefault<KeyHash>>,
     server_txns: Slab<ServerTxn>,
-    clients: HashMap<(Box<[u8]>, bool), Key>,
+    clients: HashMap<u128, Key, BuildHasherDefault<KeyHash>>,
     client_txns: Slab<ClientTxn>,
     contexts: Slab<Context>,
     timers: BinaryHeap<Reverse<(Instant, TimerRef)>>,
@@ -50,6 +63,98 @@ impl fmt::Debug for Proxy {
         f.debug_struct("Proxy")
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LocalHost {
+    Ip(IpAddr),
+    /// Lower case.
+    Name(String),
+}
+
+impl LocalHost {
+    fn from_host(h: &Host<'_>) -> LocalHost {
+        match h {
+            Host::Ip(ip) => LocalHost::Ip(*ip),
+            Host::Domain(d) => LocalHost::Name(d.to_ascii_lowercase()),
+        }
+    }
+
+    fn matches(&self, h: &Host<'_>) -> bool {
+        match (self, h) {
+            (LocalHost::Ip(a), Host::Ip(b)) => a == b,
+            (LocalHost::Name(a), Host::Domain(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        }
+    }
+}
+
+fn local_names(cfg: &ProxyConfig) -> Vec<(LocalHost, Option<u16>)> {
+    let mut names = Vec::new();
+    for l in &cfg.listeners {
+        if let Ok(h) = crate::uri::parse_host(&l.advertise_host) {
+            names.push((LocalHost::from_host(&h), Some(l.advertise_port)));
+        }
+        names.push((LocalHost::Ip(l.local.ip()), Some(l.local.port())));
+    }
+    for a in &cfg.aliases {
+        let (h, p) = match a.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
+                (h, p.parse::<u16>().ok())
+            }
+            _ => (a.as_str(), None),
+        };
+        if let Ok(h) = crate::uri::parse_host(h) {
+            names.push((LocalHost::from_host(&h), p));
+        }
+    }
+    names.dedup();
+    names
+}
+
+/// Two independently keyed SipHash instances: 128-bit transaction keys.
+#[derive(Debug, Default)]
+struct TxnKeys {
+    a: std::collections::hash_map::RandomState,
+    b: std::collections::hash_map::RandomState,
+}
+
+impl TxnKeys {
+    fn key(&self, parts: &[&[u8]]) -> u128 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h1 = self.a.build_hasher();
+        let mut h2 = self.b.build_hasher();
+        for p in parts {
+            h1.write(p);
+            h1.write_u8(0xff);
+            h2.write(p);
+            h2.write_u8(0xff);
+        }
+        (u128::from(h1.finish()) << 64) | u128::from(h2.finish())
+    }
+
+    /// A client transaction: our branch, and whether it is the CANCEL's.
+    fn client(&self, branch: &[u8], cancel: bool) -> u128 {
+        self.key(&[branch, if cancel { b"CANCEL" } else { b"" }])
+    }
+}
+
+/// The keys are already keyed hashes: the table hashes them no further.
+#[derive(Debug, Default)]
+struct KeyHash(u64);
+
+impl std::hash::Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8)) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.0 = (i as u64) ^ ((i >> 64) as u64);
     }
 }
 
@@ -77,10 +182,10 @@ enum ServerMachine {
 
 #[derive(Debug)]
 struct ServerTxn {
-    key: Box<[u8]>,
+    key: u128,
     machine: ServerMachine,
     peer: Peer,
-    request: Message,
+    request: Arc<Message>,
     /// The top Via with `received`/`rport` filled in.
     top_via: Vec<u8>,
     to_tag: String,
@@ -96,7 +201,7 @@ enum ClientMachine {
 
 #[derive(Debug)]
 struct ClientTxn {
-    key: (Box<[u8]>, bool),
+    key: u128,
     machine: ClientMachine,
     peer: Peer,
     /// The context and branch index this transaction works for.
@@ -153,7 +258,7 @@ struct RoutePlan {
 /// A forward waiting for DNS or ready to go.
 #[derive(Debug)]
 struct Forward {
-    request: Message,
+    request: Arc<Message>,
     plan: RoutePlan,
     /// The Request-URI to send.
     uri: String,
@@ -212,7 +317,7 @@ struct Branch {
 #[derive(Debug)]
 struct Context {
     server: Key,
-    request: Message,
+    request: Arc<Message>,
     method: Method,
     plan: RoutePlan,
     inbound: usize,
@@ -248,12 +353,27 @@ impl Proxy {
     /// the branch and tag generator: pass something random.
     pub fn new(cfg: ProxyConfig, router: Box<dyn Router>, seed: u64) -> Proxy {
         Proxy {
+            local_names: local_names(&cfg),
+            via_prefix: cfg
+                .listeners
+                .iter()
+                .map(|l| {
+                    format!(
+                        "SIP/2.0/{} {};branch=",
+                        l.transport.via_token(),
+                        l.sent_by()
+                    )
+                })
+                .collect(),
+            rr_value: cfg.listeners.iter().map(record_route_value).collect(),
+            server_line: cfg.server_name.as_ref().map(|s| format!("Server: {s}")),
             cfg,
             router,
             rng: seed | 1,
-            servers: HashMap::new(),
+            keys: TxnKeys::default(),
+            servers: HashMap::default(),
             server_txns: Slab::default(),
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             client_txns: Slab::default(),
             contexts: Slab::default(),
             timers: BinaryHeap::new(),
@@ -401,43 +521,42 @@ impl Proxy {
     fn on_request(&mut self, now: Instant, flow: Flow, msg: Message) {
         self.stats.requests_in += 1;
         let method = msg.method().unwrap_or(Method::Extension);
-        // Match retransmissions, ACKs and CANCELs before validating again.
-        if let Some(key) = server_key(&msg, false) {
-            if method == Method::Ack {
-                if let Some(k) = self
-                    .servers
-                    .get(&server_key_for(&msg, Method::Invite))
-                    .copied()
-                {
-                    if let Some(ServerTxn {
-                        machine: ServerMachine::Invite(m),
-                        ..
-                    }) = self.server_txns.get_mut(k)
-                    {
-                        if m.handle_ack(now) {
-                            self.stats.retransmissions_absorbed += 1;
-                            self.arm_server(k);
-                            return;
-                        }
-                    }
-                }
-            } else if let Some(&k) = self.servers.get(&key) {
-                self.stats.retransmissions_absorbed += 1;
-                self.server_retransmission(k);
-                return;
-            }
-        }
         let Some(via) = lenient_top_via(&msg) else {
             self.stats.dropped_malformed += 1;
             return;
         };
-        let top_via = stamp_via(&via, &flow);
-        if let Err(rej) = check_request(&msg) {
-            self.reject(&flow, &msg, &top_via, &rej);
+        // Match retransmissions, ACKs and CANCELs before validating again.
+        let key = self.server_key_for(&msg, Some(&via), method);
+        if method == Method::Ack {
+            let invite = self.server_key_for(&msg, Some(&via), Method::Invite);
+            if let Some(k) = self.servers.get(&invite).copied() {
+                if let Some(ServerTxn {
+                    machine: ServerMachine::Invite(m),
+                    ..
+                }) = self.server_txns.get_mut(k)
+                {
+                    if m.handle_ack(now) {
+                        self.stats.retransmissions_absorbed += 1;
+                        self.arm_server(k);
+                        return;
+                    }
+                }
+            }
+        } else if let Some(&k) = self.servers.get(&key) {
+            self.stats.retransmissions_absorbed += 1;
+            self.server_retransmission(k);
             return;
         }
-        let loop_hash = loop_hash(&msg);
-        if self.is_loop(&msg, loop_hash) {
+        let top_via = stamp_via(&via, &flow);
+        let checked = match check_request(&msg) {
+            Ok(c) => c,
+            Err(rej) => {
+                self.reject(&flow, &msg, &top_via, &rej);
+                return;
+            }
+        };
+        let loop_hash = loop_hash(&msg, &checked);
+        if self.is_loop(&checked.vias, loop_hash) {
             self.stats.loops_detected += 1;
             self.reject(&flow, &msg, &top_via, &Rejection::new(482, "Loop Detected"));
             return;
@@ -450,23 +569,30 @@ impl Proxy {
                 return;
             }
         };
-        match method {
-            Method::Ack => {
-                self.forward_stateless(now, msg, plan, inbound, loop_hash, top_via);
-                return;
+        let in_dialog = checked.to_tag.is_some();
+        let ruri_is_local = match &plan.from_last_route {
+            Some(_) => self.request_uri_is_local(&msg, &plan),
+            None => self.uri_is_local(&checked.ruri),
+        };
+        drop(checked);
+        if matches!(method, Method::Ack | Method::Cancel) {
+            let stateless = Forward {
+                uri: effective_ruri(&msg, &plan),
+                request: Arc::new(msg),
+                plan,
+                inbound,
+                record_route: false,
+                loop_hash,
+                top_via,
+                kind: ForwardKind::Stateless,
+            };
+            if method == Method::Ack {
+                self.forward_stateless(now, stateless, ruri_is_local);
+            } else {
+                self.on_cancel(now, flow, stateless, ruri_is_local);
             }
-            Method::Cancel => {
-                self.on_cancel(now, flow, msg, plan, inbound, loop_hash, top_via);
-                return;
-            }
-            _ => {}
+            return;
         }
-        let in_dialog = msg
-            .to()
-            .and_then(Result::ok)
-            .and_then(|t| t.tag())
-            .is_some();
-        let ruri_is_local = self.request_uri_is_local(&msg, &plan);
         let decision = if plan.next_route.is_some() {
             // A route set names the next hop; the Request-URI goes along unchanged.
             Decision::Forward(vec![Target::new(effective_ruri(&msg, &plan))])
@@ -491,10 +617,6 @@ impl Proxy {
             return;
         }
         // A new server transaction (§17.2.3 key), then the decision.
-        let Some(key) = server_key(&msg, false) else {
-            self.stats.dropped_malformed += 1;
-            return;
-        };
         let peer = reply_peer(&via, &flow);
         let reliable = flow.transport.is_reliable();
         let machine = if method == Method::Invite {
@@ -502,12 +624,17 @@ impl Proxy {
         } else {
             ServerMachine::NonInvite(ServerNonInvite::new(reliable, self.cfg.timers))
         };
-        let to_tag = format!("{:016x}", fnv(&[msg.call_id().unwrap_or_default(), &key]));
+        let mut to_tag = String::with_capacity(16);
+        push_hex16(
+            &mut to_tag,
+            fnv(&[msg.call_id().unwrap_or_default(), &key.to_be_bytes()]),
+        );
+        let request = Arc::new(msg);
         let skey = self.server_txns.insert(ServerTxn {
-            key: key.clone(),
+            key,
             machine,
             peer,
-            request: msg,
+            request: request.clone(),
             top_via: top_via.clone(),
             to_tag,
             context: None,
@@ -519,24 +646,20 @@ impl Proxy {
         }
         match decision {
             Decision::Reply { status, reason } => {
-                let extra: Vec<String> = if status == 200 && method == Method::Options {
-                    vec![
-                        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE".into(),
-                        "Accept: application/sdp".into(),
+                let extra: &[&str] = if status == 200 && method == Method::Options {
+                    &[
+                        "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE",
+                        "Accept: application/sdp",
                     ]
                 } else {
-                    vec![]
+                    &[]
                 };
-                let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-                self.respond_local(now, skey, status, &reason, &extra);
+                self.respond_local(now, skey, status, &reason, extra);
             }
             Decision::Forward(targets) if targets.is_empty() => {
                 self.respond_local(now, skey, 500, "Server Internal Error (no target)", &[]);
             }
             Decision::Forward(targets) => {
-                let Some(request) = self.server_txns.get(skey).map(|t| t.request.clone()) else {
-                    return;
-                };
                 let record_route = self.cfg.record_route == RecordRoute::Dialogs
                     && !in_dialog
                     && matches!(
@@ -567,46 +690,34 @@ impl Proxy {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_cancel(
-        &mut self,
-        now: Instant,
-        flow: Flow,
-        msg: Message,
-        plan: RoutePlan,
-        inbound: usize,
-        loop_hash: u64,
-        top_via: Vec<u8>,
-    ) {
+    /// §16.10: a CANCEL for a request in progress is answered here and cancels
+    /// its branches; one for nothing known is forwarded statelessly.
+    fn on_cancel(&mut self, now: Instant, flow: Flow, cancel: Forward, ruri_is_local: bool) {
+        let msg = cancel.request.clone();
+        let via = lenient_top_via(&msg);
         let invite = self
             .servers
-            .get(&server_key_for(&msg, Method::Invite))
+            .get(&self.server_key_for(&msg, via.as_ref(), Method::Invite))
             .copied();
-        let Some(invite) = invite else {
-            // §16.10: no response context; forward statelessly.
-            self.forward_stateless(now, msg, plan, inbound, loop_hash, top_via);
+        let (Some(invite), Some(via)) = (invite, via.as_ref()) else {
+            self.forward_stateless(now, cancel, ruri_is_local);
             return;
         };
-        let Some(key) = server_key(&msg, false) else {
-            return;
-        };
-        let Some(via) = lenient_top_via(&msg) else {
-            return;
-        };
+        let key = self.server_key_for(&msg, Some(via), Method::Cancel);
         let to_tag = self
             .server_txns
             .get(invite)
             .map(|t| t.to_tag.clone())
             .unwrap_or_default();
         let skey = self.server_txns.insert(ServerTxn {
-            key: key.clone(),
+            key,
             machine: ServerMachine::NonInvite(ServerNonInvite::new(
                 flow.transport.is_reliable(),
                 self.cfg.timers,
             )),
-            peer: reply_peer(&via, &flow),
-            request: msg,
-            top_via,
+            peer: reply_peer(via, &flow),
+            request: msg.clone(),
+            top_via: cancel.top_via,
             to_tag,
             context: None,
             armed: None,
@@ -641,6 +752,58 @@ impl Proxy {
         }
     }
 
+    /// The server transaction key of RFC 3261 §17.2.3 (branch, sent-by, method),
+    /// or the RFC 2543 fallback when the branch lacks the magic cookie.
+    fn server_key_for(&self, msg: &Message, via: Option<&Via<'_>>, method: Method) -> u128 {
+        let m: &[u8] = match method {
+            Method::Ack => b"INVITE",
+            Method::Extension => msg.method_bytes(),
+            _ if msg.method() == Some(method) => msg.method_bytes(),
+            other => other.as_str().as_bytes(),
+        };
+        match via
+            .and_then(|v| v.branch())
+            .filter(|b| b.len() > 7 && b.starts_with(b"z9hG4bK"))
+        {
+            Some(branch) => {
+                let (host, port) =
+                    via.map_or(("", 5060), |v| (v.host_text, v.port.unwrap_or(5060)));
+                let mut lower = [0u8; 64];
+                let host = host.as_bytes();
+                let n = host.len().min(64);
+                for (d, s) in lower.iter_mut().zip(&host[..n]) {
+                    *d = s.to_ascii_lowercase();
+                }
+                self.keys
+                    .key(&[b"3", branch, &lower[..n], &port.to_be_bytes(), m])
+            }
+            None => {
+                // RFC 2543 (§17.2.3 last paragraph): Request-URI, From tag, Call-ID,
+                // CSeq number and top Via. The To tag is left out so the ACK, which
+                // carries the response's tag, still matches its INVITE.
+                let from_tag = msg
+                    .from()
+                    .and_then(Result::ok)
+                    .and_then(|f| f.tag())
+                    .unwrap_or_default();
+                let seq = msg.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
+                let top = msg
+                    .list(HeaderName::Via)
+                    .next()
+                    .map_or(&b""[..], |(_, v)| v);
+                self.keys.key(&[
+                    b"2",
+                    msg.request_uri_bytes(),
+                    from_tag,
+                    msg.call_id().unwrap_or_default(),
+                    &seq.to_be_bytes(),
+                    top,
+                    m,
+                ])
+            }
+        }
+    }
+
     fn server_retransmission(&mut self, k: Key) {
         let Some(t) = self.server_txns.get_mut(k) else {
             return;
@@ -672,7 +835,7 @@ impl Proxy {
         while skip < usable {
             let (_, v) = routes[skip];
             let na = NameAddr::parse(v).map_err(|_| Rejection::new(400, "Bad Route header"))?;
-            if !self.uri_is_local(&na.uri) {
+            if !na.uri().is_ok_and(|u| self.uri_is_local(&u)) {
                 plan.next_route = Some(na.uri_text.to_string());
                 break;
             }
@@ -716,29 +879,22 @@ impl Proxy {
     }
 
     fn host_is_local(&self, host: &Host<'_>, port: u16) -> bool {
-        self.cfg.listeners.iter().any(|l| {
-            let adv = crate::uri::parse_host(&l.advertise_host).ok();
-            (port == l.advertise_port && adv.is_some_and(|a| a.matches(host)))
-                || (port == l.local.port() && host.ip() == Some(l.local.ip()))
-        }) || self.cfg.aliases.iter().any(|a| {
-            let (h, p) = match a.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
-                    (h, p.parse::<u16>().ok())
-                }
-                _ => (a.as_str(), None),
-            };
-            crate::uri::parse_host(h).is_ok_and(|h| h.matches(host)) && p.is_none_or(|p| p == port)
-        })
+        self.local_names
+            .iter()
+            .any(|(h, p)| p.is_none_or(|p| p == port) && h.matches(host))
     }
 
-    fn is_loop(&self, msg: &Message, hash: u64) -> bool {
-        let marker = format!("{BRANCH_PREFIX}{hash:016x}.");
-        msg.list(HeaderName::Via).any(|(_, v)| {
-            Via::parse(v).is_ok_and(|via| {
-                via.branch()
-                    .is_some_and(|b| b.starts_with(marker.as_bytes()))
-                    && self.host_is_local(&via.host, via.port.unwrap_or(5060))
-            })
+    fn is_loop(&self, vias: &[Via<'_>], hash: u64) -> bool {
+        let mut marker = [0u8; BRANCH_PREFIX.len() + 17];
+        marker[..BRANCH_PREFIX.len()].copy_from_slice(BRANCH_PREFIX.as_bytes());
+        hex16(
+            hash,
+            &mut marker[BRANCH_PREFIX.len()..BRANCH_PREFIX.len() + 16],
+        );
+        marker[BRANCH_PREFIX.len() + 16] = b'.';
+        vias.iter().any(|via| {
+            via.branch().is_some_and(|b| b.starts_with(&marker))
+                && self.host_is_local(&via.host, via.port.unwrap_or(5060))
         })
     }
 
@@ -814,33 +970,13 @@ impl Proxy {
         }
     }
 
-    fn forward_stateless(
-        &mut self,
-        now: Instant,
-        msg: Message,
-        plan: RoutePlan,
-        inbound: usize,
-        loop_hash: u64,
-        top_via: Vec<u8>,
-    ) {
-        if plan.next_route.is_none() && self.request_uri_is_local(&msg, &plan) {
+    /// ACK for a 2xx, or CANCEL with no context: forwarded without a transaction.
+    fn forward_stateless(&mut self, now: Instant, forward: Forward, ruri_is_local: bool) {
+        if forward.plan.next_route.is_none() && ruri_is_local {
             // An ACK or CANCEL for this proxy itself: nothing to forward.
             return;
         }
-        let uri = effective_ruri(&msg, &plan);
-        self.start_forward(
-            now,
-            Forward {
-                request: msg,
-                plan,
-                uri,
-                inbound,
-                record_route: false,
-                loop_hash,
-                top_via,
-                kind: ForwardKind::Stateless,
-            },
-        );
+        self.start_forward(now, forward);
     }
 
     /// Works out the next hop (§16.6 steps 6–7) and sends, or asks for DNS first.
@@ -1010,9 +1146,9 @@ impl Proxy {
                         self.cfg.timers,
                     ))
                 };
-                let key: (Box<[u8]>, bool) = (branch.into_bytes().into_boxed_slice(), false);
+                let key = self.keys.client(branch.as_bytes(), false);
                 let ck = self.client_txns.insert(ClientTxn {
-                    key: key.clone(),
+                    key,
                     machine,
                     peer,
                     owner: Some((ctx, i)),
@@ -1074,27 +1210,21 @@ impl Proxy {
         } else {
             rw.append("Max-Forwards", b"70");
         }
-        if let Some((via_line, _)) = m.list(HeaderName::Via).next() {
-            if f.top_via.as_slice() != m.list(HeaderName::Via).next().map_or(&b""[..], |(_, v)| v) {
+        if let Some((via_line, v)) = m.list(HeaderName::Via).next() {
+            if f.top_via.as_slice() != v {
                 rw.replace_first_value(via_line, &f.top_via);
             }
         }
-        let out_l = &self.cfg.listeners[out];
         if f.record_route {
-            let in_l = &self.cfg.listeners[f.inbound];
-            if in_l != out_l {
-                rw.prepend("Record-Route", &record_route_value(in_l));
+            if self.cfg.listeners[f.inbound] != self.cfg.listeners[out] {
+                rw.prepend("Record-Route", &self.rr_value[f.inbound]);
             }
-            rw.prepend("Record-Route", &record_route_value(out_l));
+            rw.prepend("Record-Route", &self.rr_value[out]);
         }
-        rw.prepend(
-            "Via",
-            &format!(
-                "SIP/2.0/{} {};branch={branch}",
-                out_l.transport.via_token(),
-                out_l.sent_by()
-            ),
-        );
+        let mut via = String::with_capacity(self.via_prefix[out].len() + branch.len());
+        via.push_str(&self.via_prefix[out]);
+        via.push_str(branch);
+        rw.prepend("Via", &via);
         rw.finish()
     }
 
@@ -1131,7 +1261,7 @@ impl Proxy {
             .and_then(Result::ok)
             .is_some_and(|c| c.method == b"CANCEL");
         let branch = via.branch().unwrap_or_default();
-        let key = (Box::<[u8]>::from(branch), is_cancel);
+        let key = self.keys.client(branch, is_cancel);
         let Some(&ck) = self.clients.get(&key) else {
             self.forward_stray(msg);
             return;
@@ -1386,11 +1516,7 @@ impl Proxy {
             return;
         };
         let mut lines: Vec<&str> = extra.to_vec();
-        let server_line = self
-            .cfg
-            .server_name
-            .as_ref()
-            .map(|s| format!("Server: {s}"));
+        let server_line = self.server_line.clone();
         if let Some(s) = &server_line {
             if status > 100 {
                 lines.push(s);
@@ -1492,12 +1618,17 @@ impl Proxy {
         };
         let bytes = build::cancel(&req);
         let peer = t.peer;
-        let key = (t.key.0.clone(), true);
+        let branch = req
+            .top_via()
+            .and_then(Result::ok)
+            .and_then(|v| v.branch())
+            .unwrap_or_default();
+        let key = self.keys.client(branch, true);
         if self.clients.contains_key(&key) {
             return;
         }
         let ck = self.client_txns.insert(ClientTxn {
-            key: key.clone(),
+            key,
             machine: ClientMachine::NonInvite(ClientNonInvite::new(
                 now,
                 bytes.clone(),
@@ -1674,11 +1805,7 @@ impl Proxy {
             fnv(&[msg.call_id().unwrap_or_default(), top_via])
         );
         let mut lines: Vec<&str> = rej.headers.iter().map(String::as_str).collect();
-        let server_line = self
-            .cfg
-            .server_name
-            .as_ref()
-            .map(|s| format!("Server: {s}"));
+        let server_line = self.server_line.clone();
         if let Some(s) = &server_line {
             lines.push(s);
         }
@@ -1762,9 +1889,10 @@ fn next_hop(uri: &str) -> Result<NextHop, Rejection> {
         _ => host,
     };
     Ok(NextHop {
+        // Only names go to DNS; addresses need no text.
         host: match host {
             Host::Domain(d) => d.to_string(),
-            Host::Ip(ip) => ip.to_string(),
+            Host::Ip(_) => String::new(),
         },
         ip: host.ip(),
         port: u.port,
@@ -1797,7 +1925,8 @@ fn stamp_via(via: &Via<'_>, flow: &Flow) -> Vec<u8> {
     out.push(b' ');
     out.extend_from_slice(via.host_text.as_bytes());
     if let Some(p) = via.port {
-        out.extend_from_slice(format!(":{p}").as_bytes());
+        out.push(b':');
+        push_u16(&mut out, p);
     }
     let rport_asked = via.rport().is_some();
     for (name, value) in via.params.iter() {
@@ -1815,13 +1944,15 @@ fn stamp_via(via: &Via<'_>, flow: &Flow) -> Vec<u8> {
     }
     let differs = via.host.ip() != Some(src.ip());
     if differs || rport_asked {
-        out.extend_from_slice(format!(";received={}", src.ip()).as_bytes());
+        out.extend_from_slice(b";received=");
+        push_ip(&mut out, src.ip());
     } else if let Some(Some(v)) = via.params.get("received") {
         out.extend_from_slice(b";received=");
         out.extend_from_slice(v);
     }
     if rport_asked {
-        out.extend_from_slice(format!(";rport={}", src.port()).as_bytes());
+        out.extend_from_slice(b";rport=");
+        push_u16(&mut out, src.port());
     }
     out
 }
@@ -1856,99 +1987,75 @@ fn via_peer(v: &[u8]) -> Option<(Transport, SocketAddr)> {
     Some((transport, SocketAddr::new(ip, port)))
 }
 
-/// The server transaction key of RFC 3261 §17.2.3 (branch, sent-by, method),
-/// or the RFC 2543 fallback when the branch lacks the magic cookie.
-fn server_key(msg: &Message, _for_ack: bool) -> Option<Box<[u8]>> {
-    let method = msg.method()?;
-    Some(server_key_for(msg, method))
-}
-
-fn server_key_for(msg: &Message, method: Method) -> Box<[u8]> {
-    let m: &[u8] = match method {
-        Method::Ack => b"INVITE",
-        Method::Extension => msg.method_bytes(),
-        _ if msg.method() == Some(method) => msg.method_bytes(),
-        other => other.as_str().as_bytes(),
-    };
-    let via = msg.top_via().and_then(Result::ok);
-    let mut key = Vec::with_capacity(96);
-    match via
-        .as_ref()
-        .and_then(|v| v.branch())
-        .filter(|b| b.len() > 7 && b.starts_with(b"z9hG4bK"))
-    {
-        Some(branch) => {
-            key.push(b'3');
-            key.extend_from_slice(branch);
-            key.push(0);
-            if let Some(v) = &via {
-                key.extend(v.host_text.bytes().map(|b| b.to_ascii_lowercase()));
-                key.extend_from_slice(format!(":{}", v.port.unwrap_or(5060)).as_bytes());
-            }
-        }
-        None => {
-            // RFC 2543 (§17.2.3 last paragraph): Request-URI, From tag, Call-ID, CSeq
-            // number and top Via. The To tag is left out so the ACK, which carries
-            // the response's tag, still matches its INVITE.
-            key.push(b'2');
-            let from_tag = msg
-                .from()
-                .and_then(Result::ok)
-                .and_then(|f| f.tag())
-                .unwrap_or_default();
-            let seq = msg.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
-            let top = msg
-                .list(HeaderName::Via)
-                .next()
-                .map_or(&b""[..], |(_, v)| v);
-            let h = fnv(&[
-                msg.request_uri_bytes(),
-                from_tag,
-                msg.call_id().unwrap_or_default(),
-                &seq.to_be_bytes(),
-                top,
-            ]);
-            key.extend_from_slice(&h.to_be_bytes());
-        }
-    }
-    key.push(0);
-    key.extend_from_slice(m);
-    key.into_boxed_slice()
-}
-
 /// The loop-detection hash (§16.6 step 8 with the RFC 5393 changes): the fields a
 /// looping request keeps unchanged. The top Via is left out because on a loop it
 /// is the previous hop's, not the original sender's.
-fn loop_hash(msg: &Message) -> u64 {
-    let from_tag = msg
-        .from()
-        .and_then(Result::ok)
-        .and_then(|f| f.tag())
-        .unwrap_or_default();
-    let to_tag = msg
-        .to()
-        .and_then(Result::ok)
-        .and_then(|t| t.tag())
-        .unwrap_or_default();
-    let seq = msg.cseq().and_then(Result::ok).map_or(0, |c| c.seq);
-    let mut parts: Vec<&[u8]> = vec![
+fn loop_hash(msg: &Message, c: &Checked<'_>) -> u64 {
+    let seq = c.cseq.seq.to_be_bytes();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(8);
+    parts.extend_from_slice(&[
         msg.request_uri_bytes(),
-        from_tag,
-        to_tag,
+        c.from_tag,
+        c.to_tag.unwrap_or_default(),
         msg.call_id().unwrap_or_default(),
-    ];
-    let seq = seq.to_be_bytes();
-    parts.push(&seq);
-    for name in [
-        HeaderName::ProxyRequire,
-        HeaderName::ProxyAuthorization,
-        HeaderName::Route,
-    ] {
-        for f in msg.fields(name) {
+        &seq,
+    ]);
+    for f in msg.fields_all() {
+        if matches!(
+            f.name,
+            HeaderName::ProxyRequire | HeaderName::ProxyAuthorization | HeaderName::Route
+        ) {
             parts.push(msg.value(f));
         }
     }
     fnv(&parts)
+}
+
+/// Writes an address the way Via parameters carry it (IPv6 without brackets),
+/// without the formatting machinery (this is on every request's path).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u16(out, u16::from(*o));
+            }
+        }
+        IpAddr::V6(a) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+}
+
+fn push_u16(out: &mut Vec<u8>, v: u16) {
+    let mut buf = [0u8; 5];
+    let mut n = v;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn push_hex16(out: &mut String, v: u64) {
+    let mut buf = [0u8; 16];
+    hex16(v, &mut buf);
+    out.extend(buf.iter().map(|&b| b as char));
+}
+
+/// Writes `v` as 16 lower-case hex digits.
+fn hex16(v: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, o) in out.iter_mut().take(16).enumerate() {
+        *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
 /// FNV-1a over several byte strings (with separators).

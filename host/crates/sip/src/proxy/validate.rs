@@ -30,10 +30,20 @@ fn bad(reason: &'static str) -> Rejection {
     Rejection::new(400, reason)
 }
 
+/// What validation parsed, kept so nothing is parsed twice.
+#[derive(Debug)]
+pub(crate) struct Checked<'m> {
+    pub vias: Vec<Via<'m>>,
+    pub from_tag: &'m [u8],
+    pub to_tag: Option<&'m [u8]>,
+    pub cseq: CSeq<'m>,
+    pub ruri: Uri<'m>,
+}
+
 /// Checks everything the proxy needs to read, in the order of §16.3 (syntax,
 /// URI scheme, Max-Forwards, Proxy-Require). Loop detection needs the proxy's
 /// own identity and is done by the caller.
-pub(crate) fn check_request(m: &Message) -> Result<(), Rejection> {
+pub(crate) fn check_request(m: &Message) -> Result<Checked<'_>, Rejection> {
     if let Some(d) = m.defect() {
         return Err(Rejection::new(d.status, d.reason.clone()));
     }
@@ -60,6 +70,7 @@ pub(crate) fn check_request(m: &Message) -> Result<(), Rejection> {
     if m.call_id().is_some_and(|c| c.is_empty()) {
         return Err(bad("Bad Call-ID"));
     }
+    let mut vias = Vec::with_capacity(4);
     for (_, v) in m.list(HeaderName::Via) {
         let via = Via::parse(v).map_err(|_| bad("Bad Via header"))?;
         if via
@@ -68,6 +79,7 @@ pub(crate) fn check_request(m: &Message) -> Result<(), Rejection> {
         {
             return Err(bad("Empty Via branch"));
         }
+        vias.push(via);
     }
     let cseq = m
         .header(HeaderName::CSeq)
@@ -84,9 +96,9 @@ pub(crate) fn check_request(m: &Message) -> Result<(), Rejection> {
             bad("CSeq method does not match the request method")
         });
     }
-    NameAddr::parse(m.header(HeaderName::From).unwrap_or_default())
+    let from = NameAddr::parse(m.header(HeaderName::From).unwrap_or_default())
         .map_err(|_| bad("Bad From header"))?;
-    NameAddr::parse(m.header(HeaderName::To).unwrap_or_default())
+    let to = NameAddr::parse(m.header(HeaderName::To).unwrap_or_default())
         .map_err(|_| bad("Bad To header"))?;
     for (_, v) in m.list(HeaderName::Contact) {
         if v == b"*" && m.method() == Some(Method::Register) {
@@ -106,7 +118,7 @@ pub(crate) fn check_request(m: &Message) -> Result<(), Rejection> {
         }
     }
     let uri = m.request_uri().map_err(|_| bad("Bad Request-URI"))?;
-    match uri {
+    match &uri {
         Uri::Sip(u) if u.headers.is_some() => {
             return Err(bad("Request-URI must not carry URI headers"));
         }
@@ -134,7 +146,13 @@ pub(crate) fn check_request(m: &Message) -> Result<(), Rejection> {
             .push(format!("Unsupported: {}", unsupported.join(", ")));
         return Err(r);
     }
-    Ok(())
+    Ok(Checked {
+        vias,
+        from_tag: from.tag().unwrap_or_default(),
+        to_tag: to.tag(),
+        cseq,
+        ruri: uri,
+    })
 }
 
 /// Checks a response before it is matched: it must name a Via and a CSeq.

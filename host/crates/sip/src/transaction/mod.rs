@@ -76,6 +76,9 @@ impl Timers {
 }
 
 /// What the transaction user learns from a transaction.
+// A response moves through here once per message; boxing it would cost an
+// allocation each time for no gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum TuEvent {
     /// A response to pass up (client transactions).
