@@ -9,7 +9,13 @@
 //!   thousand calls' transactions alive, as under load.
 //!
 //! Only the proxy's own work is timed (`iter_custom`): building the far end's
-//! responses happens outside the measurement.
+//! responses happens outside the measurement. The allocator is mimalloc, as in
+//! the `weir` binary.
+
+#![allow(clippy::expect_used)]
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::hint::black_box;
 use std::net::SocketAddr;
