@@ -75,8 +75,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            // One thread runs the proxy loop, its UDP sockets and its connections:
+            // a call's messages never cross threads. (Sharding by Call-ID over one
+            // such loop per core is the way to more cores.)
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -1,15 +1,20 @@
 //! The proxy loop: the one task that owns the sans-IO [`Proxy`], feeds it socket
 //! input, DNS answers and the clock, and carries out what it asks for.
+//!
+//! UDP is read here, in the loop itself, until the sockets run dry: no task or
+//! channel hop per datagram. Stream connections and DNS run as tasks that send
+//! their results over a channel.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use weir_sip::proxy::{ConnId, Event, FallbackRouter, Proxy, Transmit, Transport};
+use weir_sip::proxy::{ConnId, Event, FallbackRouter, Flow, Proxy, Transmit, Transport};
 
 use crate::config::Config;
 use crate::transport::{self, ConnHandle, Input, Limits, Out, StreamSettings};
@@ -41,9 +46,7 @@ pub async fn run(
             Transport::Udp => {
                 let sock = transport::bind_udp(addr, cfg.udp_receive_buffer)
                     .map_err(|e| format!("cannot listen on udp:{addr}: {e}"))?;
-                let sock = Arc::new(sock);
-                udp.insert(addr, sock.clone());
-                tokio::spawn(transport::udp_receiver(sock, tx.clone()));
+                udp.insert(addr, Arc::new(sock));
             }
             Transport::Tcp => {
                 let l = transport::bind_tcp(addr)
@@ -73,19 +76,60 @@ pub async fn run(
         settings,
     };
     tokio::pin!(shutdown);
+    let sockets: Vec<(SocketAddr, Arc<UdpSocket>)> =
+        shell.udp.iter().map(|(a, s)| (*a, s.clone())).collect();
+    let mut buf = vec![0u8; 65_536];
     loop {
+        // Take everything that is ready, a bounded batch at a time, then flush.
+        let mut took = 0;
+        for (local, sock) in &sockets {
+            while took < 512 {
+                match sock.try_recv_from(&mut buf) {
+                    Ok((n, remote)) => {
+                        took += 1;
+                        let flow = Flow {
+                            transport: Transport::Udp,
+                            local: *local,
+                            remote,
+                            conn: None,
+                        };
+                        proxy.handle_input(
+                            std::time::Instant::now(),
+                            flow,
+                            Bytes::copy_from_slice(&buf[..n]),
+                        );
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    // ICMP errors from earlier sends surface here on Linux.
+                    Err(e) => debug!(%local, error = %e, "udp receive error"),
+                }
+            }
+        }
+        while took < 1024 {
+            match rx.try_recv() {
+                Ok(input) => {
+                    took += 1;
+                    shell.handle(&mut proxy, &mut conns, input);
+                }
+                Err(_) => break,
+            }
+        }
+        if proxy
+            .poll_timeout()
+            .is_some_and(|d| d <= std::time::Instant::now())
+        {
+            proxy.handle_timeout(std::time::Instant::now());
+        }
+        shell.flush(&mut proxy, &mut conns);
+        if took > 0 {
+            continue;
+        }
         let deadline = proxy.poll_timeout();
         tokio::select! {
+            () = any_readable(&sockets) => {}
             input = rx.recv() => {
                 let Some(input) = input else { break };
                 shell.handle(&mut proxy, &mut conns, input);
-                // Take what is already queued before flushing: fewer wake-ups under load.
-                for _ in 0..256 {
-                    match rx.try_recv() {
-                        Ok(input) => shell.handle(&mut proxy, &mut conns, input),
-                        Err(_) => break,
-                    }
-                }
             }
             () = sleep_until(deadline) => {
                 proxy.handle_timeout(std::time::Instant::now());
@@ -98,6 +142,19 @@ pub async fn run(
         shell.flush(&mut proxy, &mut conns);
     }
     Ok(())
+}
+
+/// Resolves when any UDP socket has something to read.
+async fn any_readable(sockets: &[(SocketAddr, Arc<UdpSocket>)]) {
+    std::future::poll_fn(|cx| {
+        for (_, s) in sockets {
+            if s.poll_recv_ready(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn sleep_until(deadline: Option<std::time::Instant>) {

@@ -148,36 +148,6 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
-/// Reads datagrams and hands them to the proxy loop.
-pub async fn udp_receiver(sock: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
-    let local = match sock.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
-    };
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, remote)) => {
-                let flow = Flow {
-                    transport: Transport::Udp,
-                    local,
-                    remote,
-                    conn: None,
-                };
-                let input = Input::Message {
-                    flow,
-                    bytes: Bytes::copy_from_slice(&buf[..n]),
-                };
-                if tx.send(input).await.is_err() {
-                    return;
-                }
-            }
-            // ICMP errors from earlier sends surface here on Linux; keep reading.
-            Err(e) => debug!(%local, error = %e, "udp receive error"),
-        }
-    }
-}
-
 /// Accepts TCP connections within the limits.
 pub async fn tcp_acceptor(
     listener: TcpListener,

@@ -185,7 +185,9 @@ struct ServerTxn {
     key: u128,
     machine: ServerMachine,
     peer: Peer,
-    request: Arc<Message>,
+    /// The request, until a final response is sent (then only the machine's
+    /// retransmission state is kept: memory per call matters under load).
+    request: Option<Arc<Message>>,
     /// The top Via with `received`/`rport` filled in.
     top_via: Vec<u8>,
     to_tag: String,
@@ -634,7 +636,7 @@ impl Proxy {
             key,
             machine,
             peer,
-            request: request.clone(),
+            request: Some(request.clone()),
             top_via: top_via.clone(),
             to_tag,
             context: None,
@@ -716,7 +718,7 @@ impl Proxy {
                 self.cfg.timers,
             )),
             peer: reply_peer(via, &flow),
-            request: msg.clone(),
+            request: Some(msg.clone()),
             top_via: cancel.top_via,
             to_tag,
             context: None,
@@ -1515,15 +1517,17 @@ impl Proxy {
         let Some(t) = self.server_txns.get(server) else {
             return;
         };
+        let Some(req) = t.request.as_deref() else {
+            return;
+        };
         let mut lines: Vec<&str> = extra.to_vec();
-        let server_line = self.server_line.clone();
-        if let Some(s) = &server_line {
+        if let Some(s) = &self.server_line {
             if status > 100 {
                 lines.push(s);
             }
         }
         let bytes = build::response(
-            &t.request,
+            req,
             status,
             reason,
             Some(&t.top_via),
@@ -1541,6 +1545,9 @@ impl Proxy {
             ServerMachine::Invite(m) => m.send_response(now, code, bytes),
             ServerMachine::NonInvite(m) => m.send_response(now, code, bytes),
         };
+        if code >= 200 {
+            t.request = None;
+        }
         let peer = t.peer;
         if let Some(bytes) = out {
             self.push_transmit(peer, bytes, None);
@@ -1572,22 +1579,16 @@ impl Proxy {
     }
 
     /// Removes a context once its final went upstream and no branch is live.
+    /// Removes a context once its final went upstream and no branch is live.
+    /// Later 2xx (retransmissions, or a cancelled branch that answered anyway)
+    /// still reach the caller: they are forwarded by Via (§16.7, RFC 6026).
     fn reap_context(&mut self, ctx: Key) {
         if self
             .contexts
             .get(ctx)
             .is_some_and(|c| c.answered && !c.active())
         {
-            // Keep it while the server transaction lives, so further 2xx (forking)
-            // and retransmitted finals still find their way; the server
-            // transaction's end drops it.
-            let server_alive = self
-                .contexts
-                .get(ctx)
-                .is_some_and(|c| self.server_txns.get(c.server).is_some());
-            if !server_alive {
-                self.drop_context(ctx);
-            }
+            self.drop_context(ctx);
         }
     }
 

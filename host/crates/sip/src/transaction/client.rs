@@ -125,12 +125,16 @@ impl ClientInvite {
                 InviteState::Proceeding,
                 Step::event(TuEvent::Response(resp)),
             ),
-            InviteState::Calling(_) | InviteState::Proceeding if code < 300 => (
-                InviteState::Accepted(Accepted {
-                    until: now + self.timers.t1x64(),
-                }),
-                Step::event(TuEvent::Response(resp)),
-            ),
+            InviteState::Calling(_) | InviteState::Proceeding if code < 300 => {
+                // Accepted only forwards further 2xx: the request is not needed.
+                self.wire = Bytes::new();
+                (
+                    InviteState::Accepted(Accepted {
+                        until: now + self.timers.t1x64(),
+                    }),
+                    Step::event(TuEvent::Response(resp)),
+                )
+            }
             InviteState::Calling(_) | InviteState::Proceeding => {
                 // The request is our own serialisation; it always parses.
                 let ack = Message::parse(self.wire.clone(), Framing::Exact)
@@ -302,12 +306,16 @@ impl ClientNonInvite {
                 NonInviteState::Proceeding(w),
                 Step::event(TuEvent::Response(resp)),
             ),
-            NonInviteState::Trying(_) | NonInviteState::Proceeding(_) => (
-                NonInviteState::Completed {
-                    until: now + self.timers.t4_or_zero(self.reliable),
-                },
-                Step::event(TuEvent::Response(resp)),
-            ),
+            NonInviteState::Trying(_) | NonInviteState::Proceeding(_) => {
+                // Completed only absorbs retransmitted finals.
+                self.wire = Bytes::new();
+                (
+                    NonInviteState::Completed {
+                        until: now + self.timers.t4_or_zero(self.reliable),
+                    },
+                    Step::event(TuEvent::Response(resp)),
+                )
+            }
             other => (other, Step::none()),
         };
         self.state = next;
