@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Weir needs on a fresh Debian machine.
 #   setup.sh run    the Rust toolchain only (to build and run weir)
-#   setup.sh test   plus the real SIP peers and tools the tests start
+#   setup.sh test   plus the real SIP peers and tools the tests start (SIPp, iproute2)
+#   setup.sh bench  plus Kamailio, the reference proxy of the benchmarks
 set -euo pipefail
 what="${1:-run}"
 
@@ -10,12 +11,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-if [[ "$what" == test ]]; then
+if [[ "$what" == test || "$what" == bench ]]; then
   sudo=""
   [[ "$(id -u)" != 0 ]] && sudo="sudo"
   need=()
   command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
-  command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+  [[ "$what" == bench ]] && ! command -v kamailio >/dev/null 2>&1 && need+=(kamailio)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   if ((${#need[@]})); then
     echo "setup: installing ${need[*]}" >&2

@@ -29,7 +29,7 @@ struct Conns {
 /// Binds every listener and runs the proxy until `shutdown` resolves.
 pub async fn run(
     cfg: Config,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<Input>(16 * 1024);
     let settings = StreamSettings {
@@ -75,11 +75,38 @@ pub async fn run(
         limits,
         settings,
     };
-    tokio::pin!(shutdown);
+    // The signal is watched by its own task so that a loop that is never idle
+    // (sustained load) still sees it: the loop yields now and then and checks.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (stop, stopped) = (stop.clone(), stopped.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.notify_one();
+        });
+    }
     let sockets: Vec<(SocketAddr, Arc<UdpSocket>)> =
         shell.udp.iter().map(|(a, s)| (*a, s.clone())).collect();
     let mut buf = vec![0u8; 65_536];
+    let mut last_report = std::time::Instant::now();
+    let mut last_stats = proxy.stats();
+    let mut busy_rounds = 0u32;
     loop {
+        if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            info!("shutting down");
+            log_stats(&proxy.stats());
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(60) {
+            last_report = std::time::Instant::now();
+            let stats = proxy.stats();
+            if stats != last_stats {
+                log_stats(&stats);
+                last_stats = stats;
+            }
+        }
         // Take everything that is ready, a bounded batch at a time, then flush.
         let mut took = 0;
         for (local, sock) in &sockets {
@@ -122,6 +149,11 @@ pub async fn run(
         }
         shell.flush(&mut proxy, &mut conns);
         if took > 0 {
+            busy_rounds += 1;
+            if busy_rounds % 64 == 0 {
+                // Let connection, DNS and signal tasks run.
+                tokio::task::yield_now().await;
+            }
             continue;
         }
         let deadline = proxy.poll_timeout();
@@ -134,14 +166,32 @@ pub async fn run(
             () = sleep_until(deadline) => {
                 proxy.handle_timeout(std::time::Instant::now());
             }
-            () = &mut shutdown => {
-                info!("shutting down");
-                break;
-            }
+            () = stop.notified() => {}
         }
         shell.flush(&mut proxy, &mut conns);
     }
     Ok(())
+}
+
+/// One line of counters: what was handled, dropped, rejected, and what is live.
+fn log_stats(s: &weir_sip::proxy::Stats) {
+    info!(
+        requests = s.requests_in,
+        responses = s.responses_in,
+        dropped_malformed = s.dropped_malformed,
+        rejected = s.rejected,
+        retransmissions_absorbed = s.retransmissions_absorbed,
+        forwarded_requests = s.forwarded_requests,
+        forwarded_responses = s.forwarded_responses,
+        stray_forwarded = s.stray_responses_forwarded,
+        stray_dropped = s.stray_responses_dropped,
+        failovers = s.failovers,
+        loops = s.loops_detected,
+        live_server_transactions = s.live_server_transactions,
+        live_client_transactions = s.live_client_transactions,
+        live_contexts = s.live_contexts,
+        "stats"
+    );
 }
 
 /// Resolves when any UDP socket has something to read.

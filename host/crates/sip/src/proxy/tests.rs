@@ -827,3 +827,28 @@ fn rfc5118_s4_9_ipv4_mapped_next_hops_are_reached_over_ipv4() {
         "the URI itself is not rewritten"
     );
 }
+
+#[test]
+fn oversized_requests_get_513_and_oversized_responses_are_dropped() {
+    let mut sim = Sim::with(
+        |c| c.max_message = 2000,
+        Box::new(FallbackRouter(Fallback::RequestUri)),
+    );
+    let big = invite("sip:bob@127.0.0.1:5080", "z9hG4bK-513").replace(
+        "X-Unknown:   kept   as is",
+        &format!("X-Pad: {}", "p".repeat(2500)),
+    );
+    sim.udp(ALICE, &big);
+    let r = sim.one(ALICE);
+    assert_eq!(r.status(), Some(513));
+    assert_eq!(r.reason(), b"Message Too Large");
+    let stray = format!(
+        "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKwx\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-y\nFrom: <sip:a@a>;tag=1\nTo: <sip:b@b>;tag=2\nCall-ID: big\nCSeq: 1 INVITE\nX-Pad: {}\nContent-Length: 0\n\n",
+        "p".repeat(2500)
+    );
+    let before = sim.proxy.stats().dropped_malformed;
+    sim.udp(BOB, &stray);
+    assert!(sim.out().is_empty());
+    assert_eq!(sim.proxy.stats().dropped_malformed, before + 1);
+    sim.assert_idle();
+}
