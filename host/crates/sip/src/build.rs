@@ -6,7 +6,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::headers::HeaderName;
-use crate::message::Message;
+use crate::message::{put_line, Message};
 
 /// Builds a response to `req`: Via (every line, with `top_via` replacing the
 /// first value when given), From, To (with `to_tag` added when the request had
@@ -43,9 +43,9 @@ pub fn response(
                         let rest = crate::text::split_list(value)
                             .nth(1)
                             .map(|(o, _)| &value[o..]);
-                        put(&mut out, b"Via", top);
+                        put_line(&mut out, b"Via", top);
                         if let Some(rest) = rest {
-                            put(&mut out, b"Via", rest);
+                            put_line(&mut out, b"Via", rest);
                         }
                         continue;
                     }
@@ -111,7 +111,7 @@ fn derived(req: &Message, method: &str, to_line: Option<&[u8]>) -> Bytes {
     out.put_slice(req.request_uri_bytes());
     out.put_slice(b" SIP/2.0\r\n");
     if let Some((_, top)) = req.list(HeaderName::Via).next() {
-        put(&mut out, b"Via", top);
+        put_line(&mut out, b"Via", top);
     }
     for f in req.fields_all() {
         match f.name {
@@ -130,13 +130,6 @@ fn derived(req: &Message, method: &str, to_line: Option<&[u8]>) -> Bytes {
         format!("CSeq: {seq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").as_bytes(),
     );
     out.freeze()
-}
-
-fn put(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
 }
 
 #[cfg(test)]

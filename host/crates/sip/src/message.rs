@@ -870,7 +870,8 @@ impl<'m> Rewrite<'m> {
     }
 }
 
-fn put_line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+/// Writes one header line `name: value` CRLF.
+pub(crate) fn put_line(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);

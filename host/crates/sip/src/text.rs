@@ -46,14 +46,9 @@ pub(crate) fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = s {
-        if is_ws(*first) || *first == b'\r' || *first == b'\n' {
-            s = rest;
-        } else {
-            break;
-        }
-    }
+/// Strips linear white space (and stray CR/LF of folds) from both ends.
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
+    let mut s = trim_start(s);
     while let [rest @ .., last] = s {
         if is_ws(*last) || *last == b'\r' || *last == b'\n' {
             s = rest;

@@ -1746,36 +1746,23 @@ impl Proxy {
             ServerMachine::Invite(m) => m.poll_timeout(),
             ServerMachine::NonInvite(m) => m.poll_timeout(),
         };
-        if let Some(at) = at {
-            if t.armed != Some(at) {
-                t.armed = Some(at);
-                self.timers.push(Reverse((at, TimerRef::Server(k))));
-            }
-        }
+        schedule(&mut self.timers, &mut t.armed, at, TimerRef::Server(k));
     }
 
     fn arm_client(&mut self, k: Key) {
         let Some(t) = self.client_txns.get_mut(k) else {
             return;
         };
-        if let Some(at) = t.poll_timeout() {
-            if t.armed != Some(at) {
-                t.armed = Some(at);
-                self.timers.push(Reverse((at, TimerRef::Client(k))));
-            }
-        }
+        let at = t.poll_timeout();
+        schedule(&mut self.timers, &mut t.armed, at, TimerRef::Client(k));
     }
 
     fn arm_context(&mut self, k: Key) {
         let Some(c) = self.contexts.get_mut(k) else {
             return;
         };
-        if let Some(at) = c.poll_timeout() {
-            if c.armed != Some(at) {
-                c.armed = Some(at);
-                self.timers.push(Reverse((at, TimerRef::Context(k))));
-            }
-        }
+        let at = c.poll_timeout();
+        schedule(&mut self.timers, &mut c.armed, at, TimerRef::Context(k));
     }
 
     // ----- helpers ----------------------------------------------------------------
@@ -1838,6 +1825,23 @@ impl Proxy {
         x ^= x >> 27;
         self.rng = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Puts `r` on the timer heap for `at` unless it is already there for that
+/// time. Entries left behind by an earlier deadline are skipped when popped
+/// (their `armed` no longer matches).
+fn schedule(
+    timers: &mut BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    armed: &mut Option<Instant>,
+    at: Option<Instant>,
+    r: TimerRef,
+) {
+    if let Some(at) = at {
+        if *armed != Some(at) {
+            *armed = Some(at);
+            timers.push(Reverse((at, r)));
+        }
     }
 }
 
