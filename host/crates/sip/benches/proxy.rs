@@ -1,6 +1,10 @@
 //! Criterion benchmarks of the SIP core.
 //!
 //! - `parse/carrier_invite`: index a realistic carrier INVITE with SDP;
+//! - `pipeline/parse_decide_serialise`: parse, read what routing needs (Via,
+//!   From/To tags, CSeq, Max-Forwards, Request-URI), ask the router, and
+//!   serialise the forwarded copy (Via, Record-Route, Max-Forwards edits) —
+//!   without the transaction state around it;
 //! - `proxy/invite_in_to_forward_out`: one INVITE through the proxy core:
 //!   parse, validate, route (Request-URI), 100 Trying, Via/Record-Route/
 //!   Max-Forwards edits and serialisation of the forwarded copy;
@@ -24,8 +28,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_sip::headers::HeaderName;
-use weir_sip::proxy::{Fallback, FallbackRouter, Flow, Listener, Proxy, ProxyConfig, Transport};
-use weir_sip::{Framing, Message};
+use weir_sip::proxy::{
+    Fallback, FallbackRouter, Flow, Listener, Proxy, ProxyConfig, Router, Transport,
+};
+use weir_sip::{Framing, Message, Rewrite};
 
 const PROXY: &str = "127.0.0.1:5060";
 const CALLER: &str = "127.0.0.1:5070";
@@ -137,6 +143,36 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(msg.len() as u64));
     g.bench_function("carrier_invite", |b| {
         b.iter(|| Message::parse(black_box(msg.clone()), Framing::Datagram).expect("parses"))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(1));
+    let from = flow(CALLER);
+    g.bench_function("parse_decide_serialise", |b| {
+        let mut router = FallbackRouter(Fallback::RequestUri);
+        b.iter(|| {
+            let m = Message::parse(black_box(msg.clone()), Framing::Datagram).expect("parses");
+            let via = m.top_via().expect("via").expect("valid via");
+            let _ = (m.from(), m.to(), m.cseq(), via.branch(), via.rport());
+            let mf = m.max_forwards().and_then(Result::ok).unwrap_or(70);
+            let uri = m.request_uri().expect("uri");
+            black_box(&uri);
+            let decision = router.route(&m, &from);
+            let mf_line = m
+                .fields_all()
+                .iter()
+                .position(|f| f.name == HeaderName::MaxForwards)
+                .expect("Max-Forwards");
+            let mut rw = Rewrite::new(&m);
+            rw.replace_value(mf_line, &(mf - 1).to_string());
+            rw.prepend("Record-Route", "<sip:127.0.0.1:5060;lr>");
+            rw.prepend(
+                "Via",
+                "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKw0123456789abcdef.0123456789ab",
+            );
+            black_box((decision, rw.finish()))
+        })
     });
     g.finish();
 
