@@ -1653,10 +1653,9 @@ impl Proxy {
         let Some(t) = self.server_txns.get_mut(k) else {
             return;
         };
-        if t.armed != Some(at) {
+        if !fired(&mut t.armed, at) {
             return;
         }
-        t.armed = None;
         let peer = t.peer;
         let send = match &mut t.machine {
             ServerMachine::Invite(m) => m.handle_timeout(now).send,
@@ -1675,10 +1674,9 @@ impl Proxy {
         let Some(t) = self.client_txns.get_mut(k) else {
             return;
         };
-        if t.armed != Some(at) {
+        if !fired(&mut t.armed, at) {
             return;
         }
-        t.armed = None;
         if t.expire.is_some_and(|e| now >= e) {
             if let Some(t) = self.client_txns.remove(k) {
                 self.clients.remove(&t.key);
@@ -1697,10 +1695,9 @@ impl Proxy {
         let Some(c) = self.contexts.get_mut(ctx) else {
             return;
         };
-        if c.armed != Some(at) {
+        if !fired(&mut c.armed, at) {
             return;
         }
-        c.armed = None;
         let expired: Vec<(usize, Option<Key>, bool)> = c
             .branches
             .iter()
@@ -1825,6 +1822,17 @@ impl Proxy {
         x ^= x >> 27;
         self.rng = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// True when a popped heap entry for `at` is the current deadline (not one left
+/// behind by an earlier arming); disarms it.
+fn fired(armed: &mut Option<Instant>, at: Instant) -> bool {
+    if *armed == Some(at) {
+        *armed = None;
+        true
+    } else {
+        false
     }
 }
 
