@@ -35,7 +35,7 @@ impl fmt::Display for ConfigError {
 pub struct Config {
     pub listen: Vec<(Transport, SocketAddr)>,
     pub advertise: Option<(String, Option<u16>)>,
-    pub aliases: Vec<String>,
+    pub aliases: Vec<(String, Option<u16>)>,
     pub record_route: RecordRoute,
     pub timers: Timers,
     pub max_message_size: usize,
@@ -303,7 +303,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut aliases = Vec::new();
     for (i, a) in raw.sip.aliases.iter().enumerate() {
         match parse_advertise(a.get_ref()) {
-            Ok(_) => aliases.push(a.get_ref().clone()),
+            Ok(alias) => aliases.push(alias),
             Err(m) => c.err(&format!("[sip] aliases[{i}]"), a, m),
         }
     }
@@ -546,5 +546,15 @@ mod tests {
             parse("[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertise = \"203.0.113.5\"\n").is_ok()
         );
         assert!(parse("[sip]\nadvertise = \"2001:db8::1\"\n").is_err());
+        let c = parse("[sip]\naliases = [\"weir.example.com\", \"[2001:db8::1]:5070\"]\n").unwrap();
+        assert_eq!(
+            c.proxy_config().aliases,
+            vec![
+                ("weir.example.com".to_string(), None),
+                ("[2001:db8::1]".to_string(), Some(5070))
+            ]
+        );
+        let errs = parse("[sip]\naliases = [\"bad host!\"]\n").unwrap_err();
+        assert_eq!(errs[0].key, "[sip] aliases[0]");
     }
 }

@@ -115,15 +115,7 @@ pub fn exercise_proxy(data: &[u8]) {
         drain(&mut proxy, at);
     }
     let s = proxy.stats();
-    assert_eq!(
-        (
-            s.live_server_transactions,
-            s.live_client_transactions,
-            s.live_contexts
-        ),
-        (0, 0, 0),
-        "state left behind by {data:?}"
-    );
+    assert_eq!(s.live(), (0, 0, 0), "state left behind by {data:?}");
 }
 
 fn drain(proxy: &mut Proxy, now: Instant) {

@@ -833,25 +833,35 @@ impl<'m> Rewrite<'m> {
                     first,
                 }) => {
                     let v = m.raw(f.value);
-                    let items: Vec<(usize, &[u8])> = split_list(v).collect();
-                    let end = items.len().saturating_sub(*drop_back);
+                    // Kept values: indices drop_front..n - drop_back. Two passes over
+                    // a short value instead of collecting it (this runs on every
+                    // forwarded request and response).
+                    let n = split_list(v).count();
+                    let end = n.saturating_sub(*drop_back);
                     if *drop_front >= end {
                         continue;
                     }
-                    let kept = &items[*drop_front..end];
-                    let last = kept[kept.len() - 1];
-                    let stop = last.0 + last.1.len();
+                    let mut start = 0;
+                    let mut second = None;
+                    let mut stop = 0;
+                    for (i, (off, piece)) in split_list(v).enumerate().take(end) {
+                        if i == *drop_front {
+                            start = off;
+                        } else if i == *drop_front + 1 {
+                            second = Some(off);
+                        }
+                        stop = off + piece.len();
+                    }
                     out.put_slice(m.raw(f.name_span));
                     out.put_slice(b": ");
-                    match first {
-                        Some(first) => {
+                    match (first, second) {
+                        (Some(first), Some(second)) => {
                             out.put_slice(first);
-                            if kept.len() > 1 {
-                                out.put_slice(b", ");
-                                out.put_slice(&v[kept[1].0..stop]);
-                            }
+                            out.put_slice(b", ");
+                            out.put_slice(&v[second..stop]);
                         }
-                        None => out.put_slice(&v[kept[0].0..stop]),
+                        (Some(first), None) => out.put_slice(first),
+                        (None, _) => out.put_slice(&v[start..stop]),
                     }
                     out.put_slice(b"\r\n");
                 }

@@ -128,15 +128,7 @@ impl Harness {
             while self.proxy.poll_transmit().is_some() {}
         }
         let s = self.proxy.stats();
-        assert_eq!(
-            (
-                s.live_server_transactions,
-                s.live_client_transactions,
-                s.live_contexts
-            ),
-            (0, 0, 0),
-            "state left behind: {s:?}"
-        );
+        assert_eq!(s.live(), (0, 0, 0), "state left behind: {s:?}");
     }
 }
 

@@ -98,15 +98,9 @@ fn local_names(cfg: &ProxyConfig) -> Vec<(LocalHost, Option<u16>)> {
         }
         names.push((LocalHost::Ip(l.local.ip()), Some(l.local.port())));
     }
-    for a in &cfg.aliases {
-        let (h, p) = match a.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') && p.parse::<u16>().is_ok() => {
-                (h, p.parse::<u16>().ok())
-            }
-            _ => (a.as_str(), None),
-        };
-        if let Ok(h) = crate::uri::parse_host(h) {
-            names.push((LocalHost::from_host(&h), p));
+    for (host, port) in &cfg.aliases {
+        if let Ok(h) = crate::uri::parse_host(host) {
+            names.push((LocalHost::from_host(&h), *port));
         }
     }
     names.dedup();
@@ -983,32 +977,17 @@ impl Proxy {
 
     /// Works out the next hop (§16.6 steps 6–7) and sends, or asks for DNS first.
     fn start_forward(&mut self, now: Instant, forward: Forward) {
-        let hop_uri = forward
-            .plan
-            .next_route
-            .clone()
-            .unwrap_or_else(|| forward.uri.clone());
-        let hop = match next_hop(&hop_uri) {
+        let hop_uri = forward.plan.next_route.as_deref().unwrap_or(&forward.uri);
+        let hop = match next_hop(hop_uri) {
             Ok(h) => h,
             Err(rej) => {
                 self.forward_failed(now, forward.kind, rej.status, rej.reason);
                 return;
             }
         };
-        if hop.transport.is_none() && !hop.sips {
-            // no explicit transport: UDP, or a stream when the request is large
-        }
+        let port = hop.port.unwrap_or(if hop.sips { 5061 } else { 5060 });
         if let Some(ip) = hop.ip {
-            let port = hop.port.unwrap_or(if hop.sips { 5061 } else { 5060 });
-            if self.host_is_local(&Host::Ip(ip), port) && forward.plan.next_route.is_none() {
-                self.forward_failed(
-                    now,
-                    forward.kind,
-                    404,
-                    "Not Found (the target names this proxy; add routing for it)".into(),
-                );
-                return;
-            }
+            // send_forward refuses a target that is this proxy.
             self.send_forward(now, forward, &hop, SocketAddr::new(ip, port));
             return;
         }
@@ -1018,7 +997,7 @@ impl Proxy {
         self.events.push_back(Event::Resolve {
             id,
             host: hop.host.clone(),
-            port: hop.port.unwrap_or(if hop.sips { 5061 } else { 5060 }),
+            port,
             transport,
         });
         if let ForwardKind::Branch(ctx, i) = forward.kind {

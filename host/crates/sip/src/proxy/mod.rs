@@ -159,8 +159,9 @@ pub enum RecordRoute {
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listeners: Vec<Listener>,
-    /// Extra `host` or `host:port` names that mean "this proxy".
-    pub aliases: Vec<String>,
+    /// Extra names that mean "this proxy": a host (as written in URIs, IPv6 in
+    /// brackets) and a port, `None` for any port.
+    pub aliases: Vec<(String, Option<u16>)>,
     pub timers: Timers,
     pub record_route: RecordRoute,
     pub fallback: Fallback,
@@ -269,6 +270,17 @@ pub struct Stats {
     pub live_server_transactions: usize,
     pub live_client_transactions: usize,
     pub live_contexts: usize,
+}
+
+impl Stats {
+    /// Live server transactions, client transactions and response contexts.
+    pub fn live(&self) -> (usize, usize, usize) {
+        (
+            self.live_server_transactions,
+            self.live_client_transactions,
+            self.live_contexts,
+        )
+    }
 }
 
 #[cfg(test)]

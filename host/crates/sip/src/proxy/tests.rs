@@ -100,6 +100,15 @@ impl Sim {
         out.into_iter().next().unwrap().2
     }
 
+    /// The message sent to `to` among everything sent since the last look.
+    fn sent_to(&mut self, to: &str) -> Message {
+        let out = self.out();
+        match out.iter().find(|o| o.0 == addr(to)) {
+            Some(o) => o.2.clone(),
+            None => panic!("nothing sent to {to}: {out:?}"),
+        }
+    }
+
     fn advance(&mut self, d: Duration) {
         let end = self.clock.now() + d;
         while let Some(at) = self.proxy.poll_timeout().filter(|&at| at <= end) {
@@ -112,15 +121,7 @@ impl Sim {
     fn assert_idle(&mut self) {
         self.advance(Duration::from_secs(300));
         let s = self.proxy.stats();
-        assert_eq!(
-            (
-                s.live_server_transactions,
-                s.live_client_transactions,
-                s.live_contexts
-            ),
-            (0, 0, 0),
-            "state left over: {s:?}"
-        );
+        assert_eq!(s.live(), (0, 0, 0), "state left over: {s:?}");
     }
 }
 
@@ -498,12 +499,7 @@ fn s16_7_sequential_failover_and_503_becomes_500() {
         CAROL,
         &answer(&to_carol.2, 503, "Service Unavailable", "tc", ""),
     );
-    let up = sim
-        .out()
-        .into_iter()
-        .find(|o| o.0 == addr(ALICE))
-        .unwrap()
-        .2;
+    let up = sim.sent_to(ALICE);
     assert_eq!(
         up.status(),
         Some(500),
@@ -521,21 +517,11 @@ fn s16_7_best_response_prefers_lower_class_and_auth() {
     ];
     let mut sim = Sim::with(|_| {}, Box::new(Fixed(targets)));
     sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-f2"));
-    let to_bob = sim.out().into_iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    let to_bob = sim.sent_to(BOB);
     sim.udp(BOB, &answer(&to_bob, 486, "Busy Here", "tb", ""));
-    let to_carol = sim
-        .out()
-        .into_iter()
-        .find(|o| o.0 == addr(CAROL))
-        .unwrap()
-        .2;
+    let to_carol = sim.sent_to(CAROL);
     sim.udp(CAROL, &answer(&to_carol, 500, "Oops", "tc", ""));
-    let up = sim
-        .out()
-        .into_iter()
-        .find(|o| o.0 == addr(ALICE))
-        .unwrap()
-        .2;
+    let up = sim.sent_to(ALICE);
     assert_eq!(up.status(), Some(486));
 }
 
@@ -546,7 +532,7 @@ fn s16_8_target_timeout_cancels_a_ringing_branch_and_fails_over() {
     let targets = vec![first, Target::new("sip:carol@127.0.0.1:5090")];
     let mut sim = Sim::with(|_| {}, Box::new(Fixed(targets)));
     sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-f3"));
-    let to_bob = sim.out().into_iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    let to_bob = sim.sent_to(BOB);
     sim.udp(BOB, &answer(&to_bob, 180, "Ringing", "tb", ""));
     sim.out();
     sim.advance(Duration::from_millis(1999));
@@ -560,12 +546,7 @@ fn s16_8_target_timeout_cancels_a_ringing_branch_and_fails_over() {
     );
     let to_carol = out.iter().find(|o| o.0 == addr(CAROL)).unwrap().2.clone();
     sim.udp(CAROL, &answer(&to_carol, 200, "OK", "tc", ""));
-    let up = sim
-        .out()
-        .into_iter()
-        .find(|o| o.0 == addr(ALICE))
-        .unwrap()
-        .2;
+    let up = sim.sent_to(ALICE);
     assert_eq!(up.status(), Some(200));
 }
 
@@ -807,7 +788,7 @@ fn missing_max_forwards_is_added_as_70() {
         ALICE,
         &invite("sip:bob@127.0.0.1:5080", "z9hG4bK-mf").replace("Max-Forwards: 70\n", ""),
     );
-    let fwd = sim.out().into_iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    let fwd = sim.sent_to(BOB);
     assert_eq!(header(&fwd, "Max-Forwards"), ["70"]);
 }
 
@@ -851,4 +832,45 @@ fn oversized_requests_get_513_and_oversized_responses_are_dropped() {
     assert!(sim.out().is_empty());
     assert_eq!(sim.proxy.stats().dropped_malformed, before + 1);
     sim.assert_idle();
+}
+
+#[test]
+fn aliases_are_this_proxy() {
+    let options = |ruri: &str, n: u32| {
+        format!(
+            "OPTIONS {ruri} SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-alias{n}
+Max-Forwards: 70
+From: <sip:ping@a.example>;tag=p
+To: <{ruri}>
+Call-ID: alias-{n}
+CSeq: 1 OPTIONS
+Content-Length: 0
+
+"
+        )
+    };
+    let mut sim = Sim::with(
+        |c| {
+            c.aliases = vec![
+                ("weir.example.com".into(), None),
+                ("edge.example.com".into(), Some(5070)),
+            ]
+        },
+        Box::new(FallbackRouter(Fallback::RequestUri)),
+    );
+    sim.udp(ALICE, &options("sip:weir.example.com", 1));
+    assert_eq!(
+        sim.one(ALICE).status(),
+        Some(200),
+        "an alias without a port matches any port"
+    );
+    sim.udp(ALICE, &options("sip:edge.example.com:5070", 2));
+    assert_eq!(sim.one(ALICE).status(), Some(200));
+    // The same name on another port is somebody else: resolved and forwarded.
+    sim.udp(ALICE, &options("sip:edge.example.com", 3));
+    assert!(sim.out().is_empty());
+    assert!(
+        matches!(sim.proxy.poll_event(), Some(Event::Resolve { ref host, .. }) if host == "edge.example.com")
+    );
 }

@@ -54,6 +54,18 @@ fn run<T>(
     (sends, events)
 }
 
+/// Send times of a retransmission timer that starts at T1, doubles up to T2
+/// (4 s) and stops at 64·T1 (32 s): Timers E and G with the default timers.
+fn doubling_to_t2_until_64_t1() -> Vec<Duration> {
+    let mut at = vec![0.5, 1.5, 3.5, 7.5];
+    let mut t = 7.5;
+    while t + 4.0 < 32.0 {
+        t += 4.0;
+        at.push(t);
+    }
+    secs(&at)
+}
+
 fn secs(v: &[f64]) -> Vec<Duration> {
     v.iter().map(|s| Duration::from_secs_f64(*s)).collect()
 }
@@ -173,14 +185,8 @@ fn s17_1_2_2_non_invite_backs_off_to_t2_then_timer_f() {
         ClientNonInvite::poll_timeout,
         ClientNonInvite::handle_timeout,
     );
-    // Timer E: 0.5, 1, 2, 4, 4, … (capped at T2) until Timer F at 32 s.
-    let mut expect = vec![0.5, 1.5, 3.5, 7.5];
-    let mut t = 7.5;
-    while t + 4.0 < 32.0 {
-        t += 4.0;
-        expect.push(t);
-    }
-    assert_eq!(sends, secs(&expect));
+    // Timer E: 0.5, 1, 2, 4, 4, … until Timer F at 32 s.
+    assert_eq!(sends, doubling_to_t2_until_64_t1());
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].0, Duration::from_secs(32));
 }
@@ -236,13 +242,7 @@ fn s17_2_1_server_invite_retransmits_final_with_timer_g_until_timer_h() {
         ServerInvite::poll_timeout,
         ServerInvite::handle_timeout,
     );
-    let mut expect = vec![0.5, 1.5, 3.5, 7.5];
-    let mut t = 7.5;
-    while t + 4.0 < 32.0 {
-        t += 4.0;
-        expect.push(t);
-    }
-    assert_eq!(sends, secs(&expect));
+    assert_eq!(sends, doubling_to_t2_until_64_t1());
     assert!(matches!(events[..], [(d, TuEvent::AckTimeout)] if d == Duration::from_secs(32)));
 }
 
