@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh run
 cargo build --release --locked -p weir
+scripts/build-plugins.sh
 exec target/release/weir run "$@"

@@ -25,3 +25,9 @@ if [[ "$what" == test || "$what" == bench ]]; then
   fi
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
+
+# Plugins are WebAssembly components: the wasm32-wasip2 standard library.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  echo "setup: adding the wasm32-wasip2 target" >&2
+  rustup target add wasm32-wasip2 >/dev/null
+fi

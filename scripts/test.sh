@@ -16,4 +16,5 @@ fi
 cargo fmt --all -- --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo build --release --locked --workspace
+scripts/build-plugins.sh
 cargo test --release --locked --workspace -- --test-threads 2

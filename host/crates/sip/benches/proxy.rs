@@ -28,9 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_sip::headers::HeaderName;
-use weir_sip::proxy::{
-    Fallback, FallbackRouter, Flow, Listener, Proxy, ProxyConfig, Router, Transport,
-};
+use weir_sip::proxy::{Fallback, FallbackRouter, Flow, Listener, Proxy, ProxyConfig, Transport};
 use weir_sip::{Framing, Message, Rewrite};
 
 const PROXY: &str = "127.0.0.1:5060";
@@ -148,9 +146,8 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Elements(1));
-    let from = flow(CALLER);
     g.bench_function("parse_decide_serialise", |b| {
-        let mut router = FallbackRouter(Fallback::RequestUri);
+        let router = FallbackRouter(Fallback::RequestUri);
         b.iter(|| {
             let m = Message::parse(black_box(msg.clone()), Framing::Datagram).expect("parses");
             let via = m.top_via().expect("via").expect("valid via");
@@ -158,7 +155,7 @@ fn benches(c: &mut Criterion) {
             let mf = m.max_forwards().and_then(Result::ok).unwrap_or(70);
             let uri = m.request_uri().expect("uri");
             black_box(&uri);
-            let decision = router.route(&m, &from);
+            let decision = router.decide(&m);
             let mf_line = m
                 .fields_all()
                 .iter()

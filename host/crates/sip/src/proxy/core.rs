@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use super::validate::{check_request, check_response, Checked, Rejection};
 use super::{
-    Decision, Event, Flow, Listener, ProxyConfig, RecordRoute, Router, SendTag, Stats, Target,
-    Transmit, Transport,
+    Decision, Event, Failure, FailureAction, Flow, Listener, Pin, ProxyConfig, RecordRoute, Routed,
+    Router, SendTag, Stats, Target, Transmit, Transport,
 };
 use crate::build;
 use crate::headers::{HeaderName, NameAddr, Via};
@@ -296,6 +296,13 @@ impl Final {
             Final::Local { status, .. } => *status,
         }
     }
+
+    fn reason(&self) -> &[u8] {
+        match self {
+            Final::Received(m) => m.reason(),
+            Final::Local { reason, .. } => reason.as_bytes(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -320,6 +327,12 @@ struct Context {
     loop_hash: u64,
     record_route: bool,
     targets: VecDeque<Target>,
+    /// The Request-URI of the target being tried.
+    current: String,
+    /// From the router's decision, for `on_failure`.
+    pin: Option<Pin>,
+    /// Extra header lines for a locally generated final response.
+    reply_headers: Vec<String>,
     branches: Vec<Branch>,
     finals: Vec<Final>,
     answered: bool,
@@ -589,31 +602,35 @@ impl Proxy {
             }
             return;
         }
-        let decision = if plan.next_route.is_some() {
+        let peer = reply_peer(&via, &flow);
+        let request = Arc::new(msg);
+        let mut routed: Routed = if plan.next_route.is_some() {
             // A route set names the next hop; the Request-URI goes along unchanged.
-            Decision::Forward(vec![Target::new(effective_ruri(&msg, &plan))])
+            Decision::Forward(vec![Target::new(effective_ruri(&request, &plan))]).into()
         } else if ruri_is_local && method == Method::Options && !in_dialog {
             Decision::Reply {
                 status: 200,
                 reason: "OK".into(),
             }
+            .into()
         } else if in_dialog {
             if ruri_is_local {
                 Decision::Reply {
                     status: 481,
                     reason: "Call/Transaction Does Not Exist".into(),
                 }
+                .into()
             } else {
-                Decision::Forward(vec![Target::new(effective_ruri(&msg, &plan))])
+                Decision::Forward(vec![Target::new(effective_ruri(&request, &plan))]).into()
             }
         } else {
-            self.router.route(&msg, &flow)
+            self.router.route(&request, &flow)
         };
+        let decision = std::mem::replace(&mut routed.decision, Decision::Drop);
         if matches!(decision, Decision::Drop) {
             return;
         }
         // A new server transaction (§17.2.3 key), then the decision.
-        let peer = reply_peer(&via, &flow);
         let reliable = flow.transport.is_reliable();
         let machine = if method == Method::Invite {
             ServerMachine::Invite(ServerInvite::new(reliable, self.cfg.timers))
@@ -623,9 +640,8 @@ impl Proxy {
         let mut to_tag = String::with_capacity(16);
         push_hex16(
             &mut to_tag,
-            fnv(&[msg.call_id().unwrap_or_default(), &key.to_be_bytes()]),
+            fnv(&[request.call_id().unwrap_or_default(), &key.to_be_bytes()]),
         );
-        let request = Arc::new(msg);
         let skey = self.server_txns.insert(ServerTxn {
             key,
             machine,
@@ -650,23 +666,49 @@ impl Proxy {
                 } else {
                     &[]
                 };
-                self.respond_local(now, skey, status, &reason, extra);
+                if routed.reply_headers.is_empty() {
+                    self.respond_local(now, skey, status, &reason, extra);
+                } else {
+                    let extra: Vec<&str> = extra
+                        .iter()
+                        .copied()
+                        .chain(routed.reply_headers.iter().map(String::as_str))
+                        .collect();
+                    self.respond_local(now, skey, status, &reason, &extra);
+                }
             }
             Decision::Forward(targets) if targets.is_empty() => {
                 self.respond_local(now, skey, 500, "Server Internal Error (no target)", &[]);
             }
             Decision::Forward(targets) => {
-                let record_route = self.cfg.record_route == RecordRoute::Dialogs
-                    && !in_dialog
-                    && matches!(
-                        method,
-                        Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+                let dialog_creating = matches!(
+                    method,
+                    Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
+                );
+                let record_route = !in_dialog
+                    && routed.record_route.unwrap_or(
+                        self.cfg.record_route == RecordRoute::Dialogs && dialog_creating,
                     );
+                // An edited request is what goes out; its header lines may have moved,
+                // so the route plan is worked out again on it.
+                let (request, plan) = match routed.edited.take() {
+                    Some(edited) => match self.preprocess_routes(&edited) {
+                        Ok(p) => (Arc::new(edited), p),
+                        Err(rej) => {
+                            self.respond_local(now, skey, rej.status, &rej.reason, &[]);
+                            return;
+                        }
+                    },
+                    None => (request, plan),
+                };
                 let ctx = self.contexts.insert(Context {
                     server: skey,
                     request,
                     method,
                     plan,
+                    current: String::new(),
+                    pin: routed.pin.take(),
+                    reply_headers: Vec::new(),
                     inbound,
                     loop_hash,
                     record_route,
@@ -947,10 +989,11 @@ impl Proxy {
                 cancel_pending: false,
                 finished: false,
             });
+            c.current.clone_from(&target.uri);
             let forward = Forward {
                 request: c.request.clone(),
                 plan: c.plan.clone(),
-                uri: target.uri.clone(),
+                uri: target.uri,
                 inbound: c.inbound,
                 record_route: c.record_route,
                 loop_hash: c.loop_hash,
@@ -1401,6 +1444,33 @@ impl Proxy {
         }
         b.finished = true;
         let six = fin.status() >= 600;
+        if !six && !c.cancelled && !c.answered {
+            let failure = Failure {
+                status: fin.status(),
+                reason: fin.reason(),
+                target: &c.current,
+                remaining: c.targets.len(),
+            };
+            match self.router.on_failure(c.pin.as_ref(), &c.request, &failure) {
+                FailureAction::Proceed => {}
+                FailureAction::Retarget(targets) => c.targets = targets.into(),
+                FailureAction::Reply {
+                    status,
+                    reason,
+                    headers,
+                } => {
+                    c.targets.clear();
+                    c.finals.clear();
+                    c.reply_headers = headers;
+                    c.finals.push(Final::Local {
+                        status,
+                        reason: reason.into(),
+                    });
+                    self.next_branch(now, ctx);
+                    return;
+                }
+            }
+        }
         c.finals.push(fin);
         if six {
             // §16.7 step 5: a 6xx ends the search.
@@ -1423,6 +1493,7 @@ impl Proxy {
         let best = best_response(&mut c.finals);
         let cancelled = c.cancelled;
         let server = c.server;
+        let reply_headers = std::mem::take(&mut c.reply_headers);
         match best {
             Some(Final::Received(resp)) => {
                 if resp.status() == Some(503) {
@@ -1448,7 +1519,8 @@ impl Proxy {
                 } else {
                     (status, reason)
                 };
-                self.respond_local(now, server, status, &reason, &[]);
+                let extra: Vec<&str> = reply_headers.iter().map(String::as_str).collect();
+                self.respond_local(now, server, status, &reason, &extra);
             }
             None => {
                 self.respond_local(now, server, 500, "Server Internal Error (no target)", &[]);

@@ -5,13 +5,16 @@
 //! questions) and a timer deadline. The host owns every RFC duty: validation
 //! (§16.3), route pre-processing (§16.4), forwarding (§16.6), response
 //! selection (§16.7), CANCEL (§16.10), retransmissions, Record-Route. Where an
-//! initial request goes is asked of a [`Router`]: the configured fallback today,
-//! plugins later.
+//! initial request goes is asked of a [`Router`]: the configured fallback, or
+//! the plugin chain.
 
 mod core;
 mod validate;
 
+use std::any::Any;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::core::Proxy;
@@ -203,6 +206,8 @@ pub struct Target {
     pub uri: String,
     /// Give up on this target after this long without a final response.
     pub timeout: Option<Duration>,
+    /// The configured credential to answer this target's digest challenge with.
+    pub credential: Option<String>,
 }
 
 impl Target {
@@ -210,6 +215,7 @@ impl Target {
         Target {
             uri: uri.into(),
             timeout: None,
+            credential: None,
         }
     }
 }
@@ -225,10 +231,86 @@ pub enum Decision {
     Drop,
 }
 
+/// Whatever a router wants back when it is asked about a failure of the request
+/// it routed (the plugin version that decided, for instance). Opaque to the proxy.
+#[derive(Clone)]
+pub struct Pin(pub Arc<dyn Any + Send + Sync>);
+
+impl fmt::Debug for Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pin(..)")
+    }
+}
+
+/// A router's answer: the decision and what goes with it.
+#[derive(Debug)]
+pub struct Routed {
+    pub decision: Decision,
+    /// The request as the router edited it: forwarded instead of the received
+    /// one. Responses still echo the received From/To/Call-ID/CSeq/Via.
+    pub edited: Option<Message>,
+    /// Overrides `[sip] record_route` for this request.
+    pub record_route: Option<bool>,
+    /// Extra header lines (`Name: value`) for a [`Decision::Reply`].
+    pub reply_headers: Vec<String>,
+    /// Handed back to [`Router::on_failure`] for this request.
+    pub pin: Option<Pin>,
+}
+
+impl From<Decision> for Routed {
+    fn from(decision: Decision) -> Routed {
+        Routed {
+            decision,
+            edited: None,
+            record_route: None,
+            reply_headers: Vec::new(),
+            pin: None,
+        }
+    }
+}
+
+/// A target answered a forwarded request with a final negative status (or
+/// timed out: 408; or could not be reached: 503).
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    pub status: u16,
+    pub reason: &'a [u8],
+    /// The Request-URI that target was sent.
+    pub target: &'a str,
+    /// Targets of the decision not tried yet.
+    pub remaining: usize,
+}
+
+/// What to do after a [`Failure`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureAction {
+    /// The next remaining target, or the best response when none is left.
+    Proceed,
+    /// These targets instead of the remaining ones.
+    Retarget(Vec<Target>),
+    /// Stop and answer with this status, reason and extra header lines.
+    Reply {
+        status: u16,
+        reason: String,
+        headers: Vec<String>,
+    },
+}
+
 /// Decides where initial requests go. In-dialog requests, ACK and CANCEL never
 /// reach the router: they follow the route set.
 pub trait Router: Send {
-    fn route(&mut self, request: &Message, from: &Flow) -> Decision;
+    fn route(&mut self, request: &Arc<Message>, from: &Flow) -> Routed;
+
+    /// A target failed (never called after a 6xx, a CANCEL or a 2xx). `pin` is
+    /// what [`Router::route`] returned with the decision.
+    fn on_failure(
+        &mut self,
+        _pin: Option<&Pin>,
+        _request: &Message,
+        _failure: &Failure<'_>,
+    ) -> FailureAction {
+        FailureAction::Proceed
+    }
 }
 
 /// The configured fallback as a router.
@@ -236,7 +318,14 @@ pub trait Router: Send {
 pub struct FallbackRouter(pub Fallback);
 
 impl Router for FallbackRouter {
-    fn route(&mut self, request: &Message, _from: &Flow) -> Decision {
+    fn route(&mut self, request: &Arc<Message>, _from: &Flow) -> Routed {
+        self.decide(request).into()
+    }
+}
+
+impl FallbackRouter {
+    /// The fallback's decision for `request`.
+    pub fn decide(&self, request: &Message) -> Decision {
         match self.0 {
             Fallback::RequestUri => Decision::Forward(vec![Target::new(
                 String::from_utf8_lossy(request.request_uri_bytes()).into_owned(),

@@ -2,6 +2,7 @@
 //! virtual clock. Peers are plain byte strings; nothing touches a socket.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,8 +30,8 @@ struct Sim {
 struct Fixed(Vec<Target>);
 
 impl Router for Fixed {
-    fn route(&mut self, _: &Message, _: &Flow) -> Decision {
-        Decision::Forward(self.0.clone())
+    fn route(&mut self, _: &Arc<Message>, _: &Flow) -> Routed {
+        Decision::Forward(self.0.clone()).into()
     }
 }
 

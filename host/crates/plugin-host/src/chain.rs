@@ -1,0 +1,307 @@
+//! The plugin chain as the proxy's router.
+//!
+//! A [`PluginSet`] is an immutable snapshot (the chain's order, each plugin's
+//! loaded version and failure policy), swapped atomically by the loader. Each
+//! worker owns a [`Chain`]: it reads the current snapshot once per request, keeps
+//! one warm instance per plugin version, and pins the version that decided a
+//! forward so that `on-failure` for that request runs on the same version.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use arc_swap::ArcSwap;
+use weir_sip::message::{Message, Method};
+use weir_sip::proxy::{
+    Decision, Failure, FailureAction, FallbackRouter, Flow, Pin, Routed, Router,
+};
+
+use crate::bindings::weir::proxy::types;
+use crate::decision::{check_decision, check_failure_decision, FailureVerdict, Verdict};
+use crate::request::RequestRep;
+use crate::runtime::{PluginVersion, Warm};
+
+/// What happens to a request when its plugin fails (trap, deadline, bad answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Answer 500 with a reason naming the plugin.
+    #[default]
+    Reject,
+    /// Ask the next plugin, then the fallback.
+    Continue,
+}
+
+/// One place in the chain.
+#[derive(Debug, Clone)]
+pub struct ChainEntry {
+    pub name: Arc<str>,
+    /// None while no version of the plugin has loaded.
+    pub version: Option<Arc<PluginVersion>>,
+    pub on_error: OnError,
+}
+
+/// An immutable snapshot of the chain.
+#[derive(Debug, Default)]
+pub struct PluginSet {
+    /// Bumped on every swap.
+    pub generation: u64,
+    pub entries: Vec<ChainEntry>,
+}
+
+/// The snapshot the loader publishes and the workers read.
+pub type SharedSet = Arc<ArcSwap<PluginSet>>;
+
+/// What a forward remembers for `on-failure`.
+struct Pinned {
+    version: Arc<PluginVersion>,
+    on_error: OnError,
+    source: Flow,
+}
+
+/// A worker's router over the shared plugin set.
+pub struct Chain {
+    set: SharedSet,
+    warm: HashMap<u64, (Weak<PluginVersion>, Warm)>,
+    fallback: FallbackRouter,
+    seen_generation: u64,
+    calls: u64,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("warm", &self.warm.len())
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Chain {
+    pub fn new(set: SharedSet, fallback: FallbackRouter) -> Chain {
+        Chain {
+            set,
+            warm: HashMap::new(),
+            fallback,
+            seen_generation: 0,
+            calls: 0,
+        }
+    }
+
+    /// Warm instances this worker holds (for tests and stats).
+    pub fn warm_instances(&self) -> usize {
+        self.warm.len()
+    }
+
+    /// Drops instances of versions nobody can call any more.
+    fn sweep(&mut self, generation: u64) {
+        self.calls += 1;
+        if generation != self.seen_generation || self.calls % 256 == 0 {
+            self.seen_generation = generation;
+            self.warm.retain(|_, (v, _)| v.strong_count() > 0);
+        }
+    }
+
+    fn instance(&mut self, v: &Arc<PluginVersion>) -> Result<&mut Warm, crate::CallError> {
+        match self.warm.entry(v.id) {
+            Entry::Occupied(e) => Ok(&mut e.into_mut().1),
+            Entry::Vacant(e) => Ok(&mut e.insert((Arc::downgrade(v), v.instance()?)).1),
+        }
+    }
+
+    fn call_request(
+        &mut self,
+        v: &Arc<PluginVersion>,
+        rep: RequestRep,
+    ) -> (Option<RequestRep>, Result<Verdict, String>, bool) {
+        let method = rep.message().method().unwrap_or(Method::Extension);
+        let warm = match self.instance(v) {
+            Ok(w) => w,
+            Err(e) => return (Some(rep), Err(e.to_string()), true),
+        };
+        let (rep, r) = warm.on_request(rep);
+        match r {
+            Ok(d) => (
+                rep,
+                check_decision(d, method).map_err(|e| format!("returned an invalid decision: {e}")),
+                false,
+            ),
+            Err(e) => {
+                // A trap poisons the instance.
+                self.warm.remove(&v.id);
+                (rep, Err(e.to_string()), true)
+            }
+        }
+    }
+
+    fn plugin_failed(
+        &self,
+        v: Option<&PluginVersion>,
+        name: &str,
+        why: &str,
+        trapped: bool,
+        policy: OnError,
+    ) -> Option<Routed> {
+        tracing::warn!(plugin = name, policy = ?policy, "plugin failed: {why}");
+        if let Some(v) = v {
+            v.count_error(if trapped { "trap" } else { "invalid" });
+        }
+        match policy {
+            OnError::Reject => Some(
+                Decision::Reply {
+                    status: 500,
+                    reason: format!("Server Internal Error (plugin {name} failed)"),
+                }
+                .into(),
+            ),
+            OnError::Continue => None,
+        }
+    }
+}
+
+impl Router for Chain {
+    fn route(&mut self, request: &Arc<Message>, from: &Flow) -> Routed {
+        let set = self.set.load_full();
+        self.sweep(set.generation);
+        let mut rep = RequestRep::new(request.clone(), *from, None);
+        for entry in &set.entries {
+            let Some(v) = &entry.version else {
+                let why = "no version is loaded (see GET /v1/plugins)";
+                match self.plugin_failed(None, &entry.name, why, false, entry.on_error) {
+                    Some(r) => return r,
+                    None => continue,
+                }
+            };
+            let (back, verdict, trapped) = self.call_request(v, rep);
+            // The table hands the request back even after a trap; only a full
+            // table (impossible with one request at a time) would lose it.
+            rep = back.unwrap_or_else(|| RequestRep::new(request.clone(), *from, None));
+            let verdict = match verdict {
+                Ok(Verdict::Continue) => continue,
+                Ok(verdict) => verdict,
+                Err(why) => {
+                    match self.plugin_failed(Some(v), &entry.name, &why, trapped, entry.on_error) {
+                        Some(r) => return r,
+                        None => continue,
+                    }
+                }
+            };
+            let edited = match rep.edited() {
+                Ok(m) => m,
+                Err(e) => {
+                    let why = format!("its edits do not make a valid request: {e:?}");
+                    match self.plugin_failed(Some(v), &entry.name, &why, false, entry.on_error) {
+                        Some(r) => return r,
+                        None => continue,
+                    }
+                }
+            };
+            return match verdict {
+                Verdict::Forward {
+                    targets,
+                    record_route,
+                    media: _,
+                } => Routed {
+                    decision: Decision::Forward(targets),
+                    edited,
+                    record_route,
+                    reply_headers: Vec::new(),
+                    pin: Some(Pin(Arc::new(Pinned {
+                        version: v.clone(),
+                        on_error: entry.on_error,
+                        source: *from,
+                    }))),
+                },
+                Verdict::Reply {
+                    status,
+                    reason,
+                    headers,
+                } => Routed {
+                    decision: Decision::Reply { status, reason },
+                    reply_headers: headers,
+                    ..Decision::Drop.into()
+                },
+                Verdict::Challenge { realm } => {
+                    tracing::warn!(
+                        plugin = &*entry.name,
+                        realm,
+                        "challenge decided, but digest authentication is not available in this version"
+                    );
+                    Decision::Reply {
+                        status: 500,
+                        reason: format!(
+                            "Server Internal Error (plugin {} asked for digest authentication, which this proxy does not offer yet)",
+                            entry.name
+                        ),
+                    }
+                    .into()
+                }
+                Verdict::Drop | Verdict::Continue => Decision::Drop.into(),
+            };
+        }
+        // Nobody decided: the fallback, on the request as the chain edited it.
+        match rep.edited() {
+            Ok(Some(m)) => Routed {
+                decision: self.fallback.decide(&m),
+                edited: Some(m),
+                ..Decision::Drop.into()
+            },
+            _ => self.fallback.decide(request).into(),
+        }
+    }
+
+    fn on_failure(
+        &mut self,
+        pin: Option<&Pin>,
+        request: &Message,
+        failure: &Failure<'_>,
+    ) -> FailureAction {
+        let Some(pinned) = pin.and_then(|p| p.0.downcast_ref::<Pinned>()) else {
+            return FailureAction::Proceed;
+        };
+        let v = pinned.version.clone();
+        let rep = RequestRep::new(Arc::new(request.clone()), pinned.source, None);
+        let f = types::Failure {
+            status: failure.status,
+            reason: String::from_utf8_lossy(failure.reason).into_owned(),
+            target: failure.target.to_string(),
+            remaining: failure.remaining.min(u32::MAX as usize) as u32,
+        };
+        let result = match self.instance(&v) {
+            Ok(w) => {
+                let (_, r) = w.on_failure(rep, &f);
+                match r {
+                    Ok(d) => check_failure_decision(d)
+                        .map_err(|e| (format!("returned an invalid failure decision: {e}"), false)),
+                    Err(e) => {
+                        self.warm.remove(&v.id);
+                        Err((e.to_string(), true))
+                    }
+                }
+            }
+            Err(e) => Err((e.to_string(), true)),
+        };
+        match result {
+            Ok(FailureVerdict::Proceed) => FailureAction::Proceed,
+            Ok(FailureVerdict::Retarget(t)) => FailureAction::Retarget(t),
+            Ok(FailureVerdict::Reply {
+                status,
+                reason,
+                headers,
+            }) => FailureAction::Reply {
+                status,
+                reason,
+                headers,
+            },
+            Err((why, trapped)) => {
+                match self.plugin_failed(Some(&v), &v.name, &why, trapped, pinned.on_error) {
+                    Some(_) => FailureAction::Reply {
+                        status: 500,
+                        reason: format!("Server Internal Error (plugin {} failed)", v.name),
+                        headers: Vec::new(),
+                    },
+                    None => FailureAction::Proceed,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `carrier-trunk`: the edge between a carrier's SIP trunk and the agents.
+//! See README.md.
+
+use std::net::IpAddr;
+
+use weir_sdk::sip::{e164, Cidr, Uri};
+use weir_sdk::{
+    export_plugin, Config, Decision, Forward, Host, Plugin, Reply, Request, Target, Transport,
+};
+
+#[derive(Debug)]
+pub struct CarrierTrunk {
+    carrier_ranges: Vec<Cidr>,
+    agent_ranges: Vec<Cidr>,
+    default_country: String,
+    termination: Option<Termination>,
+    caller_id: Option<String>,
+    /// Per agent (From user) caller IDs, checked E.164.
+    caller_ids: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Termination {
+    /// `sip:HOST[:PORT][;params]` with the user replaced per call.
+    uri: Uri,
+    credential: Option<String>,
+    transport: Option<Transport>,
+}
+
+fn ranges(config: &Config, key: &str) -> Result<Vec<Cidr>, String> {
+    config
+        .str_list(key)?
+        .iter()
+        .map(|s| Cidr::parse(s).map_err(|e| format!("config key {key}: {e}")))
+        .collect()
+}
+
+fn e164_of(key: &str, value: &str) -> Result<String, String> {
+    if e164::is_valid(value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "config key {key}: {value:?} is not an E.164 number (+ and 8–15 digits)"
+        ))
+    }
+}
+
+impl Plugin for CarrierTrunk {
+    fn init(config: &Config, _host: &Host) -> Result<Self, String> {
+        config.deny_unknown(&[
+            "carrier_ranges",
+            "agent_ranges",
+            "default_country",
+            "termination_uri",
+            "credential",
+            "transport",
+            "caller_id",
+            "caller_ids",
+        ])?;
+        let carrier_ranges = ranges(config, "carrier_ranges")?;
+        if carrier_ranges.is_empty() {
+            return Err(
+                "config key carrier_ranges: list at least one carrier address range".into(),
+            );
+        }
+        let termination = match config.str("termination_uri")? {
+            None => None,
+            Some(t) => {
+                let uri = Uri::parse(&t)
+                    .filter(|u| u.scheme != "tel")
+                    .ok_or_else(|| {
+                        format!("config key termination_uri: {t:?} is not a sip: URI")
+                    })?;
+                let transport = match config.str("transport")?.as_deref() {
+                    None => None,
+                    Some("udp") => Some(Transport::Udp),
+                    Some("tcp") => Some(Transport::Tcp),
+                    Some("tls") => Some(Transport::Tls),
+                    Some(other) => {
+                        return Err(format!(
+                            "config key transport: {other:?} is not udp, tcp or tls"
+                        ))
+                    }
+                };
+                Some(Termination {
+                    uri,
+                    credential: config.str("credential")?,
+                    transport,
+                })
+            }
+        };
+        let caller_id = match config.str("caller_id")? {
+            Some(c) => Some(e164_of("caller_id", &c)?),
+            None => None,
+        };
+        let ids = config.table("caller_ids")?;
+        let mut caller_ids = Vec::new();
+        for agent in ids.keys() {
+            let Some(n) = ids.str(agent)? else { continue };
+            caller_ids.push((
+                agent.to_string(),
+                e164_of(&format!("caller_ids.{agent}"), &n)?,
+            ));
+        }
+        Ok(CarrierTrunk {
+            carrier_ranges,
+            agent_ranges: ranges(config, "agent_ranges")?,
+            default_country: config.str_or("default_country", "1")?,
+            termination,
+            caller_id,
+            caller_ids,
+        })
+    }
+
+    fn on_request(&mut self, req: &Request, host: &Host) -> Decision {
+        let source: Option<IpAddr> = req.source().ip.parse().ok();
+        let from = |ranges: &[Cidr]| source.is_some_and(|ip| ranges.iter().any(|r| r.contains(ip)));
+        if from(&self.carrier_ranges) {
+            self.inbound(req, host)
+        } else if from(&self.agent_ranges) {
+            self.outbound(req, host)
+        } else {
+            host.count("refused_source", 1);
+            Reply::new(403).reason("Source Not Allowed").into()
+        }
+    }
+}
+
+impl CarrierTrunk {
+    /// From the carrier: the dialled number in E.164, then the next plugin routes.
+    fn inbound(&self, req: &Request, host: &Host) -> Decision {
+        host.count("inbound", 1);
+        let uri = req.request_uri();
+        let Some(parsed) = Uri::parse(&uri) else {
+            return Reply::new(416).into();
+        };
+        let Some(user) = parsed.user_unescaped() else {
+            return Reply::new(484).reason("No Number Dialled").into();
+        };
+        let Some(number) = e164::normalize(&user, &self.default_country) else {
+            // Not a number: a call ID (`sip:{call_id}@…`) goes on unchanged.
+            return Decision::Continue;
+        };
+        if number != user {
+            let new = with_user(&parsed, &number);
+            if let Err(e) = req.set_request_uri(&new) {
+                return Reply::new(500)
+                    .reason(format!("Cannot Rewrite Number ({e})"))
+                    .into();
+            }
+        }
+        Decision::Continue
+    }
+
+    /// From an agent: to the carrier's termination URI, with a verified caller ID.
+    fn outbound(&self, req: &Request, host: &Host) -> Decision {
+        let Some(term) = &self.termination else {
+            return Reply::new(403)
+                .reason("Outbound Calling Not Configured")
+                .into();
+        };
+        let Some(dialled) = req.request_user() else {
+            return Reply::new(484).reason("No Number Dialled").into();
+        };
+        let Some(number) = e164::normalize(&dialled, &self.default_country) else {
+            return Reply::new(484).reason("Not An E.164 Number").into();
+        };
+        let agent = req.from_user().unwrap_or_default();
+        let caller = self
+            .caller_ids
+            .iter()
+            .find(|(a, _)| *a == agent)
+            .map(|(_, n)| n.clone())
+            .or_else(|| self.caller_id.clone());
+        if let Some(c) = caller {
+            if let Err(e) = req.set_from_user(&c) {
+                return Reply::new(500)
+                    .reason(format!("Cannot Set Caller ID ({e})"))
+                    .into();
+            }
+        }
+        host.count("outbound", 1);
+        let mut target = Target::new(with_user(&term.uri, &number));
+        if let Some(c) = &term.credential {
+            target = target.credential(c.clone());
+        }
+        if let Some(t) = term.transport {
+            target = target.transport(t);
+        }
+        Forward::to(target).into()
+    }
+}
+
+/// `uri` with the user part `user`.
+fn with_user(uri: &Uri, user: &str) -> String {
+    let mut out = format!("{}:{user}@{}", uri.scheme, uri.host);
+    if let Some(p) = uri.port {
+        out.push_str(&format!(":{p}"));
+    }
+    for (n, v) in &uri.params {
+        out.push(';');
+        out.push_str(n);
+        if let Some(v) = v {
+            out.push('=');
+            out.push_str(v);
+        }
+    }
+    out
+}
+
+export_plugin!(CarrierTrunk);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use weir_sdk::Edit;
+    use weir_sdk::MockHost;
+
+    const CONFIG: &str = r#"{
+        "carrier_ranges": ["54.172.60.0/30", "2001:db8:c::/48"],
+        "agent_ranges": ["10.0.0.0/8"],
+        "termination_uri": "sip:acme.pstn.example.com;transport=tls",
+        "credential": "acme-trunk",
+        "caller_id": "+14155550100",
+        "caller_ids": {"sales": "+14155550111"}
+    }"#;
+
+    fn req(ruri: &str, from_user: &str, ip: &str) -> Request<'static> {
+        Request::mock(&format!(
+            "INVITE {ruri} SIP/2.0\r\nFrom: \"A\" <sip:{from_user}@h>;tag=1\r\nTo: <{ruri}>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n"
+        ))
+        .unwrap()
+        .with_source(ip, 5060, Transport::Udp)
+    }
+
+    fn plugin(host: &Host) -> CarrierTrunk {
+        CarrierTrunk::init(&Config::parse(CONFIG).unwrap(), host).unwrap()
+    }
+
+    #[test]
+    fn inbound_numbers_become_e164() {
+        let host = MockHost::new().host();
+        let mut p = plugin(&host);
+        let r = req(
+            "sip:(415)%20555-0100@weir.example.com",
+            "carrier",
+            "54.172.60.2",
+        );
+        assert_eq!(p.on_request(&r, &host), Decision::Continue);
+        assert_eq!(
+            r.mock_edits(),
+            vec![Edit::SetRequestUri(
+                "sip:+14155550100@weir.example.com".into()
+            )]
+        );
+        // A call ID is not a number: unchanged.
+        let r = req("sip:call-7f3a@weir.example.com", "carrier", "2001:db8:c::9");
+        assert_eq!(p.on_request(&r, &host), Decision::Continue);
+        assert!(r.mock_edits().is_empty());
+    }
+
+    #[test]
+    fn outbound_goes_to_the_termination_with_a_verified_caller_id() {
+        let host = MockHost::new().host();
+        let mut p = plugin(&host);
+        let r = req("sip:4155550123@weir.example.com", "sales", "10.1.2.3");
+        let expected: Decision = Forward::to(
+            Target::new("sip:+14155550123@acme.pstn.example.com;transport=tls")
+                .credential("acme-trunk"),
+        )
+        .into();
+        assert_eq!(p.on_request(&r, &host), expected);
+        assert_eq!(
+            r.mock_edits(),
+            vec![Edit::SetFromUser("+14155550111".into())]
+        );
+        let r = req("sip:*69@weir.example.com", "bot", "10.1.2.3");
+        assert!(matches!(
+            p.on_request(&r, &host),
+            Decision::Reply(Reply { status: 484, .. })
+        ));
+    }
+
+    #[test]
+    fn other_sources_are_refused() {
+        let mock = MockHost::new();
+        let host = mock.host();
+        let mut p = plugin(&host);
+        let r = req("sip:+14155550100@weir.example.com", "x", "203.0.113.9");
+        assert!(matches!(
+            p.on_request(&r, &host),
+            Decision::Reply(Reply { status: 403, .. })
+        ));
+        assert_eq!(mock.counter("refused_source"), 1);
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let host = MockHost::new().host();
+        for (json, key) in [
+            (r#"{"carrier_ranges":[]}"#, "carrier_ranges"),
+            (r#"{"carrier_ranges":["1.2.3.0/40"]}"#, "carrier_ranges"),
+            (
+                r#"{"carrier_ranges":["1.2.3.0/24"],"caller_id":"415"}"#,
+                "caller_id",
+            ),
+            (
+                r#"{"carrier_ranges":["1.2.3.0/24"],"termination_uri":"x"}"#,
+                "termination_uri",
+            ),
+        ] {
+            let e = CarrierTrunk::init(&Config::parse(json).unwrap(), &host).unwrap_err();
+            assert!(e.contains(key), "{json}: {e}");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A plugin for Weir's tests. It forwards every request to `target` (or, when a
+//! registry entry `call:USER` exists, there), stamping `X-Plugin-Version` with
+//! the [`VERSION`] bytes, which tests patch in the built file to make new
+//! versions without rebuilding. With `fault` set it misbehaves on every
+//! `fault_every`-th request whose Request-URI user starts with `fault`:
+//! `panic`, `loop` (never returns), `memory` (allocates until the cap), or
+//! `bad-uri` / `bad-status` / `guarded` (answers the host cannot accept).
+//! `fail_init = true` makes `init` refuse.
+
+use std::hint::black_box;
+
+use weir_sdk::{export_plugin, Config, Decision, Forward, Host, Plugin, Reply, Request};
+
+/// Patched by tests: same length, so the component stays valid.
+pub static VERSION: &str = "weir-test-version-000";
+
+#[derive(Debug)]
+pub struct TestPlugin {
+    target: String,
+    fault: Option<String>,
+}
+
+impl Plugin for TestPlugin {
+    fn init(config: &Config, _host: &Host) -> Result<Self, String> {
+        if config.bool_or("fail_init", false)? {
+            return Err("asked to fail (fail_init = true)".into());
+        }
+        Ok(TestPlugin {
+            target: config.str_or("target", "sip:uas@127.0.0.1:5080")?,
+            fault: config.str("fault")?,
+        })
+    }
+
+    fn on_request(&mut self, req: &Request, host: &Host) -> Decision {
+        let user = req.request_user().unwrap_or_default();
+        if user.starts_with("fault") {
+            if let Some(f) = self.fault.as_deref() {
+                return misbehave(f, req);
+            }
+        }
+        let version = black_box(VERSION);
+        if let Err(e) = req.set_header("X-Plugin-Version", version) {
+            return Reply::new(500).reason(format!("stamp refused: {e}")).into();
+        }
+        let target = host
+            .registry_get(&format!("call:{user}"))
+            .unwrap_or_else(|| self.target.clone());
+        Forward::to(target).into()
+    }
+}
+
+fn misbehave(fault: &str, req: &Request) -> Decision {
+    match fault {
+        "panic" => panic!("asked to panic"),
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = black_box(n.wrapping_add(1));
+            }
+        }
+        "memory" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                black_box(&hoard);
+            }
+        }
+        "bad-uri" => Forward::to("sip:@@not a uri").into(),
+        "bad-status" => Reply::new(99).into(),
+        "guarded" => {
+            // The host refuses the edit; the plugin forwards anyway with it
+            // ignored, so the request must still go out unchanged.
+            let _ = req.set_header("Via", "SIP/2.0/UDP evil.example.com");
+            Reply::new(1000).into()
+        }
+        other => Reply::new(500)
+            .reason(format!("unknown fault {other}"))
+            .into(),
+    }
+}
+
+export_plugin!(TestPlugin);
