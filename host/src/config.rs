@@ -1,12 +1,15 @@
 //! The TOML configuration: parsing, validation, and the errors that name the key
 //! and the line. `weir.example.toml` documents every key and is the embedded default.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use weir_plugin_host::{Capabilities, Limits, OnError};
 use weir_sip::proxy::{Fallback, Listener, ProxyConfig, RecordRoute, Transport};
 use weir_sip::transaction::Timers;
 
@@ -51,6 +54,45 @@ pub struct Config {
     pub udp_receive_buffer: usize,
     pub log_level: String,
     pub log_json: bool,
+    /// None when there is no `[plugins]` section: routing is the fallback's.
+    pub plugins: Option<PluginsConfig>,
+    /// None when there is no `[admin]` section.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// `[plugins]`: where plugins come from, their order and their limits.
+#[derive(Debug, Clone)]
+pub struct PluginsConfig {
+    pub dir: PathBuf,
+    pub watch: bool,
+    /// Plugin names in the order they are asked. Empty: every `.wasm` in `dir`,
+    /// by name.
+    pub chain: Vec<String>,
+    pub limits: Limits,
+    /// `[plugins.NAME]` tables.
+    pub each: BTreeMap<String, PluginSettings>,
+}
+
+/// `[plugins.NAME]`.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSettings {
+    pub on_error: OnError,
+    pub capabilities: Capabilities,
+    /// The `config` table as JSON, handed to `init`.
+    pub config_json: String,
+}
+
+impl PluginsConfig {
+    /// The settings of plugin `name` (defaults when it has no table).
+    pub fn settings(&self, name: &str) -> PluginSettings {
+        self.each
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| PluginSettings {
+                config_json: "{}".into(),
+                ..PluginSettings::default()
+            })
+    }
 }
 
 impl Config {
@@ -91,6 +133,37 @@ struct Raw {
     routing: RawRouting,
     transport: RawTransport,
     log: RawLog,
+    plugins: Option<Spanned<RawPlugins>>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawPlugins {
+    dir: Option<Spanned<String>>,
+    watch: Option<bool>,
+    chain: Option<Vec<Spanned<String>>>,
+    deadline: Option<Spanned<String>>,
+    memory: Option<Spanned<i64>>,
+    fuel: Option<Spanned<i64>>,
+    instances: Option<Spanned<i64>>,
+    /// `[plugins.NAME]` tables (and any misspelt key, reported).
+    #[serde(flatten)]
+    each: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPlugin {
+    on_error: Option<String>,
+    capabilities: Option<Vec<String>>,
+    config: Option<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -386,10 +459,24 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         &[("text", false), ("json", true)],
         false,
     );
+    let plugins = raw.plugins.as_ref().map(|p| plugins_config(&mut c, p));
+    let admin_listen = raw.admin.as_ref().map(|a| match &a.listen {
+        None => SocketAddr::from(([127, 0, 0, 1], 9070)),
+        Some(l) => l.get_ref().parse().unwrap_or_else(|_| {
+            c.err(
+                "[admin] listen",
+                l,
+                format!("\"{}\" is not IP:PORT", l.get_ref()),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 9070))
+        }),
+    });
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
     Ok(Config {
+        plugins,
+        admin_listen,
         listen,
         advertise,
         aliases,
@@ -413,6 +500,137 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         log_level: raw.log.level.unwrap_or_else(|| "info".to_string()),
         log_json,
     })
+}
+
+fn plugins_config(c: &mut Check<'_>, raw: &Spanned<RawPlugins>) -> PluginsConfig {
+    let p = raw.get_ref();
+    let defaults = Limits::default();
+    let deadline = c.duration("[plugins] deadline", &p.deadline, defaults.deadline);
+    if deadline > Duration::from_secs(1) {
+        if let Some(d) = &p.deadline {
+            c.err(
+                "[plugins] deadline",
+                d,
+                "is longer than 1s: a plugin call holds up every request behind it",
+            );
+        }
+    }
+    let memory = c.count(
+        "[plugins] memory",
+        &p.memory,
+        1 << 20,
+        1 << 32,
+        defaults.memory,
+    );
+    let fuel = c.count("[plugins] fuel", &p.fuel, 0, i64::MAX, 0);
+    let instances = c.count(
+        "[plugins] instances",
+        &p.instances,
+        4,
+        10_000,
+        defaults.instances as usize,
+    );
+    let limits = Limits {
+        deadline,
+        memory,
+        fuel: (fuel > 0).then_some(fuel as u64),
+        instances: instances as u32,
+    };
+    let mut chain = Vec::new();
+    for (i, name) in p.chain.iter().flatten().enumerate() {
+        let key = format!("[plugins] chain[{i}]");
+        if !valid_plugin_name(name.get_ref()) {
+            c.err(
+                &key,
+                name,
+                format!(
+                    "\"{}\" is not a plugin name (letters, digits, - and _)",
+                    name.get_ref()
+                ),
+            );
+        } else if chain.contains(name.get_ref()) {
+            c.err(
+                &key,
+                name,
+                format!("\"{}\" is listed twice", name.get_ref()),
+            );
+        } else {
+            chain.push(name.get_ref().clone());
+        }
+    }
+    let mut each = BTreeMap::new();
+    for (name, value) in &p.each {
+        let key = format!("[plugins.{name}]");
+        let toml::Value::Table(t) = value else {
+            c.err(&format!("[plugins] {name}"), raw, "unknown key (known: dir, watch, chain, deadline, memory, fuel, instances, and [plugins.NAME] tables)");
+            continue;
+        };
+        if !valid_plugin_name(name) {
+            c.err(&key, raw, "is not a plugin name (letters, digits, - and _)");
+            continue;
+        }
+        let rp: RawPlugin = match toml::Value::Table(t.clone()).try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                c.err(&key, raw, e.message().to_string());
+                continue;
+            }
+        };
+        let on_error = match rp.on_error.as_deref() {
+            None | Some("reject") => OnError::Reject,
+            Some("continue") => OnError::Continue,
+            Some(other) => {
+                c.err(
+                    &format!("{key} on_error"),
+                    raw,
+                    format!("\"{other}\" is not \"reject\" or \"continue\""),
+                );
+                OnError::Reject
+            }
+        };
+        let capabilities = match &rp.capabilities {
+            None => Capabilities::default(),
+            Some(list) => {
+                let mut caps = Capabilities::none();
+                for cap in list {
+                    if !caps.grant(cap) {
+                        c.err(
+                            &format!("{key} capabilities"),
+                            raw,
+                            format!("\"{cap}\" is not one of {}", Capabilities::NAMES.join(", ")),
+                        );
+                    }
+                }
+                caps
+            }
+        };
+        let config_json =
+            serde_json::to_string(&rp.config.unwrap_or_default()).unwrap_or_else(|_| "{}".into());
+        each.insert(
+            name.clone(),
+            PluginSettings {
+                on_error,
+                capabilities,
+                config_json,
+            },
+        );
+    }
+    PluginsConfig {
+        dir: PathBuf::from(p.dir.as_ref().map_or("plugins", |d| d.get_ref().as_str())),
+        watch: p.watch.unwrap_or(true),
+        chain,
+        limits,
+        each,
+    }
+}
+
+/// Plugin names become file names (`NAME.wasm`) and metric labels.
+pub fn valid_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn parse_listen(s: &str) -> Result<(Transport, SocketAddr), String> {

@@ -1,13 +1,18 @@
 //! `weir`: the command line of the Weir SIP edge proxy.
 
+mod admin;
 mod config;
+mod plugins;
 mod runtime;
 mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use weir_plugin_host::{Chain, MemoryRegistry, Services};
+use weir_sip::proxy::{FallbackRouter, Router};
 
 // Messages allocate and free many small buffers; mimalloc keeps that cheap and
 // does not fragment under load the way the system allocator does.
@@ -58,6 +63,45 @@ fn main() -> ExitCode {
                     .iter()
                     .map(|(t, a)| format!("{}:{a}", t.param()))
                     .collect();
+                // Plugins are checked the way a reload would: compiled, matched
+                // against the world and their capabilities, and init-ed.
+                if let Some(p) = &c.plugins {
+                    let services = Arc::new(Services::new(Arc::new(MemoryRegistry::new())));
+                    let host = match plugins::PluginHost::start(p.clone(), services) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            eprintln!("{}: {e}", config.display());
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    let mut bad = false;
+                    for s in host.status().iter().filter(|s| s.in_chain) {
+                        match (&s.last_error, s.state) {
+                            (Some(e), _) => {
+                                bad = true;
+                                eprintln!("{}: plugin {}: {e}", config.display(), s.name);
+                            }
+                            (None, "missing") => {
+                                bad = true;
+                                eprintln!(
+                                    "{}: plugin {}: no file {}",
+                                    config.display(),
+                                    s.name,
+                                    s.file
+                                );
+                            }
+                            _ => println!(
+                                "plugin {}: OK ({} bytes, {})",
+                                s.name,
+                                s.size.unwrap_or(0),
+                                s.world.as_deref().unwrap_or("?")
+                            ),
+                        }
+                    }
+                    if bad {
+                        return ExitCode::FAILURE;
+                    }
+                }
                 println!("{}: OK (listen {})", config.display(), listen.join(", "));
                 ExitCode::SUCCESS
             }
@@ -93,7 +137,45 @@ fn main() -> ExitCode {
                 |p| p.display().to_string(),
             );
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, "weir starting");
-            match rt.block_on(runtime::run(cfg, shutdown_signal())) {
+            let services = Arc::new(Services::new(Arc::new(MemoryRegistry::new())));
+            let plugin_host = match &cfg.plugins {
+                None => None,
+                Some(p) => match plugins::PluginHost::start(p.clone(), services.clone()) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        eprintln!("weir: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let _watcher = match (&plugin_host, &cfg.plugins) {
+                (Some(h), Some(p)) if p.watch => match h.watch() {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        eprintln!("weir: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                _ => None,
+            };
+            let fallback = FallbackRouter(cfg.fallback);
+            let router: Box<dyn Router> = match &plugin_host {
+                Some(h) => Box::new(Chain::new(h.set(), fallback)),
+                None => Box::new(fallback),
+            };
+            let admin = admin::Admin {
+                services,
+                plugins: plugin_host.clone(),
+            };
+            let admin_listen = cfg.admin_listen;
+            let started = rt.block_on(async move {
+                if let Some(addr) = admin_listen {
+                    admin::serve(addr, admin).await?;
+                }
+                runtime::run(cfg, router, shutdown_signal()).await
+            });
+            match started {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(msg) => {
                     tracing::error!("{msg}");

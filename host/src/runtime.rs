@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use weir_sip::proxy::{ConnId, Event, FallbackRouter, Flow, Proxy, Transmit, Transport};
+use weir_sip::proxy::{ConnId, Event, Flow, Proxy, Router, Transmit, Transport};
 
 use crate::config::Config;
 use crate::transport::{self, ConnHandle, Input, Limits, Out, StreamSettings};
@@ -29,6 +29,7 @@ struct Conns {
 /// Binds every listener and runs the proxy until `shutdown` resolves.
 pub async fn run(
     cfg: Config,
+    router: Box<dyn Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<Input>(16 * 1024);
@@ -63,11 +64,7 @@ pub async fn run(
         info!(transport = t.param(), %addr, "listening");
     }
     let seed = rand::random::<u64>();
-    let mut proxy = Proxy::new(
-        cfg.proxy_config(),
-        Box::new(FallbackRouter(cfg.fallback)),
-        seed,
-    );
+    let mut proxy = Proxy::new(cfg.proxy_config(), router, seed);
     let mut conns = Conns::default();
     let mut shell = Shell {
         udp,

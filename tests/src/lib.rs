@@ -139,6 +139,10 @@ impl Weir {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the process runs.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -219,13 +223,19 @@ pub struct Sipp {
 }
 
 impl Sipp {
-    /// Starts `sipp` with `args` (a `-timeout` bounds it) in `dir`.
+    /// Starts `sipp` with `args` (a `-timeout` of 60 s bounds it) in `dir`.
     pub fn spawn(dir: &Path, label: &str, args: &[String]) -> Sipp {
+        Sipp::spawn_for(dir, label, args, Duration::from_secs(60))
+    }
+
+    /// Like [`Sipp::spawn`], bounded by `timeout`.
+    pub fn spawn_for(dir: &Path, label: &str, args: &[String], timeout: Duration) -> Sipp {
         let out = dir.join(format!("{label}.out"));
+        let timeout = format!("{}s", timeout.as_secs().max(1));
         let child = Command::new("sipp")
             .current_dir(dir)
             .args(args)
-            .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
+            .args(["-nostdin", "-timeout", timeout.as_str(), "-timeout_error"])
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -274,6 +284,63 @@ fn stat(output: &str, name: &str) -> u64 {
         .and_then(|l| l.rsplit('|').next())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A plugin component built by `scripts/build-plugins.sh` (`agent_router`, `test_plugin`…).
+pub fn plugin_wasm(file: &str) -> Vec<u8> {
+    let path = target_dir()
+        .join("../wasm32-wasip2/plugin")
+        .join(format!("{file}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: build the plugins first (scripts/test.sh runs scripts/build-plugins.sh)",
+            path.display()
+        )
+    })
+}
+
+/// Puts `bytes` at `dir/name` the way operators are told to: write a hidden
+/// file, then rename it over the old one.
+pub fn install_file(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// One HTTP/1.1 request on a fresh connection: the status and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// Resident memory of a process, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// A temporary directory removed on drop.

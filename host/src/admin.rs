@@ -1,0 +1,243 @@
+//! The admin HTTP API on `[admin] listen`:
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /healthz` | liveness, with the number of plugins serving |
+//! | `GET /v1/plugins` | each plugin: version, hash, state, last error |
+//! | `PUT /v1/registry/{key}` | `{"value": "...", "ttl_s": 300}` (ttl optional: forever) |
+//! | `GET /v1/registry/{key}` | the entry, or 404 |
+//! | `DELETE /v1/registry/{key}` | 204, or 404 |
+//! | `GET /v1/registry?prefix=P&limit=N` | entries whose key starts with P |
+//! | `GET /metrics` | counters in the Prometheus text format |
+//!
+//! Errors are JSON, `{"error": "...", "field": "..."}`, naming the field at fault.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use weir_plugin_host::Services;
+
+use crate::plugins::PluginHost;
+
+/// The longest time-to-live accepted: a year.
+const MAX_TTL_S: u64 = 366 * 24 * 3600;
+/// The most entries one listing returns.
+const MAX_LIST: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub services: Arc<Services>,
+    pub plugins: Option<Arc<PluginHost>>,
+}
+
+fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": message.into(), "field": field })),
+    )
+        .into_response()
+}
+
+/// Binds and serves until the process ends.
+pub async fn serve(addr: SocketAddr, admin: Admin) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("[admin] listen: cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, "admin API listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(admin)).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/registry", get(list))
+        .route(
+            "/v1/registry/{key}",
+            get(get_entry).put(put_entry).delete(delete_entry),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
+        .with_state(admin)
+}
+
+async fn healthz(State(a): State<Admin>) -> Response {
+    let serving = a.plugins.as_ref().map_or(0, |p| {
+        p.status().iter().filter(|s| s.version.is_some()).count()
+    });
+    Json(json!({ "status": "ok", "plugins_serving": serving })).into_response()
+}
+
+async fn plugins(State(a): State<Admin>) -> Response {
+    match &a.plugins {
+        Some(p) => Json(json!({ "dir": p.dir().display().to_string(), "plugins": p.status() }))
+            .into_response(),
+        None => Json(json!({ "dir": null, "plugins": [] })).into_response(),
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> Response {
+    let mut out = String::new();
+    out.push_str("# TYPE weir_registry_entries gauge\n");
+    out.push_str(&format!(
+        "weir_registry_entries {}\n",
+        a.services.registry.len(Instant::now())
+    ));
+    for (series, value) in a.services.counters() {
+        out.push_str(&format!("{series} {value}\n"));
+    }
+    if let Some(p) = &a.plugins {
+        for s in p.status() {
+            out.push_str(&format!(
+                "weir_plugin_serving{{plugin=\"{}\"}} {}\n",
+                s.name,
+                u8::from(s.version.is_some())
+            ));
+        }
+    }
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn check_key(key: &str) -> Result<(), Response> {
+    weir_plugin_host::registry::check_entry(key, "x")
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.field, e.message))
+}
+
+async fn get_entry(State(a): State<Admin>, Path(key): Path<String>) -> Response {
+    if let Err(r) = check_key(&key) {
+        return r;
+    }
+    let now = Instant::now();
+    match a
+        .services
+        .registry
+        .list(&key, 1, now)
+        .into_iter()
+        .find(|e| e.key == key)
+    {
+        Some(e) => Json(json!({ "key": e.key, "value": e.value, "ttl_left_s": e.ttl_left_s }))
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, "key", format!("no entry {key:?}")),
+    }
+}
+
+async fn put_entry(State(a): State<Admin>, Path(key): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = check_key(&key) {
+        return r;
+    }
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body",
+                format!("not JSON: {e} (expected {{\"value\": \"...\", \"ttl_s\": 300}})"),
+            )
+        }
+    };
+    let Value::Object(obj) = v else {
+        return error(StatusCode::BAD_REQUEST, "body", "expected a JSON object");
+    };
+    let (value, ttl) = match entry_fields(&obj) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match a
+        .services
+        .registry
+        .set(&key, &value, Duration::from_secs(ttl), Instant::now())
+    {
+        Ok(()) => Json(json!({ "key": key, "value": value, "ttl_s": ttl })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.field, e.message),
+    }
+}
+
+fn entry_fields(obj: &Map<String, Value>) -> Result<(String, u64), Response> {
+    if let Some(k) = obj.keys().find(|k| *k != "value" && *k != "ttl_s") {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            k,
+            "unknown field (known: value, ttl_s)",
+        ));
+    }
+    let value = match obj.get("value") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "value",
+                format!("must be a string, not {other}"),
+            ))
+        }
+        None => return Err(error(StatusCode::BAD_REQUEST, "value", "is required")),
+    };
+    let ttl = match obj.get("ttl_s") {
+        None | Some(Value::Null) => 0,
+        Some(t) => match t.as_u64() {
+            Some(n) if n <= MAX_TTL_S => n,
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "ttl_s",
+                    format!(
+                    "must be a whole number of seconds, 0..={MAX_TTL_S} (0: no expiry), not {t}"
+                ),
+                ))
+            }
+        },
+    };
+    Ok((value, ttl))
+}
+
+async fn delete_entry(State(a): State<Admin>, Path(key): Path<String>) -> Response {
+    if let Err(r) = check_key(&key) {
+        return r;
+    }
+    if a.services.registry.delete(&key, Instant::now()) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, "key", format!("no entry {key:?}"))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list(State(a): State<Admin>, Query(q): Query<ListQuery>) -> Response {
+    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        None => 1000,
+        Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit",
+                format!("must be a number 1..={MAX_LIST}"),
+            )
+        }
+    };
+    let entries: Vec<Value> = a
+        .services
+        .registry
+        .list(q.prefix.as_deref().unwrap_or(""), limit, Instant::now())
+        .into_iter()
+        .map(|e| json!({ "key": e.key, "value": e.value, "ttl_left_s": e.ttl_left_s }))
+        .collect();
+    Json(json!({ "entries": entries })).into_response()
+}
