@@ -120,6 +120,26 @@ pub fn user_of(uri: &str) -> Option<String> {
 /// The URI inside a From/To/Contact value (`"A" <sip:a@h>;tag=1` → `sip:a@h`).
 pub fn name_addr_uri(value: &str) -> String {
     let v = value.trim();
+    // A quoted display name may hold '<'.
+    let skip = if let Some(rest) = v.strip_prefix('"') {
+        let mut escaped = false;
+        let mut end = v.len();
+        for (i, c) in rest.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = i + 2;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        end
+    } else {
+        0
+    };
+    let v = &v[skip.min(v.len())..];
     if let Some(start) = v.find('<') {
         if let Some(len) = v[start + 1..].find('>') {
             return v[start + 1..start + 1 + len].to_string();

@@ -39,12 +39,34 @@ pub struct Admin {
     pub plugins: Option<Arc<PluginHost>>,
 }
 
-fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
-    (
+/// An API error: the status and the field at fault.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    field: String,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "field": self.field })),
+        )
+            .into_response()
+    }
+}
+
+fn api_error(status: StatusCode, field: &str, message: impl Into<String>) -> ApiError {
+    ApiError {
         status,
-        Json(json!({ "error": message.into(), "field": field })),
-    )
-        .into_response()
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn error(status: StatusCode, field: &str, message: impl Into<String>) -> Response {
+    api_error(status, field, message).into_response()
 }
 
 /// Binds and serves until the process ends.
@@ -112,14 +134,14 @@ async fn metrics(State(a): State<Admin>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
-fn check_key(key: &str) -> Result<(), Response> {
+fn check_key(key: &str) -> Result<(), ApiError> {
     weir_plugin_host::registry::check_entry(key, "x")
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.field, e.message))
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e.field, e.message))
 }
 
 async fn get_entry(State(a): State<Admin>, Path(key): Path<String>) -> Response {
-    if let Err(r) = check_key(&key) {
-        return r;
+    if let Err(e) = check_key(&key) {
+        return e.into_response();
     }
     let now = Instant::now();
     match a
@@ -136,8 +158,8 @@ async fn get_entry(State(a): State<Admin>, Path(key): Path<String>) -> Response 
 }
 
 async fn put_entry(State(a): State<Admin>, Path(key): Path<String>, body: Bytes) -> Response {
-    if let Err(r) = check_key(&key) {
-        return r;
+    if let Err(e) = check_key(&key) {
+        return e.into_response();
     }
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -154,7 +176,7 @@ async fn put_entry(State(a): State<Admin>, Path(key): Path<String>, body: Bytes)
     };
     let (value, ttl) = match entry_fields(&obj) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match a
         .services
@@ -166,9 +188,9 @@ async fn put_entry(State(a): State<Admin>, Path(key): Path<String>, body: Bytes)
     }
 }
 
-fn entry_fields(obj: &Map<String, Value>) -> Result<(String, u64), Response> {
+fn entry_fields(obj: &Map<String, Value>) -> Result<(String, u64), ApiError> {
     if let Some(k) = obj.keys().find(|k| *k != "value" && *k != "ttl_s") {
-        return Err(error(
+        return Err(api_error(
             StatusCode::BAD_REQUEST,
             k,
             "unknown field (known: value, ttl_s)",
@@ -177,20 +199,20 @@ fn entry_fields(obj: &Map<String, Value>) -> Result<(String, u64), Response> {
     let value = match obj.get("value") {
         Some(Value::String(s)) => s.clone(),
         Some(other) => {
-            return Err(error(
+            return Err(api_error(
                 StatusCode::BAD_REQUEST,
                 "value",
                 format!("must be a string, not {other}"),
             ))
         }
-        None => return Err(error(StatusCode::BAD_REQUEST, "value", "is required")),
+        None => return Err(api_error(StatusCode::BAD_REQUEST, "value", "is required")),
     };
     let ttl = match obj.get("ttl_s") {
         None | Some(Value::Null) => 0,
         Some(t) => match t.as_u64() {
             Some(n) if n <= MAX_TTL_S => n,
             _ => {
-                return Err(error(
+                return Err(api_error(
                     StatusCode::BAD_REQUEST,
                     "ttl_s",
                     format!(
@@ -204,8 +226,8 @@ fn entry_fields(obj: &Map<String, Value>) -> Result<(String, u64), Response> {
 }
 
 async fn delete_entry(State(a): State<Admin>, Path(key): Path<String>) -> Response {
-    if let Err(r) = check_key(&key) {
-        return r;
+    if let Err(e) = check_key(&key) {
+        return e.into_response();
     }
     if a.services.registry.delete(&key, Instant::now()) {
         StatusCode::NO_CONTENT.into_response()

@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod plugin_cli;
 mod plugins;
 mod runtime;
 mod transport;
@@ -39,15 +40,89 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Plugin tools: start a plugin crate, check a component, replay fixtures.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Print the version.
     Version,
     /// Print the embedded default configuration (a commented example of every key).
     DefaultConfig,
 }
 
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Create a plugin crate NAME (builds standalone, with a passing test).
+    New {
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The weir-sdk sources (default: the checkout this weir was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Tell what the proxy would think of a component: world version, exports,
+    /// imports it uses, init result, size.
+    Check {
+        file: PathBuf,
+        /// The plugin's configuration, as JSON, for init.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
+    /// Replay SIP messages (DIR/*.sip) through the real runtime and compare each
+    /// decision with DIR/NAME.expect; exit 1 on a mismatch.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        fixtures: PathBuf,
+        /// The plugin's configuration as JSON (default: DIR/config.json or {}).
+        #[arg(long)]
+        config: Option<String>,
+        /// Write missing .expect files from what the plugin decides.
+        #[arg(long)]
+        bless: bool,
+    },
+}
+
+fn plugin_command(command: PluginCommand) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let result = match command {
+        PluginCommand::New { name, dir, sdk } => plugin_cli::new(&name, &dir, sdk.as_deref())
+            .map(|d| {
+                format!(
+                    "created {}: `cargo test` there, then `cargo build --target wasm32-wasip2 --release`",
+                    d.display()
+                )
+            }),
+        PluginCommand::Check { file, config } => plugin_cli::check(&file, &config),
+        PluginCommand::Test {
+            file,
+            fixtures,
+            config,
+            bless,
+        } => plugin_cli::test(&file, &fixtures, config.as_deref(), bless),
+    };
+    match result {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Plugin { command } => plugin_command(command),
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -1,120 +1,17 @@
 //! Plugins end to end: SIPp calls routed by `agent-router` from registry entries
-//! set through the admin API; hot reload under load; faulty plugins under load.
+//! set through the admin API; hot reload under load. Faulty plugins under load
+//! are in `plugin_faults.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_e2e::{
-    free_port, http, install_file, plugin_wasm, require, rss_kib, scenario, tempdir, Sipp, SippRun,
-    Weir,
-};
+use weir_e2e::{free_port, http, install_file, plugin_wasm};
 
-struct Setup {
-    weir: Weir,
-    proxy: u16,
-    admin: SocketAddr,
-    plugins: tempdir::Dir,
-    dir: tempdir::Dir,
-}
+mod common;
 
-/// weir on UDP with `plugin_toml` (the [plugins.*] tables) and plugin files in a
-/// fresh folder.
-fn setup(files: &[(&str, Vec<u8>)], chain: &[&str], plugin_toml: &str) -> Setup {
-    require("sipp", "sip-tester");
-    let plugins = tempdir::Dir::new("plugins");
-    for (name, bytes) in files {
-        install_file(plugins.path(), name, bytes);
-    }
-    let proxy = free_port();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let chain: Vec<String> = chain.iter().map(|c| format!("\"{c}\"")).collect();
-    let config = format!(
-        "[sip]\nlisten = [\"udp:127.0.0.1:{proxy}\"]\nt1 = \"100ms\"\n\
-         [plugins]\ndir = \"{}\"\nchain = [{}]\n{plugin_toml}\n\
-         [admin]\nlisten = \"{admin}\"\n",
-        plugins.path().display(),
-        chain.join(", ")
-    );
-    let weir = Weir::start(&config, format!("127.0.0.1:{proxy}").parse().unwrap());
-    Setup {
-        weir,
-        proxy,
-        admin,
-        plugins,
-        dir: tempdir::Dir::new("plugins-e2e"),
-    }
-}
-
-fn uas(s: &Setup, file: &str, port: u16, calls: u32, extra: &[&str], limit: Duration) -> Sipp {
-    let f = scenario(s.dir.path(), file, &[]);
-    let mut args = vec![
-        "-sf".to_string(),
-        f.display().to_string(),
-        "-i".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-        "-m".into(),
-        calls.to_string(),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    Sipp::spawn_for(s.dir.path(), &format!("uas-{port}"), &args, limit)
-}
-
-/// A UAC calling `sip:USER@weir` (the Request-URI names the proxy: only a plugin
-/// can route it).
-#[allow(clippy::too_many_arguments)]
-fn uac(
-    s: &Setup,
-    file: &str,
-    fill: &[(&str, &str)],
-    user: &str,
-    calls: u32,
-    rate: u32,
-    limit: Duration,
-) -> Sipp {
-    let f = scenario(s.dir.path(), file, fill);
-    let port = free_port();
-    let args = vec![
-        "-sf".to_string(),
-        f.display().to_string(),
-        "-s".into(),
-        user.into(),
-        "-i".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-        format!("127.0.0.1:{}", s.proxy),
-        "-m".into(),
-        calls.to_string(),
-        "-r".into(),
-        rate.to_string(),
-    ];
-    Sipp::spawn_for(s.dir.path(), &format!("uac-{user}-{port}"), &args, limit)
-}
-
-fn check(s: &mut Setup, what: &str, run: &SippRun, calls: u64) {
-    if run.code != Some(0) || run.successful != calls || run.failed != 0 {
-        let kept = std::mem::replace(&mut s.dir, tempdir::Dir::new("kept")).keep();
-        panic!(
-            "{what}: exit {:?}, {} ok, {} failed, {calls} expected (kept {})\n{}\n--- weir ---\n{}",
-            run.code,
-            run.successful,
-            run.failed,
-            kept.display(),
-            tail(&run.output),
-            tail(&s.weir.log_text())
-        );
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
+use common::{check, setup, uac, uas};
 
 #[test]
 fn calls_follow_registry_entries_set_through_the_admin_api() {
@@ -352,94 +249,4 @@ fn hot_reload_under_load_drops_no_call() {
         "{body}"
     );
     assert!(s.weir.alive());
-}
-
-/// Sends one INVITE for `user` and returns the final status and how long it took.
-fn timed_invite(proxy: u16, user: &str, n: u32) -> (u16, Duration) {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let me = sock.local_addr().unwrap();
-    let msg = format!(
-        "INVITE sip:{user}@127.0.0.1:{proxy} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-t{n}-{}\r\n\
-Max-Forwards: 70\r\nFrom: <sip:t@{me}>;tag=t{n}\r\nTo: <sip:{user}@127.0.0.1:{proxy}>\r\n\
-Call-ID: timed-{n}-{}@test\r\nCSeq: 1 INVITE\r\nContact: <sip:t@{me}>\r\nContent-Length: 0\r\n\r\n",
-        me.port(),
-        me.port()
-    );
-    let started = Instant::now();
-    sock.send_to(msg.as_bytes(), ("127.0.0.1", proxy)).unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        let (len, _) = sock.recv_from(&mut buf).expect("an answer within 2 s");
-        let text = String::from_utf8_lossy(&buf[..len]);
-        let status: u16 = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        if status >= 200 {
-            return (status, started.elapsed());
-        }
-    }
-}
-
-#[test]
-fn faulty_plugins_cost_only_their_own_requests() {
-    for fault in ["panic", "loop", "memory"] {
-        let uas_port = free_port();
-        let mut s = setup(
-            &[("test-plugin.wasm", plugin_wasm("test_plugin"))],
-            &["test-plugin"],
-            &format!(
-                "[plugins.test-plugin]\non_error = \"reject\"\ncapabilities = [\"registry\"]\n\
-                 [plugins.test-plugin.config]\ntarget = \"sip:callee@127.0.0.1:{uas_port}\"\nfault = \"{fault}\"\n"
-            ),
-        );
-        let rss_before = rss_kib(s.weir.pid()).unwrap();
-        // 99 calls a second that work (SIPp) and 1 that hits the fault (sent
-        // and timed here): 1 %. Each faulty request is answered by policy (500)
-        // within the deadline (10 ms) + 5 ms.
-        let good = 990;
-        let limit = Duration::from_secs(40);
-        let server = uas(&s, "call-uas.xml", uas_port, good, &[], limit);
-        std::thread::sleep(Duration::from_millis(300));
-        let client = uac(&s, "call-uac.xml", &[], "callee", good, 99, limit);
-        let mut samples: Vec<Duration> = Vec::new();
-        for n in 0..10 {
-            std::thread::sleep(Duration::from_millis(900));
-            let (status, took) = timed_invite(s.proxy, "fault-timed", n);
-            assert_eq!(status, 500, "{fault}");
-            samples.push(took);
-        }
-        let slowest = samples.iter().max().copied().unwrap_or_default();
-        assert!(
-            slowest <= Duration::from_millis(15),
-            "{fault}: the slowest faulty request took {slowest:?} (all: {samples:?})"
-        );
-        let c = client.wait(limit);
-        check(
-            &mut s,
-            &format!("good calls beside {fault}"),
-            &c,
-            u64::from(good),
-        );
-        let u = server.wait(Duration::from_secs(10));
-        check(
-            &mut s,
-            &format!("the UAS beside {fault}"),
-            &u,
-            u64::from(good),
-        );
-        let rss_after = rss_kib(s.weir.pid()).unwrap();
-        assert!(
-            rss_after < rss_before + 64 * 1024,
-            "{fault}: memory grew from {rss_before} KiB to {rss_after} KiB"
-        );
-        let log = s.weir.log_text();
-        assert!(
-            log.contains("plugin failed") && log.contains("test-plugin"),
-            "{fault}: the log names the plugin"
-        );
-        assert!(s.weir.alive());
-    }
 }

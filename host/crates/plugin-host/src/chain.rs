@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
-use weir_sip::message::{Message, Method};
+use weir_sip::message::Message;
 use weir_sip::proxy::{
     Decision, Failure, FailureAction, FallbackRouter, Flow, Pin, Routed, Router,
 };
 
 use crate::bindings::weir::proxy::types;
-use crate::decision::{check_decision, check_failure_decision, FailureVerdict, Verdict};
+use crate::decision::{check_failure_decision, FailureVerdict, Verdict};
 use crate::request::RequestRep;
 use crate::runtime::{PluginVersion, Warm};
 
@@ -113,22 +113,18 @@ impl Chain {
         v: &Arc<PluginVersion>,
         rep: RequestRep,
     ) -> (Option<RequestRep>, Result<Verdict, String>, bool) {
-        let method = rep.message().method().unwrap_or(Method::Extension);
         let warm = match self.instance(v) {
             Ok(w) => w,
             Err(e) => return (Some(rep), Err(e.to_string()), true),
         };
-        let (rep, r) = warm.on_request(rep);
-        match r {
-            Ok(d) => (
-                rep,
-                check_decision(d, method).map_err(|e| format!("returned an invalid decision: {e}")),
-                false,
-            ),
-            Err(e) => {
-                // A trap poisons the instance.
-                self.warm.remove(&v.id);
-                (rep, Err(e.to_string()), true)
+        match warm.decide(rep) {
+            (rep, Ok(verdict)) => (rep, Ok(verdict), false),
+            (rep, Err((why, trapped))) => {
+                if trapped {
+                    // A trap poisons the instance.
+                    self.warm.remove(&v.id);
+                }
+                (rep, Err(why), trapped)
             }
         }
     }

@@ -34,6 +34,6 @@ pub use decision::{standard_reason, FailureVerdict, MediaMode, Verdict};
 pub use registry::{MemoryRegistry, Registry, RegistryError};
 pub use request::{EditError, RequestRep};
 pub use runtime::{
-    CallError, Limits, LoadError, PluginVersion, Runtime, Warm, PACKAGE, WORLD_VERSIONS,
+    CallError, Inspection, Limits, LoadError, PluginVersion, Runtime, Warm, PACKAGE, WORLD_VERSIONS,
 };
 pub use state::{Capabilities, Services};

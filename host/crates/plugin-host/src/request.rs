@@ -7,6 +7,7 @@ use weir_sip::headers::{HeaderName, NameAddr};
 use weir_sip::message::{Framing, Message};
 use weir_sip::proxy::{Flow, Transport};
 use weir_sip::uri::{SipUri, Uri};
+
 use weir_sip::Rewrite;
 
 /// Headers the host owns. Plugins read them but may not write them.
@@ -346,23 +347,58 @@ fn same_header(m: &Message, f: &weir_sip::message::Field, class: HeaderName, nam
 }
 
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
 }
 
+/// The URI of a From/To value. The proxy checked these headers when the
+/// request came in, so a scan for the brackets is enough here.
 fn name_addr_uri(value: Option<&[u8]>) -> String {
-    value
-        .and_then(|v| NameAddr::parse(v).ok())
-        .map(|na| na.uri_text.to_string())
-        .unwrap_or_default()
+    let Some(v) = value else {
+        return String::new();
+    };
+    // A quoted display name may contain '<': skip it first.
+    let after_quote = if v.first() == Some(&b'"') {
+        let mut i = 1;
+        while i < v.len() && v[i] != b'"' {
+            i += if v[i] == b'\\' { 2 } else { 1 };
+        }
+        i + 1
+    } else {
+        0
+    };
+    let rest = v.get(after_quote..).unwrap_or_default();
+    match memchr::memchr(b'<', rest) {
+        Some(open) => {
+            let inner = &rest[open + 1..];
+            let close = memchr::memchr(b'>', inner).unwrap_or(inner.len());
+            lossy(&inner[..close])
+        }
+        None => {
+            let end = memchr::memchr(b';', v).unwrap_or(v.len());
+            lossy(v[..end].trim_ascii())
+        }
+    }
 }
 
 /// The unescaped user part of a `sip:`/`sips:` URI, or the number of a `tel:` URI.
 fn user_of(uri: &str) -> Option<String> {
-    match Uri::parse(uri).ok()? {
-        Uri::Sip(u) => u.user_decoded().map(|u| lossy(&u)),
-        Uri::Tel(t) => Some(t.number.to_string()),
-        _ => None,
+    let (scheme, rest) = uri.split_once(':')?;
+    if scheme.eq_ignore_ascii_case("tel") {
+        let number = rest.split(';').next().unwrap_or(rest);
+        return (!number.is_empty()).then(|| number.to_string());
     }
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return None;
+    }
+    // RFC 3261 §19.1.1: the userinfo ends at the first '@'; ';' and '?' may occur
+    // in it (RFC 4475 §3.1.1.9), a password after ':'.
+    let at = rest.find('@')?;
+    let user = &rest[..at];
+    let user = user.split(':').next().unwrap_or(user);
+    Some(lossy(&weir_sip::unescape(user.as_bytes())))
 }
 
 /// Rejects a URI the proxy could not send a request to.

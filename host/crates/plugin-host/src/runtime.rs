@@ -17,8 +17,11 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
+use weir_sip::message::Method;
+
 use crate::bindings::weir::proxy::types;
 use crate::bindings::{Plugin, PluginPre};
+use crate::decision::{check_decision, Verdict};
 use crate::request::RequestRep;
 use crate::state::{Capabilities, Services, State};
 
@@ -141,6 +144,10 @@ impl Runtime {
             .epoch_interruption(true)
             .consume_fuel(limits.fuel.is_some())
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if std::env::var_os("WEIR_WASM_PERFMAP").is_some() {
+            // For `perf`: names compiled plugin functions in /tmp/perf-PID.map.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| format!("wasm engine: {e:#}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.clone();
@@ -148,9 +155,17 @@ impl Runtime {
         thread::Builder::new()
             .name("plugin-deadline".into())
             .spawn(move || {
+                // Ticks follow the wall clock, not the number of sleeps: a loaded
+                // machine oversleeps, and the deadline must not stretch with it.
+                let start = std::time::Instant::now();
+                let mut ticked: u128 = 0;
                 while !stopped.load(Ordering::Relaxed) {
                     thread::sleep(TICK);
-                    ticker.increment_epoch();
+                    let due = start.elapsed().as_micros() / TICK.as_micros();
+                    while ticked < due {
+                        ticker.increment_epoch();
+                        ticked += 1;
+                    }
                 }
             })
             .map_err(|e| format!("deadline clock thread: {e}"))?;
@@ -220,6 +235,30 @@ impl Runtime {
         Ok(version)
     }
 
+    /// What a file is, without running it: the contract version it was built
+    /// for, what it imports and exports. Fails as `load` would before `init`.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<Inspection, LoadError> {
+        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        let component = self.compile(&hash, bytes)?;
+        let mut all = Capabilities::none();
+        for c in Capabilities::NAMES {
+            all.grant(c);
+        }
+        let shape = inspect(&self.inner.engine, &component, all)?;
+        let exports = component
+            .component_type()
+            .exports(&self.inner.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        Ok(Inspection {
+            world: shape.version,
+            imports: shape.imports,
+            exports,
+            hash: hex(&hash),
+            size: bytes.len(),
+        })
+    }
+
     fn compile(&self, hash: &[u8; 32], bytes: &[u8]) -> Result<Component, LoadError> {
         if let Some(c) = self
             .inner
@@ -245,6 +284,18 @@ impl Runtime {
         cache.insert(*hash, c.clone());
         Ok(c)
     }
+}
+
+/// What [`Runtime::inspect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// The contract version (`0.1.0`).
+    pub world: String,
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// SHA-256, hex.
+    pub hash: String,
+    pub size: usize,
 }
 
 /// What a component imports and exports, checked against the world.
@@ -465,7 +516,7 @@ impl Warm {
 
     /// Calls `on-request`. The request comes back with the plugin's edits,
     /// whatever happened.
-    pub fn on_request(
+    fn on_request(
         &mut self,
         rep: RequestRep,
     ) -> (Option<RequestRep>, Result<types::Decision, CallError>) {
@@ -487,8 +538,24 @@ impl Warm {
         (rep, r.map_err(|e| classify(&e, deadline)))
     }
 
+    /// Calls `on-request` and checks the answer; `Err((why, trapped))` when
+    /// there is no usable decision (after a trap, drop this instance).
+    pub fn decide(
+        &mut self,
+        rep: RequestRep,
+    ) -> (Option<RequestRep>, Result<Verdict, (String, bool)>) {
+        let method = rep.message().method().unwrap_or(Method::Extension);
+        let (rep, r) = self.on_request(rep);
+        let verdict = match r {
+            Ok(d) => check_decision(d, method)
+                .map_err(|e| (format!("returned an invalid decision: {e}"), false)),
+            Err(e) => Err((e.to_string(), true)),
+        };
+        (rep, verdict)
+    }
+
     /// Calls `on-failure`.
-    pub fn on_failure(
+    pub(crate) fn on_failure(
         &mut self,
         rep: RequestRep,
         failure: &types::Failure,

@@ -5,7 +5,8 @@
 //! `fault_every`-th request whose Request-URI user starts with `fault`:
 //! `panic`, `loop` (never returns), `memory` (allocates until the cap), or
 //! `bad-uri` / `bad-status` / `guarded` (answers the host cannot accept).
-//! `fail_init = true` makes `init` refuse.
+//! `fail_init = true` makes `init` refuse. `bench = true` reads ten headers and
+//! forwards without editing (the benchmark's plugin).
 
 use std::hint::black_box;
 
@@ -18,6 +19,9 @@ pub static VERSION: &str = "weir-test-version-000";
 pub struct TestPlugin {
     target: String,
     fault: Option<String>,
+    bench: bool,
+    /// Headers the benchmark mode reads (up to ten).
+    reads: u64,
 }
 
 impl Plugin for TestPlugin {
@@ -28,10 +32,15 @@ impl Plugin for TestPlugin {
         Ok(TestPlugin {
             target: config.str_or("target", "sip:uas@127.0.0.1:5080")?,
             fault: config.str("fault")?,
+            bench: config.bool_or("bench", false)?,
+            reads: config.u64_or("reads", 10)?,
         })
     }
 
     fn on_request(&mut self, req: &Request, host: &Host) -> Decision {
+        if self.bench {
+            return bench(req, &self.target, self.reads);
+        }
         let user = req.request_user().unwrap_or_default();
         if user.starts_with("fault") {
             if let Some(f) = self.fault.as_deref() {
@@ -47,6 +56,25 @@ impl Plugin for TestPlugin {
             .unwrap_or_else(|| self.target.clone());
         Forward::to(target).into()
     }
+}
+
+/// Up to ten reads, as a real router might make, then a forward.
+fn bench(req: &Request, target: &str, count: u64) -> Decision {
+    let reads: [&dyn Fn() -> usize; 10] = [
+        &|| req.method().len(),
+        &|| req.request_user().map_or(0, |u| u.len()),
+        &|| req.call_id().len(),
+        &|| req.from_user().map_or(0, |u| u.len()),
+        &|| req.to_user().map_or(0, |u| u.len()),
+        &|| req.header("Via").map_or(0, |v| v.len()),
+        &|| req.header("CSeq").map_or(0, |v| v.len()),
+        &|| req.header("Contact").map_or(0, |v| v.len()),
+        &|| req.header("X-Twilio-CallSid").map_or(0, |v| v.len()),
+        &|| req.header("Max-Forwards").map_or(0, |v| v.len()),
+    ];
+    let n: usize = reads.iter().take(count as usize).map(|r| r()).sum();
+    black_box(n);
+    Forward::to(target).into()
 }
 
 fn misbehave(fault: &str, req: &Request) -> Decision {

@@ -875,3 +875,81 @@ Content-Length: 0
         matches!(sim.proxy.poll_event(), Some(Event::Resolve { ref host, .. }) if host == "edge.example.com")
     );
 }
+
+/// A router that edits the request, pins a token, and answers failures.
+struct Deciding {
+    failures: Vec<(u16, String, usize, bool)>,
+    on_second: FailureAction,
+}
+
+impl Router for Deciding {
+    fn route(&mut self, request: &Arc<Message>, _: &Flow) -> Routed {
+        // The plugin host hands the proxy an edited copy of the request.
+        let text = String::from_utf8_lossy(request.as_bytes())
+            .replace("\r\nCSeq:", "\r\nX-Agent: a7\r\nCSeq:");
+        Routed {
+            decision: Decision::Forward(vec![Target::new("sip:bob@127.0.0.1:5080")]),
+            edited: Some(Message::parse(Bytes::from(text), Framing::Datagram).unwrap()),
+            record_route: Some(false),
+            reply_headers: Vec::new(),
+            pin: Some(Pin(Arc::new(7u32))),
+        }
+    }
+
+    fn on_failure(&mut self, pin: Option<&Pin>, _: &Message, f: &Failure<'_>) -> FailureAction {
+        let pinned = pin.and_then(|p| p.0.downcast_ref::<u32>()) == Some(&7);
+        assert!(pinned, "on_failure gets the pin route returned");
+        assert_eq!(f.remaining, 0);
+        let expected = if self.failures.is_empty() {
+            (486, "sip:bob@127.0.0.1:5080")
+        } else {
+            (503, "sip:carol@127.0.0.1:5090")
+        };
+        assert_eq!((f.status, f.target), expected);
+        self.failures
+            .push((f.status, f.target.to_string(), f.remaining, pinned));
+        if self.failures.len() == 1 {
+            FailureAction::Retarget(vec![Target::new("sip:carol@127.0.0.1:5090")])
+        } else {
+            self.on_second.clone()
+        }
+    }
+}
+
+#[test]
+fn routers_edit_the_request_and_decide_failover_with_their_pin() {
+    let router = Deciding {
+        failures: Vec::new(),
+        on_second: FailureAction::Reply {
+            status: 480,
+            reason: "Agent Busy".into(),
+            headers: vec!["Retry-After: 30".into()],
+        },
+    };
+    let mut sim = Sim::with(|_| {}, Box::new(router));
+    sim.udp(ALICE, &invite("sip:agent@127.0.0.1:5060", "z9hG4bK-r1"));
+    let to_bob = sim.sent_to(BOB);
+    let text = String::from_utf8_lossy(to_bob.as_bytes()).into_owned();
+    assert!(
+        text.contains("\r\nX-Agent: a7\r\n"),
+        "the edited request goes out: {text}"
+    );
+    assert!(
+        !text.contains("Record-Route"),
+        "the router turned Record-Route off"
+    );
+    sim.udp(BOB, &answer(&to_bob, 486, "Busy Here", "tb", ""));
+    let to_carol = sim.sent_to(CAROL);
+    assert!(String::from_utf8_lossy(to_carol.as_bytes()).contains("X-Agent: a7"));
+    sim.udp(
+        CAROL,
+        &answer(&to_carol, 503, "Service Unavailable", "tc", ""),
+    );
+    let up = sim.sent_to(ALICE);
+    assert_eq!(up.status(), Some(480));
+    assert_eq!(up.reason(), b"Agent Busy");
+    assert!(String::from_utf8_lossy(up.as_bytes()).contains("\r\nRetry-After: 30\r\n"));
+    // The response echoes the caller's own request, not the edited one.
+    assert!(!String::from_utf8_lossy(up.as_bytes()).contains("X-Agent"));
+    sim.assert_idle();
+}
