@@ -15,7 +15,10 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 use weir_sip::message::Method;
 
@@ -430,7 +433,18 @@ impl PluginVersion {
         );
         let mut store = Store::new(&self.runtime.inner.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        // Ticks only say "look at the clock": the call is interrupted when its
+        // own wall-clock budget is spent, however the ticks were bunched.
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            let spent = s.call_started.elapsed();
+            if spent >= s.budget {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Continue(ticks(s.budget - spent)))
+            }
+        });
+        store.data_mut().start_call(INIT_DEADLINE);
         store.set_epoch_deadline(ticks(INIT_DEADLINE));
         if let Some(f) = limits.fuel {
             store
@@ -493,6 +507,7 @@ impl std::fmt::Debug for Warm {
 
 impl Warm {
     fn arm(&mut self) -> Result<(), CallError> {
+        self.store.data_mut().start_call(self.limits.deadline);
         self.store.set_epoch_deadline(ticks(self.limits.deadline));
         if let Some(f) = self.limits.fuel {
             self.store

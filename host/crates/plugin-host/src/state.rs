@@ -115,6 +115,9 @@ pub(crate) struct State {
     pub(crate) caps: Capabilities,
     pub(crate) services: Arc<Services>,
     started: Instant,
+    /// When the current call began, and how long it may run.
+    pub(crate) call_started: Instant,
+    pub(crate) budget: Duration,
     /// Output not yet logged (up to a line break).
     pending: Vec<u8>,
 }
@@ -140,8 +143,15 @@ impl State {
             caps,
             services,
             started: Instant::now(),
+            call_started: Instant::now(),
+            budget: Duration::from_millis(10),
             pending: Vec::new(),
         }
+    }
+
+    pub(crate) fn start_call(&mut self, budget: Duration) {
+        self.call_started = Instant::now();
+        self.budget = budget;
     }
 
     pub(crate) fn since_start(&self) -> Duration {
