@@ -13,49 +13,46 @@ BENCH="${WEIR_BENCH:-$(cd .. && pwd)/shared/bench}"
 what="${1:-ruri}"
 scripts/setup.sh bench
 cargo build --release --locked -p weir
-if [[ "$what" == plugins ]]; then
-  scripts/build-plugins.sh
-  echo "== Kamailio (script, 2 children, TLSF) on 127.0.0.1:5060" >&2
-  KAM_MEMMGR=tlsf "$BENCH/kamailio/run-kamailio.sh" start script 2 >/dev/null
+
+# kamailio VARIANT ROUTE_BY: one search against Kamailio (2 children, TLSF) on :5060.
+kamailio() {
+  echo "== Kamailio ($1, 2 children, TLSF) on 127.0.0.1:5060" >&2
+  KAM_MEMMGR=tlsf "$BENCH/kamailio/run-kamailio.sh" start "$1" 2 >/dev/null
   trap '"$BENCH/kamailio/run-kamailio.sh" stop >/dev/null 2>&1 || true' EXIT
   sleep 1
-  kam=$(ROUTE_BY=proxy LABEL=kamailio-script "$BENCH/sip-cps.sh" 127.0.0.1:5060)
+  ROUTE_BY="$2" LABEL="kamailio-$1" "$BENCH/sip-cps.sh" 127.0.0.1:5060
   "$BENCH/kamailio/run-kamailio.sh" stop >/dev/null
   trap - EXIT
-  echo "== weir without plugins (by Request-URI) on 127.0.0.1:5070" >&2
-  target/release/weir run -c scripts/bench.toml &
-  weir_pid=$!
-  trap 'kill $weir_pid 2>/dev/null || true' EXIT
+}
+
+# weir CONFIG LABEL ROUTE_BY [REGISTRY_KEY REGISTRY_VALUE]: one search against
+# weir on :5070, with a registry entry set through its admin API (:9071) first.
+weir() {
+  echo "== weir ($2, $1) on 127.0.0.1:5070" >&2
+  target/release/weir run -c "$1" &
+  local pid=$!
+  trap "kill $pid 2>/dev/null || true" EXIT
   sleep 1
-  plain=$(ROUTE_BY=ruri LABEL=weir-ruri PROXY_PID=$weir_pid "$BENCH/sip-cps.sh" 127.0.0.1:5070)
-  kill $weir_pid; wait $weir_pid 2>/dev/null || true
-  echo "== weir with agent-router (registry) on 127.0.0.1:5070" >&2
-  target/release/weir run -c scripts/bench-plugins.toml &
-  weir_pid=$!
-  sleep 1
-  curl -fsS -X PUT 127.0.0.1:9071/v1/registry/call:callee \
-    -d '{"value": "sip:callee@127.0.0.1:5080"}' >/dev/null
-  plug=$(ROUTE_BY=proxy LABEL=weir-plugin PROXY_PID=$weir_pid "$BENCH/sip-cps.sh" 127.0.0.1:5070)
+  if [[ $# -ge 5 ]]; then
+    curl -fsS -X PUT "127.0.0.1:9071/v1/registry/$4" -d "{\"value\": \"$5\"}" >/dev/null
+  fi
+  ROUTE_BY="$3" LABEL="weir-$2" PROXY_PID=$pid "$BENCH/sip-cps.sh" 127.0.0.1:5070
+  kill $pid
+  wait $pid 2>/dev/null || true
+  trap - EXIT
+}
+
+if [[ "$what" == plugins ]]; then
+  scripts/build-plugins.sh
+  kam=$(kamailio script proxy)
+  plain=$(weir scripts/bench.toml ruri ruri)
+  plug=$(weir scripts/bench-plugins.toml plugin proxy call:callee sip:callee@127.0.0.1:5080)
   echo "kamailio script:      $kam"
   echo "weir, no plugin:      $plain"
   echo "weir, agent-router:   $plug"
-  exit 0
+else
+  kam=$(kamailio ruri ruri)
+  plain=$(weir scripts/bench.toml ruri ruri)
+  echo "kamailio: $kam"
+  echo "weir:     $plain"
 fi
-export ROUTE_BY=ruri
-
-echo "== Kamailio (ruri, 2 children, TLSF) on 127.0.0.1:5060" >&2
-KAM_MEMMGR=tlsf "$BENCH/kamailio/run-kamailio.sh" start ruri 2 >/dev/null
-trap '"$BENCH/kamailio/run-kamailio.sh" stop >/dev/null 2>&1 || true' EXIT
-sleep 1
-kam=$(LABEL=kamailio-ruri "$BENCH/sip-cps.sh" 127.0.0.1:5060)
-"$BENCH/kamailio/run-kamailio.sh" stop >/dev/null
-trap - EXIT
-
-echo "== weir (scripts/bench.toml) on 127.0.0.1:5070" >&2
-target/release/weir run -c scripts/bench.toml &
-weir_pid=$!
-trap 'kill $weir_pid 2>/dev/null || true' EXIT
-sleep 1
-weir=$(LABEL=weir-ruri PROXY_PID=$weir_pid "$BENCH/sip-cps.sh" 127.0.0.1:5070)
-echo "kamailio: $kam"
-echo "weir:     $weir"

@@ -49,20 +49,33 @@ impl Config {
 
     /// A list of strings (absent: empty).
     pub fn str_list(&self, key: &str) -> Result<Vec<String>, String> {
+        self.list(key, ("a string", "strings"), |v| {
+            v.as_str().map(str::to_string)
+        })
+    }
+
+    /// A list (absent: empty) whose items `item` accepts; `what` names one item
+    /// and many in the errors.
+    fn list<T>(
+        &self,
+        key: &str,
+        what: (&str, &str),
+        item: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, String> {
         match self.table.get(key) {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    other => Err(format!(
-                        "config key {key}[{i}]: expected a string, found {other}"
-                    )),
+                .map(|(i, v)| {
+                    item(v).ok_or_else(|| {
+                        format!("config key {key}[{i}]: expected {}, found {v}", what.0)
+                    })
                 })
                 .collect(),
             Some(v) => Err(format!(
-                "config key {key}: expected a list of strings, found {v}"
+                "config key {key}: expected a list of {}, found {v}",
+                what.1
             )),
         }
     }
@@ -99,22 +112,9 @@ impl Config {
 
     /// A list of tables (absent: empty), as for `[[plugins.NAME.config.rules]]`.
     pub fn table_list(&self, key: &str) -> Result<Vec<Config>, String> {
-        match self.table.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::Object(t) => Ok(Config { table: t.clone() }),
-                    other => Err(format!(
-                        "config key {key}[{i}]: expected a table, found {other}"
-                    )),
-                })
-                .collect(),
-            Some(v) => Err(format!(
-                "config key {key}: expected a list of tables, found {v}"
-            )),
-        }
+        self.list(key, ("a table", "tables"), |v| {
+            v.as_object().map(|t| Config { table: t.clone() })
+        })
     }
 
     /// Keys present, for rejecting unknown ones.

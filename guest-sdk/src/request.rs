@@ -53,7 +53,7 @@ pub enum Edit {
 pub struct Request<'a> {
     inner: Inner<'a>,
     /// The header block, indexed: mock requests and [`Request::header_names`].
-    headers: RefCell<Option<Headers>>,
+    headers: std::cell::OnceCell<Headers>,
     /// The From user after [`Request::set_from_user`].
     from_user: RefCell<Option<String>>,
 }
@@ -205,7 +205,7 @@ impl<'a> Request<'a> {
     pub(crate) fn wasm(r: &'a wit::Request) -> Request<'a> {
         Request {
             inner: Inner::Wasm(r),
-            headers: RefCell::new(None),
+            headers: std::cell::OnceCell::new(),
             from_user: RefCell::new(None),
         }
     }
@@ -246,7 +246,7 @@ impl<'a> Request<'a> {
             headers.push((n.trim().to_string(), v.trim().to_string()));
         }
         Ok(Request {
-            headers: RefCell::new(None),
+            headers: std::cell::OnceCell::new(),
             from_user: RefCell::new(None),
             inner: Inner::Mock(RefCell::new(Mock {
                 method: method.to_string(),
@@ -295,14 +295,9 @@ impl<'a> Request<'a> {
     /// Runs `f` over the header block (mock requests; and the header names of any
     /// request), indexing it on first use.
     fn with_headers<T>(&self, f: impl FnOnce(&Headers) -> T) -> T {
-        if self.headers.borrow().is_none() {
-            let h = Headers::parse(self.headers_raw());
-            *self.headers.borrow_mut() = Some(h);
-        }
-        match self.headers.borrow().as_ref() {
-            Some(h) => f(h),
-            None => f(&Headers::parse(String::new())),
-        }
+        f(self
+            .headers
+            .get_or_init(|| Headers::parse(self.headers_raw())))
     }
 
     pub fn method(&self) -> String {

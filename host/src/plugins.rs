@@ -16,9 +16,10 @@ use arc_swap::ArcSwap;
 use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
-use weir_plugin_host::{ChainEntry, PluginSet, PluginVersion, Runtime, Services, SharedSet};
+use weir_plugin_host::{
+    content_hash, ChainEntry, PluginSet, PluginVersion, Runtime, Services, SharedSet,
+};
 
 use crate::config::{valid_plugin_name, PluginsConfig};
 
@@ -215,7 +216,7 @@ impl PluginHost {
     /// already failed): `Some(true)` when a new version now serves,
     /// `Some(false)` when it failed, `None` when nothing was tried.
     fn load_into(&self, slot: &mut Slot, name: &str, bytes: &[u8]) -> Option<bool> {
-        let hash = hex_hash(bytes);
+        let hash = content_hash(bytes);
         if slot.status.hash.as_deref() == Some(&hash)
             || slot.status.last_error_hash.as_deref() == Some(&hash)
         {
@@ -291,11 +292,4 @@ impl PluginHost {
     pub fn dir(&self) -> &Path {
         &self.cfg.dir
     }
-}
-
-fn hex_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

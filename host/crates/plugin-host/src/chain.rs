@@ -17,7 +17,7 @@ use weir_sip::proxy::{
 };
 
 use crate::bindings::weir::proxy::types;
-use crate::decision::{check_failure_decision, FailureVerdict, Verdict};
+use crate::decision::Verdict;
 use crate::request::RequestRep;
 use crate::runtime::{PluginVersion, Warm};
 
@@ -87,11 +87,6 @@ impl Chain {
         }
     }
 
-    /// Warm instances this worker holds (for tests and stats).
-    pub fn warm_instances(&self) -> usize {
-        self.warm.len()
-    }
-
     /// Drops instances of versions nobody can call any more.
     fn sweep(&mut self, generation: u64) {
         self.calls += 1;
@@ -108,50 +103,42 @@ impl Chain {
         }
     }
 
+    /// `on-request` on `v`'s warm instance; a trap drops the instance.
     fn call_request(
         &mut self,
         v: &Arc<PluginVersion>,
         rep: RequestRep,
-    ) -> (Option<RequestRep>, Result<Verdict, String>, bool) {
-        let warm = match self.instance(v) {
-            Ok(w) => w,
-            Err(e) => return (Some(rep), Err(e.to_string()), true),
+    ) -> (Option<RequestRep>, Result<Verdict, (String, bool)>) {
+        let (rep, verdict) = match self.instance(v) {
+            Ok(warm) => warm.decide(rep),
+            Err(e) => (Some(rep), Err((e.to_string(), true))),
         };
-        match warm.decide(rep) {
-            (rep, Ok(verdict)) => (rep, Ok(verdict), false),
-            (rep, Err((why, trapped))) => {
-                if trapped {
-                    // A trap poisons the instance.
-                    self.warm.remove(&v.id);
-                }
-                (rep, Err(why), trapped)
-            }
+        if matches!(verdict, Err((_, true))) {
+            // A trap poisons the instance.
+            self.warm.remove(&v.id);
         }
+        (rep, verdict)
     }
+}
 
-    fn plugin_failed(
-        &self,
-        v: Option<&PluginVersion>,
-        name: &str,
-        why: &str,
-        trapped: bool,
-        policy: OnError,
-    ) -> Option<Routed> {
-        tracing::warn!(plugin = name, policy = ?policy, "plugin failed: {why}");
-        if let Some(v) = v {
-            v.count_error(if trapped { "trap" } else { "invalid" });
-        }
-        match policy {
-            OnError::Reject => Some(
-                Decision::Reply {
-                    status: 500,
-                    reason: format!("Server Internal Error (plugin {name} failed)"),
-                }
-                .into(),
-            ),
-            OnError::Continue => None,
-        }
+/// Logs and counts a failed plugin call; true when its policy rejects the request.
+fn plugin_failed(
+    v: Option<&PluginVersion>,
+    name: &str,
+    why: &str,
+    trapped: bool,
+    policy: OnError,
+) -> bool {
+    tracing::warn!(plugin = name, policy = ?policy, "plugin failed: {why}");
+    if let Some(v) = v {
+        v.count_error(if trapped { "trap" } else { "invalid" });
     }
+    policy == OnError::Reject
+}
+
+/// The reason phrase of the 500 a rejecting policy answers with.
+fn rejection(name: &str) -> String {
+    format!("Server Internal Error (plugin {name} failed)")
 }
 
 impl Router for Chain {
@@ -162,33 +149,33 @@ impl Router for Chain {
         for entry in &set.entries {
             let Some(v) = &entry.version else {
                 let why = "no version is loaded (see GET /v1/plugins)";
-                match self.plugin_failed(None, &entry.name, why, false, entry.on_error) {
-                    Some(r) => return r,
-                    None => continue,
+                if plugin_failed(None, &entry.name, why, false, entry.on_error) {
+                    return reject(&entry.name);
                 }
+                continue;
             };
-            let (back, verdict, trapped) = self.call_request(v, rep);
+            let (back, verdict) = self.call_request(v, rep);
             // The table hands the request back even after a trap; only a full
             // table (impossible with one request at a time) would lose it.
             rep = back.unwrap_or_else(|| RequestRep::new(request.clone(), *from, None));
             let verdict = match verdict {
                 Ok(Verdict::Continue) => continue,
                 Ok(verdict) => verdict,
-                Err(why) => {
-                    match self.plugin_failed(Some(v), &entry.name, &why, trapped, entry.on_error) {
-                        Some(r) => return r,
-                        None => continue,
+                Err((why, trapped)) => {
+                    if plugin_failed(Some(v), &entry.name, &why, trapped, entry.on_error) {
+                        return reject(&entry.name);
                     }
+                    continue;
                 }
             };
             let edited = match rep.edited() {
                 Ok(m) => m,
                 Err(e) => {
                     let why = format!("its edits do not make a valid request: {e:?}");
-                    match self.plugin_failed(Some(v), &entry.name, &why, false, entry.on_error) {
-                        Some(r) => return r,
-                        None => continue,
+                    if plugin_failed(Some(v), &entry.name, &why, false, entry.on_error) {
+                        return reject(&entry.name);
                     }
+                    continue;
                 }
             };
             return match verdict {
@@ -263,41 +250,33 @@ impl Router for Chain {
             remaining: failure.remaining.min(u32::MAX as usize) as u32,
         };
         let result = match self.instance(&v) {
-            Ok(w) => {
-                let (_, r) = w.on_failure(rep, &f);
-                match r {
-                    Ok(d) => check_failure_decision(d)
-                        .map_err(|e| (format!("returned an invalid failure decision: {e}"), false)),
-                    Err(e) => {
-                        self.warm.remove(&v.id);
-                        Err((e.to_string(), true))
-                    }
-                }
-            }
+            Ok(w) => w.decide_failure(rep, &f),
             Err(e) => Err((e.to_string(), true)),
         };
         match result {
-            Ok(FailureVerdict::Proceed) => FailureAction::Proceed,
-            Ok(FailureVerdict::Retarget(t)) => FailureAction::Retarget(t),
-            Ok(FailureVerdict::Reply {
-                status,
-                reason,
-                headers,
-            }) => FailureAction::Reply {
-                status,
-                reason,
-                headers,
-            },
+            Ok(action) => action,
             Err((why, trapped)) => {
-                match self.plugin_failed(Some(&v), &v.name, &why, trapped, pinned.on_error) {
-                    Some(_) => FailureAction::Reply {
+                if trapped {
+                    self.warm.remove(&v.id);
+                }
+                if plugin_failed(Some(&v), &v.name, &why, trapped, pinned.on_error) {
+                    FailureAction::Reply {
                         status: 500,
-                        reason: format!("Server Internal Error (plugin {} failed)", v.name),
+                        reason: rejection(&v.name),
                         headers: Vec::new(),
-                    },
-                    None => FailureAction::Proceed,
+                    }
+                } else {
+                    FailureAction::Proceed
                 }
             }
         }
     }
+}
+
+fn reject(name: &str) -> Routed {
+    Decision::Reply {
+        status: 500,
+        reason: rejection(name),
+    }
+    .into()
 }

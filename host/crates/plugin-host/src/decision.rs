@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use weir_sip::message::Method;
-use weir_sip::proxy::Target;
+use weir_sip::proxy::{FailureAction, Target};
 use weir_sip::uri::SipUri;
 
 use crate::bindings::weir::proxy::types;
@@ -38,18 +38,6 @@ pub enum MediaMode {
     Relay,
     RelaySrtpCaller,
     RelaySrtpCallee,
-}
-
-/// What a plugin decided after a failure, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FailureVerdict {
-    Proceed,
-    Retarget(Vec<Target>),
-    Reply {
-        status: u16,
-        reason: String,
-        headers: Vec<String>,
-    },
 }
 
 /// Checks an `on-request` answer for a request of `method`.
@@ -94,13 +82,13 @@ pub fn check_decision(d: types::Decision, method: Method) -> Result<Verdict, Str
 }
 
 /// Checks an `on-failure` answer.
-pub fn check_failure_decision(d: types::FailureDecision) -> Result<FailureVerdict, String> {
+pub fn check_failure_decision(d: types::FailureDecision) -> Result<FailureAction, String> {
     Ok(match d {
-        types::FailureDecision::Proceed => FailureVerdict::Proceed,
-        types::FailureDecision::Retarget(t) => FailureVerdict::Retarget(check_targets(t)?),
+        types::FailureDecision::Proceed => FailureAction::Proceed,
+        types::FailureDecision::Retarget(t) => FailureAction::Retarget(check_targets(t)?),
         types::FailureDecision::Reply(r) => {
             let (status, reason, headers) = check_reply(r, 300)?;
-            FailureVerdict::Reply {
+            FailureAction::Reply {
                 status,
                 reason,
                 headers,

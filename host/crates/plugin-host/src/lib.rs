@@ -30,10 +30,11 @@ mod state;
 mod wasi;
 
 pub use chain::{Chain, ChainEntry, OnError, PluginSet, SharedSet};
-pub use decision::{standard_reason, FailureVerdict, MediaMode, Verdict};
+pub use decision::{standard_reason, MediaMode, Verdict};
 pub use registry::{MemoryRegistry, Registry, RegistryError};
 pub use request::{EditError, RequestRep};
 pub use runtime::{
-    CallError, Inspection, Limits, LoadError, PluginVersion, Runtime, Warm, PACKAGE, WORLD_VERSIONS,
+    content_hash, CallError, Inspection, Limits, LoadError, PluginVersion, Runtime, Warm, PACKAGE,
+    WORLD_VERSIONS,
 };
 pub use state::{Capabilities, Services};

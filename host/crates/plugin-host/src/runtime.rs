@@ -24,7 +24,9 @@ use weir_sip::message::Method;
 
 use crate::bindings::weir::proxy::types;
 use crate::bindings::{Plugin, PluginPre};
-use crate::decision::{check_decision, Verdict};
+use weir_sip::proxy::FailureAction;
+
+use crate::decision::{check_decision, check_failure_decision, Verdict};
 use crate::request::RequestRep;
 use crate::state::{Capabilities, Services, State};
 
@@ -365,6 +367,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A plugin file's identity: SHA-256 of its bytes, hex (as [`PluginVersion::hash`]).
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// One loaded version of a plugin: immutable, shared by every worker.
 pub struct PluginVersion {
     /// Unique in this process; a new load of the same file gets a new id.
@@ -529,12 +536,13 @@ impl Warm {
         self.store.data_mut().table.delete(res).ok()
     }
 
-    /// Calls `on-request`. The request comes back with the plugin's edits,
-    /// whatever happened.
-    fn on_request(
+    /// Lends `rep` to the plugin for one export call under the deadline. The
+    /// request comes back (with the plugin's edits) whatever happened.
+    fn call<R>(
         &mut self,
         rep: RequestRep,
-    ) -> (Option<RequestRep>, Result<types::Decision, CallError>) {
+        export: impl FnOnce(&Plugin, &mut Store<State>, Resource<RequestRep>) -> wasmtime::Result<R>,
+    ) -> (Option<RequestRep>, Result<R, CallError>) {
         if let Err(e) = self.arm() {
             return (Some(rep), Err(e));
         }
@@ -542,11 +550,11 @@ impl Warm {
             Ok(r) => r,
             Err(e) => return (None, Err(e)),
         };
-        let borrowed = Resource::new_borrow(res.rep());
-        let r = self
-            .plugin
-            .weir_proxy_handler()
-            .call_on_request(&mut self.store, borrowed);
+        let r = export(
+            &self.plugin,
+            &mut self.store,
+            Resource::new_borrow(res.rep()),
+        );
         self.store.data_mut().flush_output(2);
         let rep = self.take_back(res);
         let deadline = self.limits.deadline;
@@ -560,7 +568,9 @@ impl Warm {
         rep: RequestRep,
     ) -> (Option<RequestRep>, Result<Verdict, (String, bool)>) {
         let method = rep.message().method().unwrap_or(Method::Extension);
-        let (rep, r) = self.on_request(rep);
+        let (rep, r) = self.call(rep, |p, store, req| {
+            p.weir_proxy_handler().call_on_request(store, req)
+        });
         let verdict = match r {
             Ok(d) => check_decision(d, method)
                 .map_err(|e| (format!("returned an invalid decision: {e}"), false)),
@@ -569,31 +579,20 @@ impl Warm {
         (rep, verdict)
     }
 
-    /// Calls `on-failure`.
-    pub(crate) fn on_failure(
+    /// Calls `on-failure` and checks the answer, as [`Warm::decide`] does.
+    pub(crate) fn decide_failure(
         &mut self,
         rep: RequestRep,
         failure: &types::Failure,
-    ) -> (
-        Option<RequestRep>,
-        Result<types::FailureDecision, CallError>,
-    ) {
-        if let Err(e) = self.arm() {
-            return (Some(rep), Err(e));
+    ) -> Result<FailureAction, (String, bool)> {
+        let (_, r) = self.call(rep, |p, store, req| {
+            p.weir_proxy_handler().call_on_failure(store, req, failure)
+        });
+        match r {
+            Ok(d) => check_failure_decision(d)
+                .map_err(|e| (format!("returned an invalid failure decision: {e}"), false)),
+            Err(e) => Err((e.to_string(), true)),
         }
-        let res = match self.lend(rep) {
-            Ok(r) => r,
-            Err(e) => return (None, Err(e)),
-        };
-        let borrowed = Resource::new_borrow(res.rep());
-        let r =
-            self.plugin
-                .weir_proxy_handler()
-                .call_on_failure(&mut self.store, borrowed, failure);
-        self.store.data_mut().flush_output(2);
-        let rep = self.take_back(res);
-        let deadline = self.limits.deadline;
-        (rep, r.map_err(|e| classify(&e, deadline)))
     }
 }
 

@@ -96,8 +96,8 @@ fn misbehave(fault: &str, req: &Request) -> Decision {
         "bad-uri" => Forward::to("sip:@@not a uri").into(),
         "bad-status" => Reply::new(99).into(),
         "guarded" => {
-            // The host refuses the edit; the plugin forwards anyway with it
-            // ignored, so the request must still go out unchanged.
+            // The host refuses the edit (ignored here), then the answer is
+            // impossible too: the request gets the plugin's failure policy.
             let _ = req.set_header("Via", "SIP/2.0/UDP evil.example.com");
             Reply::new(1000).into()
         }
