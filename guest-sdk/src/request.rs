@@ -1,6 +1,7 @@
 //! The request being routed.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
+use std::ops::Range;
 
 use crate::bindings::weir::proxy::types as wit;
 use crate::decision::Transport;
@@ -45,73 +46,107 @@ pub enum Edit {
     SetFromDisplay(Option<String>),
 }
 
-/// The request being routed: owned by the proxy, read lazily. Each accessor is
-/// one call into the proxy (about a third of a microsecond), which parses the
-/// request natively; read what you need, once. Header reads show the request as
-/// received: edits apply when the request goes out.
+/// The request being routed, owned by the proxy. The first read copies what
+/// routers read (method, URIs, users, Call-ID, every header line) out of the
+/// proxy in one call; later reads are local and borrow from that copy. Reads
+/// show the request as it reached this plugin; edits apply when it goes out
+/// (and a later plugin in the chain sees the new Request-URI and From user).
 #[derive(Debug)]
 pub struct Request<'a> {
     inner: Inner<'a>,
-    /// The header block, indexed: mock requests and [`Request::header_names`].
-    headers: std::cell::OnceCell<Headers>,
-    /// The From user after [`Request::set_from_user`].
-    from_user: RefCell<Option<String>>,
+    view: OnceCell<View>,
 }
 
-/// The header block, indexed once.
+/// The readable part of a request: strings as ranges of one text.
 #[derive(Debug)]
-struct Headers {
-    raw: String,
-    /// Name and value ranges into `raw`, per header line (folds included).
-    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+struct View {
+    text: String,
+    method: Range<usize>,
+    request_uri: Range<usize>,
+    request_user: Option<Range<usize>>,
+    call_id: Range<usize>,
+    from_uri: Range<usize>,
+    from_user: Option<Range<usize>>,
+    to_uri: Range<usize>,
+    to_user: Option<Range<usize>>,
+    /// Per header line, in order: name start, name end, value start, value end.
+    fields: Vec<u32>,
 }
 
-impl Headers {
-    fn parse(raw: String) -> Headers {
-        let mut fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> = Vec::new();
-        let mut at = 0;
-        for line in raw.split_inclusive('\n') {
-            let start = at;
-            at += line.len();
-            let body = line.trim_end_matches(['\r', '\n']);
-            if body.starts_with([' ', '\t']) {
-                // A fold continues the previous value.
-                if let Some((_, v)) = fields.last_mut() {
-                    v.end = start + body.len();
-                }
-                continue;
-            }
-            let Some(colon) = body.find(':') else {
-                continue;
-            };
-            let name = start..start + body[..colon].trim_end().len();
-            let value_start = start + colon + 1;
-            fields.push((name, value_start..start + body.len()));
+impl View {
+    fn from_wit(v: wit::RequestView) -> View {
+        let r = |s: wit::Span| s.start as usize..s.end as usize;
+        View {
+            method: r(v.method),
+            request_uri: r(v.request_uri),
+            request_user: v.request_user.map(r),
+            call_id: r(v.call_id),
+            from_uri: r(v.from_uri),
+            from_user: v.from_user.map(r),
+            to_uri: r(v.to_uri),
+            to_user: v.to_user.map(r),
+            fields: v.fields,
+            text: v.text,
         }
-        Headers { raw, fields }
     }
 
-    fn values<'h>(&'h self, name: &str) -> impl Iterator<Item = String> + 'h {
-        // The long form of the wanted name, compared without allocating.
-        let want = long_form(name).to_string();
-        self.fields
-            .iter()
-            .filter(move |(n, _)| long_form(&self.raw[n.clone()]).eq_ignore_ascii_case(&want))
-            .map(|(_, v)| {
-                let v = self.raw[v.clone()].trim();
-                if v.contains('\n') {
-                    v.replace("\r\n", "  ").replace('\n', " ")
-                } else {
-                    v.to_string()
-                }
-            })
+    /// What the proxy would answer for this mock request.
+    fn from_mock(m: &Mock) -> View {
+        let mut text = String::new();
+        let mut push = |s: &str| {
+            let start = text.len();
+            text.push_str(s);
+            start..text.len()
+        };
+        let method = push(&m.method);
+        let request_uri = push(&m.uri);
+        // The proxy turns a fold's line break into spaces.
+        let mut fields = Vec::with_capacity(m.headers.len() * 4);
+        for (n, v) in &m.headers {
+            let (n, v) = (push(n), push(&v.replace("\r\n", "  ")));
+            fields.extend([n.start, n.end, v.start, v.end].map(|o| o as u32));
+        }
+        let first = |name: &str| {
+            m.headers
+                .iter()
+                .find(|(n, _)| long_form(n).eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        let from_uri = sip::name_addr_uri(first("from"));
+        let to_uri = sip::name_addr_uri(first("to"));
+        View {
+            method,
+            request_user: sip::user_of(&m.uri).map(|u| push(&u)),
+            request_uri,
+            call_id: push(first("call-id")),
+            from_user: sip::user_of(&from_uri).map(|u| push(&u)),
+            from_uri: push(&from_uri),
+            to_user: sip::user_of(&to_uri).map(|u| push(&u)),
+            to_uri: push(&to_uri),
+            fields,
+            text,
+        }
     }
 
-    fn names(&self) -> Vec<String> {
-        self.fields
-            .iter()
-            .map(|(n, _)| self.raw[n.clone()].to_string())
-            .collect()
+    fn get(&self, r: &Range<usize>) -> &str {
+        // The proxy's ranges are trusted, but a bad one must not panic a plugin.
+        self.text.get(r.clone()).unwrap_or_default()
+    }
+
+    /// Name and value of each header line.
+    fn lines(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.fields.chunks_exact(4).map(|f| {
+            let at = |i: usize| f[i] as usize;
+            (self.get(&(at(0)..at(1))), self.get(&(at(2)..at(3))))
+        })
+    }
+
+    fn values<'v, 'n>(&'v self, name: &'n str) -> impl Iterator<Item = &'v str> + use<'v, 'n> {
+        let want = long_form(name);
+        self.lines()
+            .filter(move |(n, _)| long_form(n).eq_ignore_ascii_case(want))
+            .map(|(_, v)| v)
     }
 }
 
@@ -205,8 +240,7 @@ impl<'a> Request<'a> {
     pub(crate) fn wasm(r: &'a wit::Request) -> Request<'a> {
         Request {
             inner: Inner::Wasm(r),
-            headers: std::cell::OnceCell::new(),
-            from_user: RefCell::new(None),
+            view: OnceCell::new(),
         }
     }
 
@@ -246,8 +280,7 @@ impl<'a> Request<'a> {
             headers.push((n.trim().to_string(), v.trim().to_string()));
         }
         Ok(Request {
-            headers: std::cell::OnceCell::new(),
-            from_user: RefCell::new(None),
+            view: OnceCell::new(),
             inner: Inner::Mock(RefCell::new(Mock {
                 method: method.to_string(),
                 uri: uri.to_string(),
@@ -292,90 +325,63 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Runs `f` over the header block (mock requests; and the header names of any
-    /// request), indexing it on first use.
-    fn with_headers<T>(&self, f: impl FnOnce(&Headers) -> T) -> T {
-        f(self
-            .headers
-            .get_or_init(|| Headers::parse(self.headers_raw())))
+    fn view(&self) -> &View {
+        self.view.get_or_init(|| match &self.inner {
+            Inner::Wasm(r) => View::from_wit(r.view()),
+            Inner::Mock(m) => View::from_mock(&m.borrow()),
+        })
     }
 
-    pub fn method(&self) -> String {
-        match &self.inner {
-            Inner::Wasm(r) => r.method(),
-            Inner::Mock(m) => m.borrow().method.clone(),
-        }
+    pub fn method(&self) -> &str {
+        let v = self.view();
+        v.get(&v.method)
     }
 
-    /// The Request-URI as it stands (after [`Request::set_request_uri`]).
-    pub fn request_uri(&self) -> String {
-        match &self.inner {
-            Inner::Wasm(r) => r.request_uri(),
-            Inner::Mock(m) => m.borrow().uri.clone(),
-        }
+    pub fn request_uri(&self) -> &str {
+        let v = self.view();
+        v.get(&v.request_uri)
     }
 
     /// The Request-URI's user part, unescaped (the dialled number, a call ID…).
-    pub fn request_user(&self) -> Option<String> {
-        match &self.inner {
-            Inner::Wasm(r) => r.request_user(),
-            Inner::Mock(_) => sip::user_of(&self.request_uri()),
-        }
+    pub fn request_user(&self) -> Option<&str> {
+        let v = self.view();
+        v.request_user.as_ref().map(|u| v.get(u))
     }
 
-    pub fn call_id(&self) -> String {
-        match &self.inner {
-            Inner::Wasm(r) => r.call_id(),
-            Inner::Mock(_) => self.header("Call-ID").unwrap_or_default(),
-        }
+    /// The Call-ID (empty when the request has none).
+    pub fn call_id(&self) -> &str {
+        let v = self.view();
+        v.get(&v.call_id)
     }
 
-    pub fn from_uri(&self) -> String {
-        match &self.inner {
-            Inner::Wasm(r) => r.from_uri(),
-            Inner::Mock(_) => sip::name_addr_uri(&self.header("From").unwrap_or_default()),
-        }
+    pub fn from_uri(&self) -> &str {
+        let v = self.view();
+        v.get(&v.from_uri)
     }
 
-    /// The From user (after [`Request::set_from_user`], the new one).
-    pub fn from_user(&self) -> Option<String> {
-        if let Some(u) = self.from_user.borrow().as_ref() {
-            return Some(u.clone());
-        }
-        match &self.inner {
-            Inner::Wasm(r) => r.from_user(),
-            Inner::Mock(_) => sip::user_of(&self.from_uri()),
-        }
+    pub fn from_user(&self) -> Option<&str> {
+        let v = self.view();
+        v.from_user.as_ref().map(|u| v.get(u))
     }
 
-    pub fn to_uri(&self) -> String {
-        match &self.inner {
-            Inner::Wasm(r) => r.to_uri(),
-            Inner::Mock(_) => sip::name_addr_uri(&self.header("To").unwrap_or_default()),
-        }
+    pub fn to_uri(&self) -> &str {
+        let v = self.view();
+        v.get(&v.to_uri)
     }
 
-    pub fn to_user(&self) -> Option<String> {
-        match &self.inner {
-            Inner::Wasm(r) => r.to_user(),
-            Inner::Mock(_) => sip::user_of(&self.to_uri()),
-        }
+    pub fn to_user(&self) -> Option<&str> {
+        let v = self.view();
+        v.to_user.as_ref().map(|u| v.get(u))
     }
 
-    /// The first line of a header as received (any case, compact forms too).
-    pub fn header(&self, name: &str) -> Option<String> {
-        match &self.inner {
-            Inner::Wasm(r) => r.header(name),
-            Inner::Mock(_) => self.with_headers(|h| h.values(name).next()),
-        }
+    /// The first line of a header (any case, compact forms too).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.view().values(name).next()
     }
 
-    /// Every line of a header as received.
-    pub fn header_all(&self, name: &str) -> Vec<String> {
-        match &self.inner {
-            Inner::Wasm(r) => r.header_all(name),
-            Inner::Mock(_) => self.with_headers(|h| h.values(name).collect()),
-        }
+    /// Every line of a header, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.view().values(name).collect()
     }
 
     /// The header block as received.
@@ -391,9 +397,9 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Header names present, in order (from the raw block).
-    pub fn header_names(&self) -> Vec<String> {
-        self.with_headers(Headers::names)
+    /// Header names present, in order, as written.
+    pub fn header_names(&self) -> Vec<&str> {
+        self.view().lines().map(|(n, _)| n).collect()
     }
 
     pub fn body(&self) -> Vec<u8> {
@@ -437,16 +443,15 @@ impl<'a> Request<'a> {
 
     pub fn set_request_uri(&self, uri: &str) -> Result<(), EditError> {
         match &self.inner {
-            Inner::Wasm(r) => r.set_request_uri(uri).map_err(edit_error),
-            Inner::Mock(m) => {
+            Inner::Wasm(r) => r.set_request_uri(uri).map_err(edit_error)?,
+            Inner::Mock(_) => {
                 if sip::Uri::parse(uri).is_none() {
                     return Err(EditError::Invalid(format!("{uri:?} is not a sip: URI")));
                 }
-                m.borrow_mut().uri = uri.to_string();
                 self.mock_edit(Edit::SetRequestUri(uri.to_string()));
-                Ok(())
             }
         }
+        Ok(())
     }
 
     /// Replaces every line of `name` with one line (adds it when absent).
@@ -488,14 +493,6 @@ impl<'a> Request<'a> {
 
     /// Replaces the From URI's user part (caller-ID).
     pub fn set_from_user(&self, user: &str) -> Result<(), EditError> {
-        let done = self.set_from_user_inner(user);
-        if done.is_ok() {
-            *self.from_user.borrow_mut() = Some(user.to_string());
-        }
-        done
-    }
-
-    fn set_from_user_inner(&self, user: &str) -> Result<(), EditError> {
         match &self.inner {
             Inner::Wasm(r) => r.set_from_user(user).map_err(edit_error),
             Inner::Mock(_) => {
@@ -532,14 +529,19 @@ mod tests {
 i: c-1\r\nSubject: one\r\n  two\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
         )
         .unwrap();
-        assert_eq!(r.from_user().as_deref(), Some("alice"));
-        assert_eq!(r.to_user().as_deref(), Some("bob"));
-        assert_eq!(r.request_user().as_deref(), Some("+1415"));
+        assert_eq!(r.from_user(), Some("alice"));
+        assert_eq!(r.to_user(), Some("bob"));
+        assert_eq!(r.request_user(), Some("+1415"));
         assert_eq!(r.call_id(), "c-1");
-        assert_eq!(r.header("subject").as_deref(), Some("one    two"));
+        assert_eq!(r.header("subject"), Some("one    two"));
         assert_eq!(r.header_all("X-a"), vec!["1", "2"]);
         assert_eq!(r.header_names().len(), 6);
+        // Reads show the request as it came; the edit is recorded for sending.
         r.set_from_user("+14155550100").unwrap();
-        assert_eq!(r.from_user().as_deref(), Some("+14155550100"));
+        assert_eq!(r.from_user(), Some("alice"));
+        assert_eq!(
+            r.mock_edits(),
+            vec![Edit::SetFromUser("+14155550100".into())]
+        );
     }
 }

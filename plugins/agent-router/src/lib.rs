@@ -62,13 +62,13 @@ impl Plugin for AgentRouter {
 
     fn on_request(&mut self, req: &Request, host: &Host) -> Decision {
         let method = req.method();
-        if !self.methods.iter().any(|m| m.eq_ignore_ascii_case(&method)) {
+        if !self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
             return Decision::Continue;
         }
         let Some(user) = req.request_user() else {
             return self.nothing_matched(host, "no user part in the Request-URI");
         };
-        let number = e164::normalize(&user, &self.default_country);
+        let number = e164::normalize(user, &self.default_country);
         let found = host
             .registry_get(&format!("{}{user}", self.call_prefix))
             .or_else(|| {
@@ -77,7 +77,7 @@ impl Plugin for AgentRouter {
                     .and_then(|n| host.registry_get(&format!("{}{n}", self.number_prefix)))
             });
         let Some(value) = found else {
-            return self.nothing_matched(host, &user);
+            return self.nothing_matched(host, user);
         };
         // An entry holds a SIP URI, or the name of an agent whose URI is stored
         // under `agent:NAME` (so many numbers can follow one agent's moves).

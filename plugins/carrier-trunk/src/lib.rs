@@ -131,7 +131,7 @@ impl CarrierTrunk {
     fn inbound(&self, req: &Request, host: &Host) -> Decision {
         host.count("inbound", 1);
         let uri = req.request_uri();
-        let Some(parsed) = Uri::parse(&uri) else {
+        let Some(parsed) = Uri::parse(uri) else {
             return Reply::new(416).into();
         };
         let Some(user) = parsed.user_unescaped() else {
@@ -162,7 +162,7 @@ impl CarrierTrunk {
         let Some(dialled) = req.request_user() else {
             return Reply::new(484).reason("No Number Dialled").into();
         };
-        let Some(number) = e164::normalize(&dialled, &self.default_country) else {
+        let Some(number) = e164::normalize(dialled, &self.default_country) else {
             return Reply::new(484).reason("Not An E.164 Number").into();
         };
         let agent = req.from_user().unwrap_or_default();

@@ -138,7 +138,7 @@ impl Plugin for HeaderRules {
     fn on_request(&mut self, req: &Request, host: &Host) -> Decision {
         let method = req.method();
         let applies = |r: &Rule| {
-            r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(&method))
+            r.methods.is_empty() || r.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
         };
         let mut names = req.header_names();
         names.sort_by_key(|n| n.to_ascii_lowercase());
@@ -185,15 +185,16 @@ fn expand(template: &str, req: &Request) -> String {
         return template.to_string();
     }
     let mut out = template.to_string();
+    let source = req.source();
     for (k, v) in [
         ("{call_id}", req.call_id()),
         ("{from_user}", req.from_user().unwrap_or_default()),
         ("{to_user}", req.to_user().unwrap_or_default()),
-        ("{source_ip}", req.source().ip),
+        ("{source_ip}", source.ip.as_str()),
         ("{method}", req.method()),
     ] {
         if out.contains(k) {
-            out = out.replace(k, &v);
+            out = out.replace(k, v);
         }
     }
     out.retain(|c| c != '\r' && c != '\n');

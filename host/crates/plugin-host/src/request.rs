@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use weir_sip::headers::{HeaderName, NameAddr};
-use weir_sip::message::{Framing, Message};
+use weir_sip::message::{Framing, Message, Span as MessageSpan, StartLine};
 use weir_sip::proxy::{Flow, Transport};
 use weir_sip::uri::{SipUri, Uri};
 
 use weir_sip::Rewrite;
+
+use crate::bindings::weir::proxy::types as wit;
 
 /// Headers the host owns. Plugins read them but may not write them.
 const GUARDED: &[(HeaderName, &str)] = &[
@@ -140,6 +142,84 @@ impl RequestRep {
         let end = (last.line.end as usize).min(bytes.len());
         let start = (first.line.start as usize).min(end);
         lossy(&bytes[start..end])
+    }
+
+    /// Method, URIs, users, Call-ID and every header line in one copy (the WIT
+    /// `request-view`): one call instead of one per accessor. Derived values
+    /// are spans inside the copied head where they can be (a URI inside its
+    /// name-addr, a user without escapes), appended otherwise.
+    pub fn view(&self) -> wit::RequestView {
+        let m = &*self.msg;
+        let head = m.head();
+        let mut text = String::with_capacity(head.len() + 64);
+        // Message spans index the text when the head is UTF-8 (the usual case);
+        // otherwise each piece is appended, its invalid bytes replaced.
+        let utf8 = match std::str::from_utf8(head) {
+            Ok(h) => {
+                text.push_str(h);
+                true
+            }
+            Err(_) => false,
+        };
+        let piece = |text: &mut String, s: MessageSpan| -> wit::Span {
+            if utf8 {
+                wit::Span {
+                    start: s.start,
+                    end: s.end,
+                }
+            } else {
+                push(text, &String::from_utf8_lossy(&head[s.range()]))
+            }
+        };
+        let (method, uri) = match m.start() {
+            StartLine::Request {
+                method_span, uri, ..
+            } => (*method_span, *uri),
+            StartLine::Response { .. } => Default::default(),
+        };
+        let method = piece(&mut text, method);
+        let uri = piece(&mut text, uri);
+        let empty = wit::Span { start: 0, end: 0 };
+        let (mut call_id, mut from, mut to) = (None, None, None);
+        let mut fields = Vec::with_capacity(m.fields_all().len() * 4);
+        for f in m.fields_all() {
+            let name = piece(&mut text, f.name_span);
+            let value = piece(&mut text, f.value);
+            let first = match f.name {
+                HeaderName::CallId => &mut call_id,
+                HeaderName::From => &mut from,
+                HeaderName::To => &mut to,
+                _ => &mut None,
+            };
+            first.get_or_insert(value);
+            fields.extend([name.start, name.end, value.start, value.end]);
+        }
+        let request_uri = match &self.edits.request_uri {
+            Some(edited) => push(&mut text, edited),
+            None => uri,
+        };
+        let uri_in = |text: &String, value: Option<wit::Span>| {
+            value.map_or(empty, |v| {
+                inner(v, name_addr_uri_range(&text.as_bytes()[range(v)]))
+            })
+        };
+        let (from_uri, to_uri) = (uri_in(&text, from), uri_in(&text, to));
+        let from_user = match &self.edits.from_user {
+            Some(edited) => Some(push(&mut text, edited)),
+            None => user_span(&mut text, from_uri),
+        };
+        wit::RequestView {
+            method,
+            request_uri,
+            request_user: user_span(&mut text, request_uri),
+            call_id: call_id.unwrap_or(empty),
+            from_uri,
+            from_user,
+            to_uri,
+            to_user: user_span(&mut text, to_uri),
+            fields,
+            text,
+        }
     }
 
     pub fn body(&self) -> Vec<u8> {
@@ -346,6 +426,41 @@ fn same_header(m: &Message, f: &weir_sip::message::Field, class: HeaderName, nam
     }
 }
 
+fn range(s: wit::Span) -> std::ops::Range<usize> {
+    s.start as usize..s.end as usize
+}
+
+/// `r`, a range inside the text of `outer`, as a span of the whole text.
+fn inner(outer: wit::Span, r: std::ops::Range<usize>) -> wit::Span {
+    wit::Span {
+        start: outer.start + r.start as u32,
+        end: outer.start + r.end as u32,
+    }
+}
+
+/// The user of the URI at `uri` in a view's text: a span inside it, or the
+/// unescaped user appended.
+fn user_span(text: &mut String, uri: wit::Span) -> Option<wit::Span> {
+    let r = user_range(&text.as_bytes()[range(uri)])?;
+    let user = inner(uri, r);
+    let raw = &text.as_bytes()[range(user)];
+    if memchr::memchr(b'%', raw).is_none() {
+        return Some(user);
+    }
+    let unescaped = lossy(&weir_sip::unescape(raw));
+    Some(push(text, &unescaped))
+}
+
+/// Appends `s` to a view's text; its span there.
+fn push(text: &mut String, s: &str) -> wit::Span {
+    let start = text.len() as u32;
+    text.push_str(s);
+    wit::Span {
+        start,
+        end: text.len() as u32,
+    }
+}
+
 fn lossy(b: &[u8]) -> String {
     match std::str::from_utf8(b) {
         Ok(s) => s.to_string(),
@@ -353,52 +468,62 @@ fn lossy(b: &[u8]) -> String {
     }
 }
 
-/// The URI of a From/To value. The proxy checked these headers when the
-/// request came in, so a scan for the brackets is enough here.
+/// The URI of a From/To value.
 fn name_addr_uri(value: Option<&[u8]>) -> String {
-    let Some(v) = value else {
-        return String::new();
-    };
+    value.map_or_else(String::new, |v| lossy(&v[name_addr_uri_range(v)]))
+}
+
+/// Where the URI is in a From/To value. The proxy checked these headers when
+/// the request came in, so a scan for the brackets is enough here.
+fn name_addr_uri_range(v: &[u8]) -> std::ops::Range<usize> {
     // A quoted display name may contain '<': skip it first.
     let after_quote = if v.first() == Some(&b'"') {
         let mut i = 1;
         while i < v.len() && v[i] != b'"' {
             i += if v[i] == b'\\' { 2 } else { 1 };
         }
-        i + 1
+        (i + 1).min(v.len())
     } else {
         0
     };
-    let rest = v.get(after_quote..).unwrap_or_default();
-    match memchr::memchr(b'<', rest) {
+    match memchr::memchr(b'<', &v[after_quote..]) {
         Some(open) => {
-            let inner = &rest[open + 1..];
-            let close = memchr::memchr(b'>', inner).unwrap_or(inner.len());
-            lossy(&inner[..close])
+            let start = after_quote + open + 1;
+            let end = memchr::memchr(b'>', &v[start..]).map_or(v.len(), |c| start + c);
+            start..end
         }
         None => {
             let end = memchr::memchr(b';', v).unwrap_or(v.len());
-            lossy(v[..end].trim_ascii())
+            let start = v[..end].len() - v[..end].trim_ascii_start().len();
+            start..start + v[start..end].trim_ascii_end().len()
         }
     }
 }
 
 /// The unescaped user part of a `sip:`/`sips:` URI, or the number of a `tel:` URI.
 fn user_of(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.split_once(':')?;
-    if scheme.eq_ignore_ascii_case("tel") {
-        let number = rest.split(';').next().unwrap_or(rest);
-        return (!number.is_empty()).then(|| number.to_string());
+    let r = user_range(uri.as_bytes())?;
+    Some(lossy(&weir_sip::unescape(&uri.as_bytes()[r])))
+}
+
+/// Where the user part of a `sip:`/`sips:` URI is (still escaped), or the
+/// number of a `tel:` URI.
+fn user_range(uri: &[u8]) -> Option<std::ops::Range<usize>> {
+    let colon = memchr::memchr(b':', uri)?;
+    let (scheme, start) = (&uri[..colon], colon + 1);
+    let rest = &uri[start..];
+    if scheme.eq_ignore_ascii_case(b"tel") {
+        let end = start + memchr::memchr(b';', rest).unwrap_or(rest.len());
+        return (end > start).then_some(start..end);
     }
-    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+    if !scheme.eq_ignore_ascii_case(b"sip") && !scheme.eq_ignore_ascii_case(b"sips") {
         return None;
     }
     // RFC 3261 §19.1.1: the userinfo ends at the first '@'; ';' and '?' may occur
     // in it (RFC 4475 §3.1.1.9), a password after ':'.
-    let at = rest.find('@')?;
-    let user = &rest[..at];
-    let user = user.split(':').next().unwrap_or(user);
-    Some(lossy(&weir_sip::unescape(user.as_bytes())))
+    let at = memchr::memchr(b'@', rest)?;
+    let end = memchr::memchr(b':', &rest[..at]).unwrap_or(at);
+    Some(start..start + end)
 }
 
 /// Rejects a URI the proxy could not send a request to.
@@ -539,6 +664,66 @@ Content-Length: 0\r\n\r\n";
         );
         assert!(r.headers_raw().starts_with("Via: SIP/2.0/UDP"));
         assert!(r.headers_raw().ends_with("Content-Length: 0\r\n"));
+    }
+
+    fn rep_of(text: &[u8]) -> RequestRep {
+        let mut r = rep();
+        r.msg = Arc::new(
+            Message::parse(Bytes::copy_from_slice(text), Framing::Datagram).expect("parses"),
+        );
+        r
+    }
+
+    /// Resolves a view the way the SDK does and checks it against the accessors.
+    fn assert_view_matches_accessors(r: &RequestRep) {
+        let v = r.view();
+        let at = |s: wit::Span| &v.text[range(s)];
+        let user = |s: Option<wit::Span>| s.map(|s| at(s).to_string());
+        assert_eq!(at(v.method), r.method());
+        assert_eq!(at(v.request_uri), r.request_uri());
+        assert_eq!(user(v.request_user), r.request_user());
+        assert_eq!(at(v.call_id), r.call_id());
+        assert_eq!(at(v.from_uri), r.from_uri());
+        assert_eq!(user(v.from_user), r.from_user());
+        assert_eq!(at(v.to_uri), r.to_uri());
+        assert_eq!(user(v.to_user), r.to_user());
+        let m = r.message();
+        assert_eq!(v.fields.len(), m.fields_all().len() * 4);
+        for (f, w) in m.fields_all().iter().zip(v.fields.chunks_exact(4)) {
+            let (name, value) = (
+                &v.text[w[0] as usize..w[1] as usize],
+                &v.text[w[2] as usize..w[3] as usize],
+            );
+            assert_eq!(name, lossy(m.name_bytes(f)));
+            assert_eq!(value, lossy(m.value(f)));
+        }
+    }
+
+    #[test]
+    fn the_view_answers_what_the_accessors_answer() {
+        assert_view_matches_accessors(&rep());
+        // Escaped users, compact forms, a fold, a tel: To, no display name.
+        assert_view_matches_accessors(&rep_of(
+            b"INVITE sip:%2B1415%20x@w;user=phone SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bK2\r\n\
+f: sip:ca%6Cler@h;tag=1\r\nt: <tel:+14155550100;phone-context=x>\r\ni: c2\r\n\
+CSeq: 1 INVITE\r\nSubject: one\r\n  two\r\nl: 0\r\n\r\n",
+        ));
+        // A byte that is not UTF-8: every piece is copied, the byte replaced.
+        let latin1 = rep_of(
+            b"INVITE sip:bob@w SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK3\r\n\
+From: \"Ren\xe9\" <sip:rene@h>;tag=1\r\nTo: <sip:bob@w>\r\nCall-ID: c3\r\nCSeq: 1 INVITE\r\n\
+X-Name: Ren\xe9\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_view_matches_accessors(&latin1);
+        assert_eq!(latin1.view().from_user.map(|s| s.end - s.start), Some(4));
+        // Edits made by an earlier plugin show in a later plugin's view.
+        let mut edited = rep();
+        edited
+            .set_request_uri("sip:agent%2D7@10.0.0.7:5080")
+            .unwrap();
+        edited.set_from_user("+14155550199").unwrap();
+        assert_view_matches_accessors(&edited);
+        assert_eq!(edited.request_user().as_deref(), Some("agent-7"));
     }
 
     #[test]

@@ -202,6 +202,9 @@ fn edit_error(e: EditError) -> types::EditError {
 impl types::Host for State {}
 
 impl types::HostRequest for State {
+    fn view(&mut self, r: Resource<RequestRep>) -> Result<types::RequestView> {
+        Ok(self.req(&r)?.view())
+    }
     fn method(&mut self, r: Resource<RequestRep>) -> Result<String> {
         Ok(self.req(&r)?.method())
     }

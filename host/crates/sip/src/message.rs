@@ -437,6 +437,18 @@ impl Message {
         &self.buf[f.name_span.range()]
     }
 
+    /// The start line and header lines as values read them: folds turned into
+    /// white space, at the offsets of [`Message::as_bytes`], so every span of
+    /// the start line and of a [`Field`] indexes it.
+    pub fn head(&self) -> &[u8] {
+        let end = self
+            .headers
+            .last()
+            .map_or(self.start_line.end, |f| f.line.end) as usize;
+        let bytes = self.unfolded.as_ref().unwrap_or(&self.buf);
+        &bytes[..end.min(bytes.len())]
+    }
+
     /// The first value of the first header line of this name.
     pub fn header(&self, name: HeaderName) -> Option<&[u8]> {
         self.fields(name).next().map(|f| self.value(f))
