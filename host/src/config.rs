@@ -1,7 +1,7 @@
 //! The TOML configuration: parsing, validation, and the errors that name the key
 //! and the line. `weir.example.toml` documents every key and is the embedded default.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 use weir_plugin_host::{Capabilities, Limits, OnError};
-use weir_sip::proxy::{Fallback, Listener, ProxyConfig, RecordRoute, Transport};
+use weir_sip::proxy::{ClientCredential, Fallback, Listener, ProxyConfig, RecordRoute, Transport};
 use weir_sip::transaction::Timers;
 
 /// The configuration used when `weir run` is given no file.
@@ -58,6 +58,9 @@ pub struct Config {
     pub plugins: Option<PluginsConfig>,
     /// None when there is no `[admin]` section.
     pub admin_listen: Option<SocketAddr>,
+    /// `[credentials.NAME]`: what targets naming NAME answer a next hop's
+    /// digest challenge with.
+    pub credentials: HashMap<String, ClientCredential>,
 }
 
 /// `[plugins]`: where plugins come from, their order and their limits.
@@ -122,6 +125,7 @@ impl Config {
         cfg.max_message = self.max_message_size;
         cfg.forward_stray_responses = self.forward_stray_responses;
         cfg.server_name = self.server_name.clone();
+        cfg.credentials = self.credentials.clone();
         cfg
     }
 }
@@ -135,6 +139,15 @@ struct Raw {
     log: RawLog,
     plugins: Option<Spanned<RawPlugins>>,
     admin: Option<RawAdmin>,
+    credentials: BTreeMap<String, Spanned<RawCredential>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCredential {
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -471,12 +484,14 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             SocketAddr::from(([127, 0, 0, 1], 9070))
         }),
     });
+    let credentials = credentials(&mut c, &raw.credentials);
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
     Ok(Config {
         plugins,
         admin_listen,
+        credentials,
         listen,
         advertise,
         aliases,
@@ -624,6 +639,71 @@ fn plugins_config(c: &mut Check<'_>, raw: &Spanned<RawPlugins>) -> PluginsConfig
     }
 }
 
+/// `[credentials.NAME]`: a username and exactly one of `password` or
+/// `password_file` (its first line; kept out of the config file and its logs).
+fn credentials(
+    c: &mut Check<'_>,
+    raw: &BTreeMap<String, Spanned<RawCredential>>,
+) -> HashMap<String, ClientCredential> {
+    let mut out = HashMap::new();
+    for (name, spanned) in raw {
+        let key = format!("[credentials.{name}]");
+        let r = spanned.get_ref();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+        {
+            c.err(
+                &key,
+                spanned,
+                "a credential name is letters, digits and - _ : .",
+            );
+            continue;
+        }
+        let username = match r.username.as_deref() {
+            Some(u) if !u.is_empty() && !u.contains(['\r', '\n', '"']) => u.to_string(),
+            Some(_) => {
+                c.err(
+                    &format!("{key} username"),
+                    spanned,
+                    "must be one line without quotes",
+                );
+                continue;
+            }
+            None => {
+                c.err(&format!("{key} username"), spanned, "is required");
+                continue;
+            }
+        };
+        let password = match (&r.password, &r.password_file) {
+            (Some(p), None) => p.clone(),
+            (None, Some(file)) => match std::fs::read_to_string(file.get_ref()) {
+                Ok(text) => text.lines().next().unwrap_or_default().to_string(),
+                Err(e) => {
+                    c.err(
+                        &format!("{key} password_file"),
+                        file,
+                        format!("cannot read {}: {e}", file.get_ref()),
+                    );
+                    continue;
+                }
+            },
+            _ => {
+                c.err(
+                    &key,
+                    spanned,
+                    "needs exactly one of password or password_file",
+                );
+                continue;
+            }
+        };
+        out.insert(name.clone(), ClientCredential { username, password });
+    }
+    out
+}
+
 /// Plugin names become file names (`NAME.wasm`) and metric labels.
 pub fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
@@ -738,6 +818,43 @@ mod tests {
         assert_eq!(errs[2].key, "[routing] fallback");
         assert_eq!(errs[2].line, Some(6));
         assert!(shown[2].contains("\"request-uri\""), "{}", shown[2]);
+    }
+
+    #[test]
+    fn credentials_take_a_password_or_a_file_and_never_show_it() {
+        let dir = std::env::temp_dir().join(format!("weir-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\nignored\n").unwrap();
+        let text = format!(
+            "[credentials.\"trunk:a\"]\nusername = \"u1\"\npassword = \"p1\"\n\
+[credentials.b]\nusername = \"u2\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.credentials["trunk:a"].password, "p1");
+        assert_eq!(cfg.credentials["b"].password, "from-file");
+        assert_eq!(cfg.proxy_config().credentials.len(), 2);
+        assert!(
+            !format!("{cfg:?}").contains("p1"),
+            "passwords stay out of Debug"
+        );
+        let errs = parse(
+            "[credentials.c]\npassword = \"x\"\n[credentials.d]\nusername = \"u\"\n\
+[credentials.e]\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "[credentials.c] username",
+                "[credentials.d]",
+                "[credentials.e] password_file"
+            ]
+        );
+        assert!(errs[2].message.contains("/nonexistent/pw"), "{}", errs[2]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

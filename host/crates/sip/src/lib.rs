@@ -7,9 +7,11 @@
 //! - [`message`]: byte-preserving messages, [`framing`] of datagrams and streams;
 //! - [`uri`] and [`headers`]: the typed views a proxy needs, parsed lazily;
 //! - [`transaction`]: the four state machines of RFC 3261 §17 (with RFC 6026);
-//! - [`proxy`]: the transaction-stateful proxy of RFC 3261 §16.
+//! - [`proxy`]: the transaction-stateful proxy of RFC 3261 §16;
+//! - [`digest`]: HTTP Digest (RFC 7616, RFC 8760) for both ends of a challenge.
 
 pub mod build;
+pub mod digest;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;

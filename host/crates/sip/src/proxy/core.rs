@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::upstream_auth::{self, Answer, CseqShifts};
 use super::validate::{check_request, check_response, Checked, Rejection};
 use super::{
     Decision, Event, Failure, FailureAction, Flow, Listener, Pin, ProxyConfig, RecordRoute, Routed,
@@ -55,6 +56,8 @@ pub struct Proxy {
     events: VecDeque<Event>,
     resolving: HashMap<u64, Pending>,
     next_resolve: u64,
+    /// Dialogs whose caller-side CSeq goes out shifted (see `upstream_auth`).
+    shifts: CseqShifts,
     stats: Stats,
 }
 
@@ -263,6 +266,10 @@ struct Forward {
     loop_hash: u64,
     top_via: Vec<u8>,
     kind: ForwardKind,
+    /// The CSeq number to send, when it differs from the request's.
+    cseq: Option<u32>,
+    /// Credentials for a next hop's challenge.
+    auth: Option<Answer>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -327,8 +334,14 @@ struct Context {
     loop_hash: u64,
     record_route: bool,
     targets: VecDeque<Target>,
-    /// The Request-URI of the target being tried.
-    current: String,
+    /// The target being tried.
+    current: Target,
+    /// A next hop's challenge was answered for this request (once only).
+    challenged: bool,
+    /// The CSeq number sent downstream, when it differs from the request's:
+    /// responses go upstream with the request's number again.
+    cseq: Option<u32>,
+    auth: Option<Answer>,
     /// From the router's decision, for `on_failure`.
     pin: Option<Pin>,
     /// Extra header lines for a locally generated final response.
@@ -390,6 +403,9 @@ impl Proxy {
             events: VecDeque::new(),
             resolving: HashMap::new(),
             next_resolve: 1,
+            // A day without a request ends a shift: longer than carriers let
+            // calls last (Twilio: 4 h).
+            shifts: CseqShifts::new(std::time::Duration::from_secs(24 * 3600), 100_000),
             stats: Stats::default(),
         }
     }
@@ -408,6 +424,7 @@ impl Proxy {
             live_server_transactions: self.server_txns.len(),
             live_client_transactions: self.client_txns.len(),
             live_contexts: self.contexts.len(),
+            shifted_dialogs: self.shifts.len(),
             ..self.stats.clone()
         }
     }
@@ -585,6 +602,12 @@ impl Proxy {
         };
         drop(checked);
         if matches!(method, Method::Ack | Method::Cancel) {
+            // An ACK in a shifted dialog carries its INVITE's shifted number.
+            let cseq = if method == Method::Ack && in_dialog {
+                self.shifted_cseq(now, &msg, false)
+            } else {
+                None
+            };
             let stateless = Forward {
                 uri: effective_ruri(&msg, &plan),
                 request: Arc::new(msg),
@@ -594,6 +617,8 @@ impl Proxy {
                 loop_hash,
                 top_via,
                 kind: ForwardKind::Stateless,
+                cseq,
+                auth: None,
             };
             if method == Method::Ack {
                 self.forward_stateless(now, stateless, ruri_is_local);
@@ -701,12 +726,20 @@ impl Proxy {
                     },
                     None => (request, plan),
                 };
+                let shifted = if in_dialog {
+                    self.shifted_cseq(now, &request, method == Method::Bye)
+                } else {
+                    None
+                };
                 let ctx = self.contexts.insert(Context {
                     server: skey,
                     request,
                     method,
                     plan,
-                    current: String::new(),
+                    current: Target::new(""),
+                    challenged: false,
+                    cseq: shifted,
+                    auth: None,
                     pin: routed.pin.take(),
                     reply_headers: Vec::new(),
                     inbound,
@@ -989,7 +1022,7 @@ impl Proxy {
                 cancel_pending: false,
                 finished: false,
             });
-            c.current.clone_from(&target.uri);
+            c.current = target.clone();
             let forward = Forward {
                 request: c.request.clone(),
                 plan: c.plan.clone(),
@@ -1003,6 +1036,8 @@ impl Proxy {
                     .map(|t| t.top_via.clone())
                     .unwrap_or_default(),
                 kind: ForwardKind::Branch(ctx, idx),
+                cseq: c.cseq,
+                auth: c.auth.clone(),
             };
             self.arm_context(ctx);
             self.start_forward(now, forward);
@@ -1239,6 +1274,12 @@ impl Proxy {
                 rw.replace_first_value(via_line, &f.top_via);
             }
         }
+        if let Some(seq) = f.cseq {
+            set_cseq(&mut rw, m, seq);
+        }
+        if let Some(a) = &f.auth {
+            rw.append(a.name, a.value.as_bytes());
+        }
         if f.record_route {
             if self.cfg.listeners[f.inbound] != self.cfg.listeners[out] {
                 rw.prepend("Record-Route", &self.rr_value[f.inbound]);
@@ -1323,6 +1364,10 @@ impl Proxy {
         };
         let mut rw = Rewrite::new(&msg);
         rw.drop_first_values(via_line, 1);
+        // A 2xx retransmission in a shifted dialog goes up with the caller's number.
+        if let (Some(delta), Some(Ok(cseq))) = (self.shifts.peek(&msg), msg.cseq()) {
+            set_cseq(&mut rw, &msg, cseq.seq.wrapping_sub(delta));
+        }
         let bytes = rw.finish();
         self.stats.stray_responses_forwarded += 1;
         let local = self.cfg.listeners[out].local;
@@ -1422,6 +1467,17 @@ impl Proxy {
             if let Some(b) = c.branches.get_mut(i) {
                 b.finished = true;
             }
+            if let (Method::Invite, Some(sent)) = (c.method, c.cseq) {
+                // The dialog goes on with the shifted numbering.
+                let original = c
+                    .request
+                    .cseq()
+                    .and_then(Result::ok)
+                    .map_or(sent, |cs| cs.seq);
+                let request = c.request.clone();
+                self.shifts
+                    .insert(now, &request, sent.wrapping_sub(original));
+            }
             self.forward_response(now, ctx, &resp);
             // A 2xx to INVITE ends the other branches (sequential: none are live).
             self.cancel_context(now, ctx);
@@ -1443,12 +1499,21 @@ impl Proxy {
             return;
         }
         b.finished = true;
+        let client = b.client;
+        if let Final::Received(resp) = &fin {
+            if self.answer_challenge(now, ctx, client, resp) {
+                return;
+            }
+        }
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return;
+        };
         let six = fin.status() >= 600;
         if !six && !c.cancelled && !c.answered {
             let failure = Failure {
                 status: fin.status(),
                 reason: fin.reason(),
-                target: &c.current,
+                target: &c.current.uri,
                 remaining: c.targets.len(),
             };
             match self.router.on_failure(c.pin.as_ref(), &c.request, &failure) {
@@ -1478,6 +1543,72 @@ impl Proxy {
             self.cancel_context(now, ctx);
         }
         self.next_branch(now, ctx);
+    }
+
+    /// Answers a 401/407 from the target being tried when it names a configured
+    /// credential: the same target again, with credentials and CSeq + 1. True
+    /// when the retry is under way.
+    fn answer_challenge(
+        &mut self,
+        now: Instant,
+        ctx: Key,
+        client: Option<Key>,
+        resp: &Message,
+    ) -> bool {
+        if !matches!(resp.status(), Some(401 | 407)) {
+            return false;
+        }
+        let cnonce = format!("{:016x}", self.random());
+        let Some(c) = self.contexts.get(ctx) else {
+            return false;
+        };
+        if c.challenged || c.cancelled || c.answered || c.method == Method::Cancel {
+            return false;
+        }
+        let Some(cred) = c
+            .current
+            .credential
+            .as_ref()
+            .and_then(|name| self.cfg.credentials.get(name))
+        else {
+            return false;
+        };
+        let Some(sent) = client.and_then(|k| self.sent_request(k)) else {
+            return false;
+        };
+        let Some(seq) = sent.cseq().and_then(Result::ok).map(|cs| cs.seq) else {
+            return false;
+        };
+        let Some(answer) = upstream_auth::answer(resp, &sent, cred, &cnonce) else {
+            return false;
+        };
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return false;
+        };
+        c.challenged = true;
+        c.auth = Some(answer);
+        c.cseq = Some(seq.wrapping_add(1));
+        c.targets.push_front(c.current.clone());
+        self.stats.challenges_answered += 1;
+        self.next_branch(now, ctx);
+        true
+    }
+
+    /// The request a client transaction sent, as it went out.
+    fn sent_request(&self, client: Key) -> Option<Message> {
+        let wire = match &self.client_txns.get(client)?.machine {
+            ClientMachine::Invite(m) => m.wire().clone(),
+            ClientMachine::NonInvite(m) => m.wire().clone(),
+        };
+        Message::parse(wire, Framing::Exact).ok()
+    }
+
+    /// The CSeq number an in-dialog request from the caller goes out with, in
+    /// a dialog whose numbering the proxy shifted.
+    fn shifted_cseq(&mut self, now: Instant, request: &Message, ends: bool) -> Option<u32> {
+        let delta = self.shifts.take_for(now, request, ends)?;
+        let seq = request.cseq()?.ok()?.seq;
+        Some(seq.wrapping_add(delta))
     }
 
     /// Sends the best final response (§16.7 step 6) when nothing is pending.
@@ -1536,7 +1667,14 @@ impl Proxy {
     /// Sends a branch's response upstream through the server transaction with our
     /// Via removed (§16.7 steps 7–9).
     fn forward_response_as(&mut self, now: Instant, ctx: Key, resp: &Message, status: Option<u16>) {
-        let Some(server) = self.contexts.get(ctx).map(|c| c.server) else {
+        let Some((server, original)) = self.contexts.get(ctx).map(|c| {
+            let original = c
+                .cseq
+                .and(c.request.cseq())
+                .and_then(Result::ok)
+                .map(|cs| cs.seq);
+            (c.server, original)
+        }) else {
             return;
         };
         let Some((via_line, _)) = resp.list(HeaderName::Via).next() else {
@@ -1548,6 +1686,9 @@ impl Proxy {
         }
         let mut rw = Rewrite::new(resp);
         rw.drop_first_values(via_line, 1);
+        if let Some(seq) = original {
+            set_cseq(&mut rw, resp, seq);
+        }
         if let Some(s) = status {
             rw.set_start_line(format!("SIP/2.0 {s} Server Internal Error").as_bytes());
         }
@@ -1874,6 +2015,19 @@ impl Proxy {
         self.rng = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+}
+
+/// Rewrites the CSeq number of `m`, keeping its method.
+fn set_cseq(rw: &mut Rewrite<'_>, m: &Message, seq: u32) {
+    let Some(i) = m
+        .fields_all()
+        .iter()
+        .position(|f| f.name == HeaderName::CSeq)
+    else {
+        return;
+    };
+    let method = m.cseq().and_then(Result::ok).map_or(&b""[..], |c| c.method);
+    rw.replace_value(i, &format!("{seq} {}", String::from_utf8_lossy(method)));
 }
 
 /// True when a popped heap entry for `at` is the current deadline (not one left

@@ -9,15 +9,18 @@
 //! the plugin chain.
 
 mod core;
+mod upstream_auth;
 mod validate;
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::core::Proxy;
+pub use upstream_auth::ClientCredential;
 pub use validate::Rejection;
 
 use crate::message::Message;
@@ -180,6 +183,9 @@ pub struct ProxyConfig {
     pub forward_stray_responses: bool,
     /// Value of the Server/User-Agent header on locally generated messages.
     pub server_name: Option<String>,
+    /// Credentials by name, for targets whose next hop asks for digest
+    /// authentication ([`Target::credential`]).
+    pub credentials: HashMap<String, ClientCredential>,
 }
 
 impl ProxyConfig {
@@ -195,6 +201,7 @@ impl ProxyConfig {
             max_message: 65_535,
             forward_stray_responses: true,
             server_name: Some(concat!("weir/", env!("CARGO_PKG_VERSION")).to_string()),
+            credentials: HashMap::new(),
         }
     }
 }
@@ -355,6 +362,10 @@ pub struct Stats {
     pub forwarded_requests: u64,
     pub forwarded_responses: u64,
     pub failovers: u64,
+    /// 401/407 from a next hop answered with a configured credential.
+    pub challenges_answered: u64,
+    /// Dialogs whose CSeq the proxy shifts (after answering a challenge).
+    pub shifted_dialogs: usize,
     pub loops_detected: u64,
     pub live_server_transactions: usize,
     pub live_client_transactions: usize,

@@ -953,3 +953,233 @@ fn routers_edit_the_request_and_decide_failover_with_their_pin() {
     assert!(!String::from_utf8_lossy(up.as_bytes()).contains("X-Agent"));
     sim.assert_idle();
 }
+
+fn in_dialog_request(
+    method: &str,
+    ruri: &str,
+    from: (&str, &str),
+    to: (&str, &str),
+    branch: &str,
+    call_id: &str,
+    seq: u32,
+) -> String {
+    let via = if from.0 == "alice" { ALICE } else { BOB };
+    format!(
+        "{method} {ruri} SIP/2.0
+Via: SIP/2.0/UDP {via};branch={branch};rport
+Route: <sip:127.0.0.1:5060;lr>
+Max-Forwards: 70
+From: <sip:{}@x.example>;tag={}
+To: <sip:{}@x.example>;tag={}
+Call-ID: {call_id}
+CSeq: {seq} {method}
+Content-Length: 0
+
+",
+        from.0, from.1, to.0, to.1
+    )
+}
+
+fn cseq_of(m: &Message) -> u32 {
+    m.cseq().unwrap().unwrap().seq
+}
+
+fn trunk_sim() -> Sim {
+    let target = Target {
+        uri: "sip:+14155550100@127.0.0.1:5080".into(),
+        timeout: None,
+        credential: Some("trunk".into()),
+    };
+    Sim::with(
+        |cfg| {
+            cfg.credentials.insert(
+                "trunk".into(),
+                ClientCredential {
+                    username: "AC123".into(),
+                    password: "s3cret".into(),
+                },
+            );
+        },
+        Box::new(Fixed(vec![target])),
+    )
+}
+
+#[test]
+fn s22_3_a_next_hop_challenge_is_answered_and_cseq_stays_consistent() {
+    use crate::digest::{ha1, Algorithm, Credentials, Server};
+    let mut sim = trunk_sim();
+    let mut carrier = Server::new(
+        "sip.carrier.example",
+        [3; 32],
+        sim.clock.now(),
+        Duration::from_secs(300),
+    );
+    sim.udp(
+        ALICE,
+        &invite("sip:+14155550100@127.0.0.1:5060", "z9hG4bK-t1"),
+    );
+    let first = sim.sent_to(BOB);
+    assert_eq!(cseq_of(&first), 1);
+    assert!(header(&first, "Proxy-Authorization").is_empty());
+    let challenge = carrier.challenge(sim.clock.now(), 7, Algorithm::Md5, false);
+    let extra = format!("Proxy-Authenticate: {}\r\n", challenge.to_value());
+    sim.udp(
+        BOB,
+        &answer(&first, 407, "Proxy Authentication Required", "t407", &extra),
+    );
+    // The 407 is acknowledged hop by hop and the INVITE goes again, answered,
+    // as a new transaction: new branch, CSeq + 1. Alice hears nothing of it.
+    let out = sim.out();
+    assert!(out.iter().all(|o| o.0 == addr(BOB)), "{out:?}");
+    assert!(out
+        .iter()
+        .any(|o| o.2.method() == Some(Method::Ack) && cseq_of(&o.2) == 1));
+    let retry = out
+        .iter()
+        .find(|o| o.2.method() == Some(Method::Invite))
+        .map(|o| o.2.clone())
+        .expect("the INVITE again");
+    assert_ne!(branch_of(&retry), branch_of(&first));
+    assert_eq!(cseq_of(&retry), 2);
+    assert_eq!(retry.body(), first.body());
+    let auth = header(&retry, "Proxy-Authorization");
+    assert_eq!(auth.len(), 1);
+    let creds = Credentials::parse(auth[0].as_bytes()).unwrap();
+    assert_eq!(creds.username, "AC123");
+    assert_eq!(creds.uri, "sip:+14155550100@127.0.0.1:5080");
+    let h = ha1(Algorithm::Md5, "AC123", "sip.carrier.example", "s3cret");
+    assert_eq!(
+        carrier.verify(sim.clock.now(), &creds, b"INVITE", Some(&h)),
+        Ok(())
+    );
+    assert_eq!(sim.proxy.stats().challenges_answered, 1);
+
+    // Responses go up with Alice's number.
+    sim.udp(BOB, &answer(&retry, 180, "Ringing", "tb", ""));
+    let ringing = sim.one(ALICE);
+    assert_eq!((ringing.status(), cseq_of(&ringing)), (Some(180), 1));
+    let ok = answer(
+        &retry,
+        200,
+        "OK",
+        "tb",
+        "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+    );
+    sim.udp(BOB, &ok);
+    let up = sim.one(ALICE);
+    assert_eq!((up.status(), cseq_of(&up)), (Some(200), 1));
+    assert_eq!(header(&up, "CSeq"), ["1 INVITE"]);
+    // So does a retransmitted 2xx, which no transaction holds any more.
+    sim.udp(BOB, &ok);
+    assert_eq!(cseq_of(&sim.one(ALICE)), 1);
+    assert_eq!(sim.proxy.stats().shifted_dialogs, 1);
+
+    let call = "call-z9hG4bK-t1";
+    let alice = ("alice", "fa");
+    let bob = ("bob", "tb");
+    // Alice's ACK and later requests go down shifted…
+    sim.udp(
+        ALICE,
+        &in_dialog_request(
+            "ACK",
+            "sip:bob@127.0.0.1:5080",
+            alice,
+            bob,
+            "z9hG4bK-t1a",
+            call,
+            1,
+        ),
+    );
+    let ack = sim.one(BOB);
+    assert_eq!((ack.method(), cseq_of(&ack)), (Some(Method::Ack), 2));
+    // …Bob's requests are his own numbering and pass untouched.
+    sim.udp(
+        BOB,
+        &in_dialog_request(
+            "INFO",
+            "sip:alice@127.0.0.1:5070",
+            bob,
+            alice,
+            "z9hG4bK-t1i",
+            call,
+            7,
+        ),
+    );
+    let info = sim.one(ALICE);
+    assert_eq!(cseq_of(&info), 7);
+    sim.udp(ALICE, &answer(&info, 200, "OK", "fa", ""));
+    assert_eq!(cseq_of(&sim.one(BOB)), 7);
+    sim.udp(
+        ALICE,
+        &in_dialog_request(
+            "BYE",
+            "sip:bob@127.0.0.1:5080",
+            alice,
+            bob,
+            "z9hG4bK-t1b",
+            call,
+            2,
+        ),
+    );
+    let bye = sim.one(BOB);
+    assert_eq!(cseq_of(&bye), 3);
+    sim.udp(BOB, &answer(&bye, 200, "OK", "tb", ""));
+    let bye_ok = sim.one(ALICE);
+    assert_eq!((bye_ok.status(), cseq_of(&bye_ok)), (Some(200), 2));
+    // The BYE ended the dialog's shift.
+    assert_eq!(sim.proxy.stats().shifted_dialogs, 0);
+    sim.assert_idle();
+}
+
+#[test]
+fn s22_3_a_challenge_is_answered_once_and_only_with_a_known_credential() {
+    use crate::digest::{Algorithm, Server};
+    let carrier = Server::new(
+        "c",
+        [3; 32],
+        weir_sim::Clock::new().now(),
+        Duration::from_secs(300),
+    );
+    let www = format!(
+        "WWW-Authenticate: {}\r\n",
+        carrier
+            .challenge(weir_sim::Clock::new().now(), 1, Algorithm::Sha256, false)
+            .to_value()
+    );
+    // Wrong password: the second challenge goes up to the caller, with its CSeq.
+    let mut sim = trunk_sim();
+    sim.udp(ALICE, &invite("sip:x@127.0.0.1:5060", "z9hG4bK-t2"));
+    let first = sim.sent_to(BOB);
+    sim.udp(BOB, &answer(&first, 401, "Unauthorized", "t1", &www));
+    let retry = sim
+        .out()
+        .into_iter()
+        .find(|o| o.0 == addr(BOB) && o.2.method() == Some(Method::Invite))
+        .expect("the INVITE again")
+        .2;
+    let auth = header(&retry, "Authorization");
+    assert!(auth[0].contains("algorithm=SHA-256"), "{auth:?}");
+    sim.udp(BOB, &answer(&retry, 401, "Unauthorized", "t2", &www));
+    let up = sim.sent_to(ALICE);
+    assert_eq!((up.status(), cseq_of(&up)), (Some(401), 1));
+    assert_eq!(sim.proxy.stats().challenges_answered, 1);
+    sim.assert_idle();
+
+    // A target without a credential, or naming one that is not configured:
+    // the challenge is the caller's to answer.
+    for credential in [None, Some("other".to_string())] {
+        let target = Target {
+            uri: "sip:x@127.0.0.1:5080".into(),
+            timeout: None,
+            credential,
+        };
+        let mut sim = Sim::with(|_| {}, Box::new(Fixed(vec![target])));
+        sim.udp(ALICE, &invite("sip:x@127.0.0.1:5060", "z9hG4bK-t3"));
+        let first = sim.sent_to(BOB);
+        sim.udp(BOB, &answer(&first, 401, "Unauthorized", "t1", &www));
+        let up = sim.sent_to(ALICE);
+        assert_eq!(up.status(), Some(401));
+        assert_eq!(sim.proxy.stats().challenges_answered, 0);
+        sim.assert_idle();
+    }
+}
