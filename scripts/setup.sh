@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Weir needs on a fresh Debian machine.
 #   setup.sh run    the Rust toolchain only (to build and run weir)
-#   setup.sh test   plus the real SIP peers and tools the tests start (SIPp, iproute2)
-#   setup.sh bench  plus Kamailio, the reference proxy of the benchmarks
+#   setup.sh test   plus the real SIP peers and tools the tests start (SIPp, Kamailio, iproute2)
+#   setup.sh bench  the same (Kamailio is also the reference proxy of the benchmarks)
 set -euo pipefail
 what="${1:-run}"
 
@@ -16,7 +16,7 @@ if [[ "$what" == test || "$what" == bench ]]; then
   [[ "$(id -u)" != 0 ]] && sudo="sudo"
   need=()
   command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
-  [[ "$what" == bench ]] && ! command -v kamailio >/dev/null 2>&1 && need+=(kamailio)
+  command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   if ((${#need[@]})); then
     echo "setup: installing ${need[*]}" >&2

@@ -156,6 +156,83 @@ impl Drop for Weir {
     }
 }
 
+/// Kamailio playing a peer (a carrier…) with a config from `tests/kamailio/`,
+/// its `@KEY@` placeholders filled in; killed when dropped.
+#[allow(missing_debug_implementations)]
+pub struct Kamailio {
+    child: Child,
+    pub dir: tempdir::Dir,
+    pub log: PathBuf,
+}
+
+impl Kamailio {
+    /// Starts it and waits until it answers (anything) an OPTIONS on `probe`.
+    pub fn start(config: &str, fill: &[(&str, &str)], probe: SocketAddr) -> Kamailio {
+        require("kamailio", "kamailio");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("kamailio")
+            .join(config);
+        let mut text =
+            std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+        for (k, v) in fill {
+            assert!(text.contains(k), "{config} has no {k}");
+            text = text.replace(k, v);
+        }
+        let dir = tempdir::Dir::new("kamailio");
+        let cfg = dir.path().join(config);
+        std::fs::write(&cfg, text).unwrap();
+        let log = dir.path().join("kamailio.log");
+        // -DD: foreground, -E: log to stderr, -Y: its runtime files here.
+        let child = Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-Y"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start kamailio");
+        let mut k = Kamailio { child, dir, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = k.child.try_wait() {
+                panic!("kamailio exited ({status}) during start:\n{}", k.log_text());
+            }
+            if options_ping(probe, Duration::from_millis(200)).is_some() {
+                return k;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kamailio did not answer on {probe} within 10 s:\n{}",
+                k.log_text()
+            );
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM: the main process stops its children; SIGKILL would orphan them.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Sends an OPTIONS to `to` over UDP and returns the status of the answer.
 pub fn options_ping(to: SocketAddr, wait: Duration) -> Option<u16> {
     let sock = UdpSocket::bind(if to.is_ipv4() {

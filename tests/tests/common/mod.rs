@@ -44,7 +44,20 @@ pub fn setup(files: &[(&str, Vec<u8>)], chain: &[&str], plugin_toml: &str) -> Se
 }
 
 pub fn uas(s: &Setup, file: &str, port: u16, calls: u32, extra: &[&str], limit: Duration) -> Sipp {
-    let f = scenario(s.dir.path(), file, &[]);
+    uas_filled(s, file, &[], port, calls, extra, limit)
+}
+
+/// A UAS whose scenario has placeholders.
+pub fn uas_filled(
+    s: &Setup,
+    file: &str,
+    fill: &[(&str, &str)],
+    port: u16,
+    calls: u32,
+    extra: &[&str],
+    limit: Duration,
+) -> Sipp {
+    let f = scenario(s.dir.path(), file, fill);
     let mut args = vec![
         "-sf".to_string(),
         f.display().to_string(),

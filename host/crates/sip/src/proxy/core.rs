@@ -1589,6 +1589,18 @@ impl Proxy {
         c.auth = Some(answer);
         c.cseq = Some(seq.wrapping_add(1));
         c.targets.push_front(c.current.clone());
+        if c.method == Method::Invite {
+            // From now on: early in-dialog requests (PRACK, UPDATE) need the
+            // shift before any 2xx.
+            let original = c
+                .request
+                .cseq()
+                .and_then(Result::ok)
+                .map_or(seq, |cs| cs.seq);
+            let request = c.request.clone();
+            self.shifts
+                .insert(now, &request, seq.wrapping_add(1).wrapping_sub(original));
+        }
         self.stats.challenges_answered += 1;
         self.next_branch(now, ctx);
         true
@@ -1621,6 +1633,14 @@ impl Proxy {
             return;
         }
         c.answered = true;
+        if c.challenged && c.method == Method::Invite {
+            // The call failed: no dialog goes on with the shifted numbering.
+            let request = c.request.clone();
+            self.shifts.remove(&request);
+        }
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return;
+        };
         let best = best_response(&mut c.finals);
         let cancelled = c.cancelled;
         let server = c.server;

@@ -1042,6 +1042,8 @@ fn s22_3_a_next_hop_challenge_is_answered_and_cseq_stays_consistent() {
     assert_ne!(branch_of(&retry), branch_of(&first));
     assert_eq!(cseq_of(&retry), 2);
     assert_eq!(retry.body(), first.body());
+    // Early in-dialog requests (PRACK, UPDATE) are shifted already.
+    assert_eq!(sim.proxy.stats().shifted_dialogs, 1);
     let auth = header(&retry, "Proxy-Authorization");
     assert_eq!(auth.len(), 1);
     let creds = Credentials::parse(auth[0].as_bytes()).unwrap();
@@ -1163,6 +1165,8 @@ fn s22_3_a_challenge_is_answered_once_and_only_with_a_known_credential() {
     let up = sim.sent_to(ALICE);
     assert_eq!((up.status(), cseq_of(&up)), (Some(401), 1));
     assert_eq!(sim.proxy.stats().challenges_answered, 1);
+    // The call failed: no shift is left for its dialog.
+    assert_eq!(sim.proxy.stats().shifted_dialogs, 0);
     sim.assert_idle();
 
     // A target without a credential, or naming one that is not configured:

@@ -143,6 +143,13 @@ impl CseqShifts {
         Some(delta)
     }
 
+    /// Forgets the shift of `request`'s dialog (its INVITE failed).
+    pub fn remove(&mut self, request: &Message) {
+        if let Some(key) = Self::key(request) {
+            self.shifts.remove(&key);
+        }
+    }
+
     /// The shift for a message of a shifted dialog in the caller's numbering.
     pub fn peek(&self, msg: &Message) -> Option<u32> {
         if self.shifts.is_empty() {
