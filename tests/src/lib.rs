@@ -169,15 +169,7 @@ impl Kamailio {
     /// Starts it and waits until it answers (anything) an OPTIONS on `probe`.
     pub fn start(config: &str, fill: &[(&str, &str)], probe: SocketAddr) -> Kamailio {
         require("kamailio", "kamailio");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("kamailio")
-            .join(config);
-        let mut text =
-            std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
-        for (k, v) in fill {
-            assert!(text.contains(k), "{config} has no {k}");
-            text = text.replace(k, v);
-        }
+        let text = template("kamailio", config, fill);
         let dir = tempdir::Dir::new("kamailio");
         let cfg = dir.path().join(config);
         std::fs::write(&cfg, text).unwrap();
@@ -263,11 +255,11 @@ pub fn options_ping(to: SocketAddr, wait: Duration) -> Option<u16> {
     line.split(' ').nth(1)?.parse().ok()
 }
 
-/// A SIPp scenario from `tests/scenarios/`, with each `(from, to)` text replaced
-/// (placeholders such as `@METHOD@`).
-pub fn scenario(dir: &Path, name: &str, fill: &[(&str, &str)]) -> PathBuf {
+/// `tests/FOLDER/NAME` with each `(from, to)` text replaced; every placeholder
+/// given must be there.
+fn template(folder: &str, name: &str, fill: &[(&str, &str)]) -> String {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
+        .join(folder)
         .join(name);
     let mut text =
         std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
@@ -275,6 +267,13 @@ pub fn scenario(dir: &Path, name: &str, fill: &[(&str, &str)]) -> PathBuf {
         assert!(text.contains(k), "{name} has no {k}");
         text = text.replace(k, v);
     }
+    text
+}
+
+/// A SIPp scenario from `tests/scenarios/`, with each `(from, to)` text replaced
+/// (placeholders such as `@METHOD@`).
+pub fn scenario(dir: &Path, name: &str, fill: &[(&str, &str)]) -> PathBuf {
+    let text = template("scenarios", name, fill);
     let out = dir.join(name);
     std::fs::File::create(&out)
         .unwrap()

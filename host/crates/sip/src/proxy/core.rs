@@ -1467,17 +1467,6 @@ impl Proxy {
             if let Some(b) = c.branches.get_mut(i) {
                 b.finished = true;
             }
-            if let (Method::Invite, Some(sent)) = (c.method, c.cseq) {
-                // The dialog goes on with the shifted numbering.
-                let original = c
-                    .request
-                    .cseq()
-                    .and_then(Result::ok)
-                    .map_or(sent, |cs| cs.seq);
-                let request = c.request.clone();
-                self.shifts
-                    .insert(now, &request, sent.wrapping_sub(original));
-            }
             self.forward_response(now, ctx, &resp);
             // A 2xx to INVITE ends the other branches (sequential: none are live).
             self.cancel_context(now, ctx);
