@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 use weir_plugin_host::{Capabilities, Limits, OnError};
@@ -61,6 +62,9 @@ pub struct Config {
     /// `[credentials.NAME]`: what targets naming NAME answer a next hop's
     /// digest challenge with.
     pub credentials: HashMap<String, ClientCredential>,
+    /// `[sip] accept_from`: the ranges of the lists named there; requests from
+    /// anywhere else get 403. None: every source.
+    pub accept_from: Option<Vec<IpNet>>,
 }
 
 /// `[plugins]`: where plugins come from, their order and their limits.
@@ -126,6 +130,7 @@ impl Config {
         cfg.forward_stray_responses = self.forward_stray_responses;
         cfg.server_name = self.server_name.clone();
         cfg.credentials = self.credentials.clone();
+        cfg.accept_from = self.accept_from.clone();
         cfg
     }
 }
@@ -140,6 +145,7 @@ struct Raw {
     plugins: Option<Spanned<RawPlugins>>,
     admin: Option<RawAdmin>,
     credentials: BTreeMap<String, Spanned<RawCredential>>,
+    acl: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +191,7 @@ struct RawSip {
     listen: Option<Spanned<Vec<Spanned<String>>>>,
     advertise: Option<Spanned<String>>,
     aliases: Vec<Spanned<String>>,
+    accept_from: Option<Spanned<Vec<Spanned<String>>>>,
     record_route: Option<Spanned<String>>,
     t1: Option<Spanned<String>>,
     t2: Option<Spanned<String>>,
@@ -485,6 +492,21 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         }),
     });
     let credentials = credentials(&mut c, &raw.credentials);
+    let acls = acls(&mut c, &raw.acl);
+    let accept_from = raw.sip.accept_from.as_ref().map(|names| {
+        let mut nets = Vec::new();
+        for (i, name) in names.get_ref().iter().enumerate() {
+            match acls.get(name.get_ref()) {
+                Some(list) => nets.extend(list.iter().copied()),
+                None => c.err(
+                    &format!("[sip] accept_from[{i}]"),
+                    name,
+                    format!("no [acl] list is named {:?}", name.get_ref()),
+                ),
+            }
+        }
+        nets
+    });
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
@@ -492,6 +514,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         plugins,
         admin_listen,
         credentials,
+        accept_from,
         listen,
         advertise,
         aliases,
@@ -704,6 +727,33 @@ fn credentials(
     out
 }
 
+/// `[acl]`: `NAME = ["CIDR", …]` lists (a bare address is a /32 or /128).
+fn acls(
+    c: &mut Check<'_>,
+    raw: &BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+) -> BTreeMap<String, Vec<IpNet>> {
+    let mut out = BTreeMap::new();
+    for (name, list) in raw {
+        let mut nets = Vec::new();
+        for (i, item) in list.get_ref().iter().enumerate() {
+            let text = item.get_ref().trim();
+            let net = text
+                .parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+            match net {
+                Ok(n) => nets.push(n.trunc()),
+                Err(_) => c.err(
+                    &format!("[acl] {name}[{i}]"),
+                    item,
+                    format!("{text:?} is not an address range such as \"192.0.2.0/24\""),
+                ),
+            }
+        }
+        out.insert(name.clone(), nets);
+    }
+    out
+}
+
 /// Plugin names become file names (`NAME.wasm`) and metric labels.
 pub fn valid_plugin_name(name: &str) -> bool {
     !name.is_empty()
@@ -855,6 +905,50 @@ mod tests {
         );
         assert!(errs[2].message.contains("/nonexistent/pw"), "{}", errs[2]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn acl_lists_and_the_global_source_filter() {
+        let cfg = parse(
+            "[sip]\naccept_from = [\"carriers\", \"agents\"]\n\
+[acl]\ncarriers = [\"54.172.60.0/30\", \"54.244.51.1\"]\nagents = [\"10.1.2.3/8\", \"2001:db8::/32\"]\nunused = []\n",
+        )
+        .unwrap();
+        let shown: Vec<String> = cfg
+            .accept_from
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "54.172.60.0/30",
+                "54.244.51.1/32",
+                "10.0.0.0/8",
+                "2001:db8::/32"
+            ]
+        );
+        assert_eq!(cfg.proxy_config().accept_from.unwrap().len(), 4);
+        assert!(
+            parse("").unwrap().accept_from.is_none(),
+            "no filter by default"
+        );
+        let errs = parse(
+            "[sip]\naccept_from = [\"carriers\", \"nope\"]\n[acl]\ncarriers = [\"54.172.60.0/33\", \"x\"]\n",
+        )
+        .unwrap_err();
+        let keys: Vec<(&str, Option<usize>)> =
+            errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("[acl] carriers[0]", Some(4)),
+                ("[acl] carriers[1]", Some(4)),
+                ("[sip] accept_from[1]", Some(2))
+            ]
+        );
     }
 
     #[test]

@@ -551,6 +551,17 @@ impl Proxy {
             self.stats.dropped_malformed += 1;
             return;
         };
+        if !self.source_accepted(flow.remote.ip()) {
+            self.stats.refused_sources += 1;
+            let top_via = stamp_via(&via, &flow);
+            self.reject(
+                &flow,
+                &msg,
+                &top_via,
+                &Rejection::new(403, "Source Not Allowed"),
+            );
+            return;
+        }
         // Match retransmissions, ACKs and CANCELs before validating again.
         let key = self.server_key_for(&msg, Some(&via), method);
         if method == Method::Ack {
@@ -1977,6 +1988,16 @@ impl Proxy {
     }
 
     /// Answers an invalid request without a transaction (ACKs are never answered).
+    fn source_accepted(&self, ip: IpAddr) -> bool {
+        match &self.cfg.accept_from {
+            None => true,
+            Some(nets) => {
+                let ip = ip.to_canonical();
+                nets.iter().any(|n| n.contains(&ip))
+            }
+        }
+    }
+
     fn reject(&mut self, flow: &Flow, msg: &Message, top_via: &[u8], rej: &Rejection) {
         self.stats.rejected += 1;
         if msg.method() == Some(Method::Ack) {

@@ -186,6 +186,10 @@ pub struct ProxyConfig {
     /// Credentials by name, for targets whose next hop asks for digest
     /// authentication ([`Target::credential`]).
     pub credentials: HashMap<String, ClientCredential>,
+    /// When set, requests from any other source address are refused with 403
+    /// before anything else looks at them (responses are not filtered: they
+    /// come from the next hops this proxy chose).
+    pub accept_from: Option<Vec<ipnet::IpNet>>,
 }
 
 impl ProxyConfig {
@@ -202,6 +206,7 @@ impl ProxyConfig {
             forward_stray_responses: true,
             server_name: Some(concat!("weir/", env!("CARGO_PKG_VERSION")).to_string()),
             credentials: HashMap::new(),
+            accept_from: None,
         }
     }
 }
@@ -356,6 +361,8 @@ pub struct Stats {
     pub dropped_malformed: u64,
     /// Invalid requests answered with an error (400, 416, 420, 483, 505…).
     pub rejected: u64,
+    /// Requests refused because their source is not in `accept_from`.
+    pub refused_sources: u64,
     pub retransmissions_absorbed: u64,
     pub stray_responses_forwarded: u64,
     pub stray_responses_dropped: u64,

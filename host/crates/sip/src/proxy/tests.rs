@@ -954,6 +954,33 @@ fn routers_edit_the_request_and_decide_failover_with_their_pin() {
     sim.assert_idle();
 }
 
+#[test]
+fn requests_from_sources_outside_accept_from_get_403() {
+    let mut sim = Sim::with(
+        |cfg| cfg.accept_from = Some(vec!["127.0.0.1/32".parse().unwrap()]),
+        Box::new(FallbackRouter(Fallback::RequestUri)),
+    );
+    sim.udp(
+        "127.0.0.2:5070",
+        &invite("sip:bob@127.0.0.1:5080", "z9hG4bK-acl1"),
+    );
+    let refused = sim.one("127.0.0.2:5070");
+    assert_eq!(refused.status(), Some(403));
+    assert_eq!(refused.reason(), b"Source Not Allowed");
+    assert_eq!(sim.proxy.stats().refused_sources, 1);
+    // An IPv4-mapped IPv6 source is the IPv4 address.
+    sim.udp(
+        "[::ffff:127.0.0.1]:5070",
+        &invite("sip:bob@127.0.0.1:5080", "z9hG4bK-acl2"),
+    );
+    assert!(sim.out().iter().any(|o| o.0 == addr(BOB)));
+    // Responses are not filtered: they come from hops the proxy chose.
+    let fwd = invite_to_bob(&mut sim, "z9hG4bK-acl3");
+    sim.udp(BOB, &answer(&fwd, 486, "Busy Here", "tb", ""));
+    assert_eq!(sim.sent_to(ALICE).status(), Some(486));
+    assert_eq!(sim.proxy.stats().refused_sources, 1);
+}
+
 fn in_dialog_request(
     method: &str,
     ruri: &str,
