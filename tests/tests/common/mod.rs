@@ -18,6 +18,16 @@ pub struct Setup {
 /// weir on UDP with `plugin_toml` (the [plugins.*] tables) and plugin files in a
 /// fresh folder.
 pub fn setup(files: &[(&str, Vec<u8>)], chain: &[&str], plugin_toml: &str) -> Setup {
+    setup_with(files, chain, "", plugin_toml)
+}
+
+/// Like [`setup`], with more `[sip]` keys (`sip_toml`).
+pub fn setup_with(
+    files: &[(&str, Vec<u8>)],
+    chain: &[&str],
+    sip_toml: &str,
+    plugin_toml: &str,
+) -> Setup {
     require("sipp", "sip-tester");
     let plugins = tempdir::Dir::new("plugins");
     for (name, bytes) in files {
@@ -27,7 +37,7 @@ pub fn setup(files: &[(&str, Vec<u8>)], chain: &[&str], plugin_toml: &str) -> Se
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let chain: Vec<String> = chain.iter().map(|c| format!("\"{c}\"")).collect();
     let config = format!(
-        "[sip]\nlisten = [\"udp:127.0.0.1:{proxy}\"]\nt1 = \"100ms\"\n\
+        "[sip]\nlisten = [\"udp:127.0.0.1:{proxy}\"]\nt1 = \"100ms\"\n{sip_toml}\
          [plugins]\ndir = \"{}\"\nchain = [{}]\n{plugin_toml}\n\
          [admin]\nlisten = \"{admin}\"\n",
         plugins.path().display(),
