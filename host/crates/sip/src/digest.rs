@@ -355,10 +355,6 @@ impl Server {
         }
     }
 
-    pub fn realm(&self) -> &str {
-        &self.realm
-    }
-
     /// A challenge with a fresh nonce. `salt` should be random.
     pub fn challenge(
         &self,
@@ -433,7 +429,8 @@ impl Server {
         let (Some(nc), Some(cnonce)) = (creds.nc, creds.cnonce.as_deref()) else {
             return Err(Refusal::NoQop);
         };
-        // A fixed stand-in for unknown users, so both paths hash the same.
+        // A fixed stand-in for unknown users, computed on both paths so that
+        // known and unknown users cost the same work.
         let absent = ha1(creds.algorithm, "", &self.realm, "");
         let expected = response(
             creds.algorithm,

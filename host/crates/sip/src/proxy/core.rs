@@ -1376,8 +1376,8 @@ impl Proxy {
         let mut rw = Rewrite::new(&msg);
         rw.drop_first_values(via_line, 1);
         // A 2xx retransmission in a shifted dialog goes up with the caller's number.
-        if let (Some(delta), Some(Ok(cseq))) = (self.shifts.peek(&msg), msg.cseq()) {
-            set_cseq(&mut rw, &msg, cseq.seq.wrapping_sub(delta));
+        if let (Some(delta), Some(seq)) = (self.shifts.peek(&msg), cseq_number(&msg)) {
+            set_cseq(&mut rw, &msg, seq.wrapping_sub(delta));
         }
         let bytes = rw.finish();
         self.stats.stray_responses_forwarded += 1;
@@ -1558,7 +1558,6 @@ impl Proxy {
         if !matches!(resp.status(), Some(401 | 407)) {
             return false;
         }
-        let cnonce = format!("{:016x}", self.random());
         let Some(c) = self.contexts.get(ctx) else {
             return false;
         };
@@ -1570,16 +1569,18 @@ impl Proxy {
             .credential
             .as_ref()
             .and_then(|name| self.cfg.credentials.get(name))
+            .cloned()
         else {
             return false;
         };
         let Some(sent) = client.and_then(|k| self.sent_request(k)) else {
             return false;
         };
-        let Some(seq) = sent.cseq().and_then(Result::ok).map(|cs| cs.seq) else {
+        let Some(seq) = cseq_number(&sent) else {
             return false;
         };
-        let Some(answer) = upstream_auth::answer(resp, &sent, cred, &cnonce) else {
+        let cnonce = format!("{:016x}", self.random());
+        let Some(answer) = upstream_auth::answer(resp, &sent, &cred, &cnonce) else {
             return false;
         };
         let Some(c) = self.contexts.get_mut(ctx) else {
@@ -1592,11 +1593,7 @@ impl Proxy {
         if c.method == Method::Invite {
             // From now on: early in-dialog requests (PRACK, UPDATE) need the
             // shift before any 2xx.
-            let original = c
-                .request
-                .cseq()
-                .and_then(Result::ok)
-                .map_or(seq, |cs| cs.seq);
+            let original = cseq_number(&c.request).unwrap_or(seq);
             let request = c.request.clone();
             self.shifts
                 .insert(now, &request, seq.wrapping_add(1).wrapping_sub(original));
@@ -1619,8 +1616,7 @@ impl Proxy {
     /// a dialog whose numbering the proxy shifted.
     fn shifted_cseq(&mut self, now: Instant, request: &Message, ends: bool) -> Option<u32> {
         let delta = self.shifts.take_for(now, request, ends)?;
-        let seq = request.cseq()?.ok()?.seq;
-        Some(seq.wrapping_add(delta))
+        Some(cseq_number(request)?.wrapping_add(delta))
     }
 
     /// Sends the best final response (§16.7 step 6) when nothing is pending.
@@ -1687,14 +1683,12 @@ impl Proxy {
     /// Sends a branch's response upstream through the server transaction with our
     /// Via removed (§16.7 steps 7–9).
     fn forward_response_as(&mut self, now: Instant, ctx: Key, resp: &Message, status: Option<u16>) {
-        let Some((server, original)) = self.contexts.get(ctx).map(|c| {
-            let original = c
-                .cseq
-                .and(c.request.cseq())
-                .and_then(Result::ok)
-                .map(|cs| cs.seq);
-            (c.server, original)
-        }) else {
+        // Only a request sent with another CSeq number has its own to restore.
+        let Some((server, original)) = self
+            .contexts
+            .get(ctx)
+            .map(|c| (c.server, c.cseq.and_then(|_| cseq_number(&c.request))))
+        else {
             return;
         };
         let Some((via_line, _)) = resp.list(HeaderName::Via).next() else {
@@ -2045,6 +2039,10 @@ impl Proxy {
         self.rng = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+}
+
+fn cseq_number(m: &Message) -> Option<u32> {
+    Some(m.cseq()?.ok()?.seq)
 }
 
 /// Rewrites the CSeq number of `m`, keeping its method.
