@@ -11,7 +11,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 use weir_plugin_host::{Capabilities, Limits, OnError};
-use weir_sip::proxy::{ClientCredential, Fallback, Listener, ProxyConfig, RecordRoute, Transport};
+use weir_sip::digest::Algorithm;
+use weir_sip::proxy::{
+    ClientCredential, DigestSettings, Fallback, Listener, ProxyConfig, RecordRoute, StoredUser,
+    Transport,
+};
 use weir_sip::transaction::Timers;
 
 /// The configuration used when `weir run` is given no file.
@@ -65,6 +69,9 @@ pub struct Config {
     /// `[sip] accept_from`: the ranges of the lists named there; requests from
     /// anywhere else get 403. None: every source.
     pub accept_from: Option<Vec<IpNet>>,
+    /// `[digest]`: how callers a plugin challenges authenticate (the nonce
+    /// secret is drawn by [`Config::proxy_config`]).
+    pub digest: DigestSettings,
 }
 
 /// `[plugins]`: where plugins come from, their order and their limits.
@@ -131,6 +138,10 @@ impl Config {
         cfg.server_name = self.server_name.clone();
         cfg.credentials = self.credentials.clone();
         cfg.accept_from = self.accept_from.clone();
+        cfg.digest = DigestSettings {
+            secret: rand::random(),
+            ..self.digest.clone()
+        };
         cfg
     }
 }
@@ -146,6 +157,29 @@ struct Raw {
     admin: Option<RawAdmin>,
     credentials: BTreeMap<String, Spanned<RawCredential>>,
     acl: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    digest: RawDigest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDigest {
+    algorithms: Option<Spanned<Vec<Spanned<String>>>>,
+    nonce_lifetime: Option<Spanned<String>>,
+    ban_after: Option<Spanned<i64>>,
+    ban_window: Option<Spanned<String>>,
+    ban_time: Option<Spanned<String>>,
+    users: Vec<Spanned<RawUser>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUser {
+    realm: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<Spanned<String>>,
+    ha1_md5: Option<String>,
+    ha1_sha256: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -492,6 +526,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         }),
     });
     let credentials = credentials(&mut c, &raw.credentials);
+    let digest = digest_settings(&mut c, &raw.digest);
     let acls = acls(&mut c, &raw.acl);
     let accept_from = raw.sip.accept_from.as_ref().map(|names| {
         let mut nets = Vec::new();
@@ -508,6 +543,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         nets
     });
     if !c.errors.is_empty() {
+        // In the order of the file, whatever order the checks ran in.
+        c.errors.sort_by_key(|e| e.line);
         return Err(c.errors);
     }
     Ok(Config {
@@ -515,6 +552,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         admin_listen,
         credentials,
         accept_from,
+        digest,
         listen,
         advertise,
         aliases,
@@ -700,20 +738,10 @@ fn credentials(
                 continue;
             }
         };
-        let password = match (&r.password, &r.password_file) {
-            (Some(p), None) => p.clone(),
-            (None, Some(file)) => match std::fs::read_to_string(file.get_ref()) {
-                Ok(text) => text.lines().next().unwrap_or_default().to_string(),
-                Err(e) => {
-                    c.err(
-                        &format!("{key} password_file"),
-                        file,
-                        format!("cannot read {}: {e}", file.get_ref()),
-                    );
-                    continue;
-                }
-            },
-            _ => {
+        let password = match password(c, &key, &r.password, &r.password_file) {
+            Ok(Some(p)) => p,
+            Err(()) => continue,
+            Ok(None) => {
                 c.err(
                     &key,
                     spanned,
@@ -725,6 +753,152 @@ fn credentials(
         out.insert(name.clone(), ClientCredential { username, password });
     }
     out
+}
+
+/// A password given inline or as the first line of a file; `Ok(None)` when
+/// neither is given, `Err` (reported) when it cannot be read or both are.
+fn password(
+    c: &mut Check<'_>,
+    key: &str,
+    inline: &Option<String>,
+    file: &Option<Spanned<String>>,
+) -> Result<Option<String>, ()> {
+    match (inline, file) {
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, Some(file)) => match std::fs::read_to_string(file.get_ref()) {
+            Ok(text) => Ok(Some(text.lines().next().unwrap_or_default().to_string())),
+            Err(e) => {
+                c.err(
+                    &format!("{key} password_file"),
+                    file,
+                    format!("cannot read {}: {e}", file.get_ref()),
+                );
+                Err(())
+            }
+        },
+        (None, None) => Ok(None),
+        (Some(_), Some(file)) => {
+            c.err(key, file, "takes password or password_file, not both");
+            Err(())
+        }
+    }
+}
+
+/// `[digest]` and its `[[digest.users]]`: users are kept as H(A1) only.
+fn digest_settings(c: &mut Check<'_>, raw: &RawDigest) -> DigestSettings {
+    let defaults = DigestSettings::default();
+    let mut algorithms = Vec::new();
+    if let Some(list) = &raw.algorithms {
+        for (i, a) in list.get_ref().iter().enumerate() {
+            match Algorithm::parse(a.get_ref()) {
+                Some(alg) if !algorithms.contains(&alg) => algorithms.push(alg),
+                Some(_) => c.err(&format!("[digest] algorithms[{i}]"), a, "is listed twice"),
+                None => c.err(
+                    &format!("[digest] algorithms[{i}]"),
+                    a,
+                    format!("{:?} is not one of \"SHA-256\", \"MD5\"", a.get_ref()),
+                ),
+            }
+        }
+        if list.get_ref().is_empty() {
+            c.err(
+                "[digest] algorithms",
+                list,
+                "must name at least one algorithm",
+            );
+        }
+    }
+    if algorithms.is_empty() {
+        algorithms = defaults.algorithms.clone();
+    }
+    let mut users = HashMap::new();
+    for (i, spanned) in raw.users.iter().enumerate() {
+        let key = format!("[[digest.users]] #{}", i + 1);
+        let u = spanned.get_ref();
+        let mut field = |name: &str, v: &Option<String>| match v.as_deref() {
+            Some(s) if !s.is_empty() && !s.contains(['\r', '\n', '"', '\\']) => Some(s.to_string()),
+            Some(_) => {
+                c.err(
+                    &format!("{key} {name}"),
+                    spanned,
+                    "must be one line without quotes",
+                );
+                None
+            }
+            None => {
+                c.err(&format!("{key} {name}"), spanned, "is required");
+                None
+            }
+        };
+        let (Some(realm), Some(username)) =
+            (field("realm", &u.realm), field("username", &u.username))
+        else {
+            continue;
+        };
+        let hex_of = |c: &mut Check<'_>, name: &str, v: &Option<String>, len: usize| {
+            let v = v.as_ref()?;
+            if v.len() == len && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Some(v.to_ascii_lowercase())
+            } else {
+                c.err(
+                    &format!("{key} {name}"),
+                    spanned,
+                    format!("must be {len} hexadecimal digits (H(username:realm:password))"),
+                );
+                None
+            }
+        };
+        let md5 = hex_of(c, "ha1_md5", &u.ha1_md5, 32);
+        let sha256 = hex_of(c, "ha1_sha256", &u.ha1_sha256, 64);
+        let given_ha1 = u.ha1_md5.is_some() || u.ha1_sha256.is_some();
+        let stored = match password(c, &key, &u.password, &u.password_file) {
+            Err(()) => continue,
+            Ok(Some(p)) if !given_ha1 => StoredUser::from_password(&realm, &username, &p),
+            Ok(None) if given_ha1 => {
+                if md5.is_none() && sha256.is_none() {
+                    continue;
+                }
+                StoredUser::from_ha1(md5, sha256)
+            }
+            _ => {
+                c.err(
+                    &key,
+                    spanned,
+                    "needs exactly one of password, password_file, or ha1_md5/ha1_sha256",
+                );
+                continue;
+            }
+        };
+        if users
+            .insert((realm.clone(), username.clone()), stored)
+            .is_some()
+        {
+            c.err(
+                &key,
+                spanned,
+                format!("user {username:?} is already defined in realm {realm:?}"),
+            );
+        }
+    }
+    DigestSettings {
+        algorithms,
+        nonce_lifetime: c.duration(
+            "[digest] nonce_lifetime",
+            &raw.nonce_lifetime,
+            defaults.nonce_lifetime,
+        ),
+        ban_after: c.count(
+            "[digest] ban_after",
+            &raw.ban_after,
+            1,
+            1_000_000,
+            defaults.ban_after as usize,
+        ) as u32,
+        ban_window: c.duration("[digest] ban_window", &raw.ban_window, defaults.ban_window),
+        ban_time: c.duration("[digest] ban_time", &raw.ban_time, defaults.ban_time),
+        secret: [0; 32],
+        users,
+    }
 }
 
 /// `[acl]`: `NAME = ["CIDR", …]` lists (a bare address is a /32 or /128).
@@ -908,6 +1082,70 @@ mod tests {
     }
 
     #[test]
+    fn digest_users_are_kept_as_ha1_and_bad_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("weir-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pw");
+        std::fs::write(&file, "from-file\nignored\n").unwrap();
+        let cfg = parse(&format!(
+            "[digest]\nalgorithms = [\"MD5\"]\nnonce_lifetime = \"30s\"\nban_after = 3\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"alice\"\npassword = \"secret\"\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"bob\"\npassword_file = {:?}\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"carol\"\nha1_md5 = \"{}\"\n",
+            file.display().to_string(),
+            weir_sip::digest::ha1(Algorithm::Md5, "carol", "r", "pw").to_uppercase(),
+        ))
+        .unwrap();
+        let d = &cfg.digest;
+        assert_eq!(d.algorithms, [Algorithm::Md5]);
+        assert_eq!(d.nonce_lifetime, Duration::from_secs(30));
+        assert_eq!(d.ban_after, 3);
+        assert_eq!(
+            d.users[&("r".to_string(), "alice".to_string())],
+            StoredUser::from_password("r", "alice", "secret")
+        );
+        assert_eq!(
+            d.users[&("r".to_string(), "bob".to_string())],
+            StoredUser::from_password("r", "bob", "from-file")
+        );
+        assert_eq!(
+            d.users[&("r".to_string(), "carol".to_string())],
+            StoredUser::from_ha1(
+                Some(weir_sip::digest::ha1(Algorithm::Md5, "carol", "r", "pw")),
+                None
+            )
+        );
+        assert!(!format!("{cfg:?}").contains("secret"));
+        // Every proxy start draws its own nonce secret.
+        assert_ne!(cfg.proxy_config().digest.secret, [0; 32]);
+        let errs = parse(
+            "[digest]\nalgorithms = [\"SHA-512\"]\nban_after = 0\nnonce_lifetime = \"soon\"\n\
+[[digest.users]]\nusername = \"a\"\npassword = \"x\"\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"b\"\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"c\"\nha1_md5 = \"xyz\"\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"d\"\npassword = \"x\"\nha1_md5 = \"00000000000000000000000000000000\"\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"e\"\npassword = \"x\"\n\
+[[digest.users]]\nrealm = \"r\"\nusername = \"e\"\npassword = \"y\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "[digest] algorithms[0]",
+                "[digest] ban_after",
+                "[digest] nonce_lifetime",
+                "[[digest.users]] #1 realm",
+                "[[digest.users]] #2",
+                "[[digest.users]] #3 ha1_md5",
+                "[[digest.users]] #4",
+                "[[digest.users]] #6",
+            ],
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn acl_lists_and_the_global_source_filter() {
         let cfg = parse(
             "[sip]\naccept_from = [\"carriers\", \"agents\"]\n\
@@ -944,9 +1182,9 @@ mod tests {
         assert_eq!(
             keys,
             [
+                ("[sip] accept_from[1]", Some(2)),
                 ("[acl] carriers[0]", Some(4)),
                 ("[acl] carriers[1]", Some(4)),
-                ("[sip] accept_from[1]", Some(2))
             ]
         );
     }

@@ -102,7 +102,7 @@ fn benches(c: &mut Criterion) {
     }));
     let mut chain = Chain::new(set, FallbackRouter(Fallback::Reject));
     g.bench_function("chain_route_10_headers", |b| {
-        b.iter(|| black_box(chain.route(&msg, &flow)))
+        b.iter(|| black_box(chain.route(&msg, &flow, None)))
     });
     g.finish();
 }

@@ -142,10 +142,11 @@ fn rejection(name: &str) -> String {
 }
 
 impl Router for Chain {
-    fn route(&mut self, request: &Arc<Message>, from: &Flow) -> Routed {
+    fn route(&mut self, request: &Arc<Message>, from: &Flow, identity: Option<&str>) -> Routed {
         let set = self.set.load_full();
         self.sweep(set.generation);
-        let mut rep = RequestRep::new(request.clone(), *from, None);
+        let identity = identity.map(str::to_string);
+        let mut rep = RequestRep::new(request.clone(), *from, identity.clone());
         for entry in &set.entries {
             let Some(v) = &entry.version else {
                 let why = "no version is loaded (see GET /v1/plugins)";
@@ -157,7 +158,7 @@ impl Router for Chain {
             let (back, verdict) = self.call_request(v, rep);
             // The table hands the request back even after a trap; only a full
             // table (impossible with one request at a time) would lose it.
-            rep = back.unwrap_or_else(|| RequestRep::new(request.clone(), *from, None));
+            rep = back.unwrap_or_else(|| RequestRep::new(request.clone(), *from, identity.clone()));
             let verdict = match verdict {
                 Ok(Verdict::Continue) => continue,
                 Ok(verdict) => verdict,
@@ -203,21 +204,7 @@ impl Router for Chain {
                     reply_headers: headers,
                     ..Decision::Drop.into()
                 },
-                Verdict::Challenge { realm } => {
-                    tracing::warn!(
-                        plugin = &*entry.name,
-                        realm,
-                        "challenge decided, but digest authentication is not available in this version"
-                    );
-                    Decision::Reply {
-                        status: 500,
-                        reason: format!(
-                            "Server Internal Error (plugin {} asked for digest authentication, which this proxy does not offer yet)",
-                            entry.name
-                        ),
-                    }
-                    .into()
-                }
+                Verdict::Challenge { realm } => Decision::Challenge { realm }.into(),
                 Verdict::Drop | Verdict::Continue => Decision::Drop.into(),
             };
         }

@@ -103,13 +103,13 @@ fn agent_router_routes_from_the_registry() {
         "{}",
         OnError::Reject,
     )]);
-    let r = c.route(&invite("abc123"), &flow());
+    let r = c.route(&invite("abc123"), &flow(), None);
     assert!(
         matches!(&r.decision, Decision::Forward(t) if t.len() == 1 && t[0].uri == "sip:agent@10.0.0.7:5080"),
         "{r:?}"
     );
     assert!(r.pin.is_some(), "a forward pins the version for on-failure");
-    let r = c.route(&invite("unknown"), &flow());
+    let r = c.route(&invite("unknown"), &flow(), None);
     assert_eq!(
         r.decision,
         Decision::Reply {
@@ -129,7 +129,7 @@ fn edits_reach_the_forwarded_request() {
         r#"{"target":"sip:uas@10.0.0.2"}"#,
         OnError::Reject,
     )]);
-    let r = c.route(&invite("someone"), &flow());
+    let r = c.route(&invite("someone"), &flow(), None);
     let edited = r.edited.expect("the plugin stamped a header");
     let text = String::from_utf8_lossy(edited.as_bytes()).into_owned();
     assert!(
@@ -239,7 +239,7 @@ fn patched_versions_load_as_new_versions() {
         version: Some(v2),
         on_error: OnError::Reject,
     }]);
-    let r = c.route(&invite("x"), &flow());
+    let r = c.route(&invite("x"), &flow(), None);
     let text = String::from_utf8_lossy(r.edited.unwrap().as_bytes()).into_owned();
     assert!(
         text.contains("X-Plugin-Version: weir-test-version-007"),
@@ -268,7 +268,7 @@ fn traps_cost_one_request_and_the_next_is_served() {
     for fault in ["panic", "memory", "loop"] {
         let mut c = fault_chain(&rt, fault, OnError::Reject);
         let started = Instant::now();
-        let r = c.route(&invite("fault1"), &flow());
+        let r = c.route(&invite("fault1"), &flow(), None);
         let took = started.elapsed();
         assert_rejected_naming(&r);
         // The deadline is 10 ms; the answer is due within deadline + 5 ms.
@@ -276,7 +276,7 @@ fn traps_cost_one_request_and_the_next_is_served() {
             took < Duration::from_millis(15) || fault != "loop",
             "{fault}: {took:?}"
         );
-        let r = c.route(&invite("healthy"), &flow());
+        let r = c.route(&invite("healthy"), &flow(), None);
         assert!(matches!(r.decision, Decision::Forward(_)), "{fault}: {r:?}");
     }
 }
@@ -286,10 +286,10 @@ fn bad_answers_follow_the_policy() {
     let (rt, _) = runtime();
     for fault in ["bad-uri", "bad-status", "guarded"] {
         let mut c = fault_chain(&rt, fault, OnError::Reject);
-        assert_rejected_naming(&c.route(&invite("fault1"), &flow()));
+        assert_rejected_naming(&c.route(&invite("fault1"), &flow(), None));
         // Continue: the fallback decides (Reject here: 404).
         let mut c = fault_chain(&rt, fault, OnError::Continue);
-        let r = c.route(&invite("fault1"), &flow());
+        let r = c.route(&invite("fault1"), &flow(), None);
         assert!(
             matches!(r.decision, Decision::Reply { status: 404, .. }),
             "{fault}: {r:?}"
@@ -323,12 +323,12 @@ fn continue_passes_along_the_chain() {
 From: <sip:a@weir.example.com>;tag=1\r\nTo: <sip:a@weir.example.com>\r\nCall-ID: r1\r\nCSeq: 1 REGISTER\r\n\
 Content-Length: 0\r\n\r\n";
     let reg = Arc::new(Message::parse(Bytes::from(reg), Framing::Datagram).unwrap());
-    let r = c.route(&reg, &flow());
+    let r = c.route(&reg, &flow(), None);
     assert!(
         matches!(&r.decision, Decision::Forward(t) if t[0].uri == "sip:registrar@10.0.0.3"),
         "{r:?}"
     );
-    let r = c.route(&invite("4155550100"), &flow());
+    let r = c.route(&invite("4155550100"), &flow(), None);
     assert!(
         matches!(&r.decision, Decision::Forward(t) if t[0].uri == "sip:sales@10.0.0.8"),
         "{r:?}"
@@ -342,7 +342,7 @@ fn a_missing_plugin_follows_its_policy() {
         version: None,
         on_error: OnError::Reject,
     }]);
-    let r = c.route(&invite("x"), &flow());
+    let r = c.route(&invite("x"), &flow(), None);
     assert!(
         matches!(&r.decision, Decision::Reply { status: 500, reason } if reason.contains("plugin gone"))
     );
@@ -352,7 +352,7 @@ fn a_missing_plugin_follows_its_policy() {
         on_error: OnError::Continue,
     }]);
     assert!(matches!(
-        c.route(&invite("x"), &flow()).decision,
+        c.route(&invite("x"), &flow(), None).decision,
         Decision::Reply { status: 404, .. }
     ));
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::caller_auth::{self, CallerAuth};
 use super::upstream_auth::{self, Answer, CseqShifts};
 use super::validate::{check_request, check_response, Checked, Rejection};
 use super::{
@@ -58,6 +59,8 @@ pub struct Proxy {
     next_resolve: u64,
     /// Dialogs whose caller-side CSeq goes out shifted (see `upstream_auth`).
     shifts: CseqShifts,
+    /// Nonces and bans for challenged callers.
+    caller_auth: CallerAuth,
     stats: Stats,
 }
 
@@ -389,6 +392,7 @@ impl Proxy {
                 .collect(),
             rr_value: cfg.listeners.iter().map(record_route_value).collect(),
             server_line: cfg.server_name.as_ref().map(|s| format!("Server: {s}")),
+            caller_auth: CallerAuth::new(cfg.digest.clone()),
             cfg,
             router,
             rng: seed | 1,
@@ -425,6 +429,7 @@ impl Proxy {
             live_client_transactions: self.client_txns.len(),
             live_contexts: self.contexts.len(),
             shifted_dialogs: self.shifts.len(),
+            caller_auth_failures: self.caller_auth.failures,
             ..self.stats.clone()
         }
     }
@@ -585,6 +590,11 @@ impl Proxy {
             return;
         }
         let top_via = stamp_via(&via, &flow);
+        if self.caller_auth.is_banned(flow.remote.ip(), now) {
+            self.stats.refused_banned += 1;
+            self.reject(&flow, &msg, &top_via, &caller_auth::banned());
+            return;
+        }
         let checked = match check_request(&msg) {
             Ok(c) => c,
             Err(rej) => {
@@ -660,7 +670,7 @@ impl Proxy {
                 Decision::Forward(vec![Target::new(effective_ruri(&request, &plan))]).into()
             }
         } else {
-            self.router.route(&request, &flow)
+            self.route_initial(now, &request, &flow)
         };
         let decision = std::mem::replace(&mut routed.decision, Decision::Drop);
         if matches!(decision, Decision::Drop) {
@@ -768,7 +778,70 @@ impl Proxy {
                 }
                 self.next_branch(now, ctx);
             }
+            Decision::Challenge { .. } => {
+                // `route_initial` resolves every challenge; a route set never makes one.
+                self.respond_local(
+                    now,
+                    skey,
+                    500,
+                    "Server Internal Error (challenge left unresolved)",
+                    &[],
+                );
+            }
             Decision::Drop => {}
+        }
+    }
+
+    /// Asks the router about an initial request and carries out a challenge
+    /// decision: a 401/407 (or an error) until the caller has authenticated,
+    /// then the router again with the verified identity, on the request
+    /// without the credentials this proxy consumed.
+    fn route_initial(&mut self, now: Instant, request: &Arc<Message>, flow: &Flow) -> Routed {
+        let routed = self.router.route(request, flow, None);
+        let Decision::Challenge { realm } = &routed.decision else {
+            return routed;
+        };
+        let salt = self.random();
+        let reply = |rej: Rejection| Routed {
+            reply_headers: rej.headers,
+            ..Decision::Reply {
+                status: rej.status,
+                reason: rej.reason.into_owned(),
+            }
+            .into()
+        };
+        let (user, field) =
+            match self
+                .caller_auth
+                .check(now, request, flow.remote.ip(), realm, salt)
+            {
+                caller_auth::Outcome::Verified { user, field } => (user, field),
+                caller_auth::Outcome::Challenge(rej) => {
+                    self.stats.challenges_sent += 1;
+                    return reply(rej);
+                }
+                caller_auth::Outcome::Refuse(rej) => return reply(rej),
+            };
+        self.stats.callers_verified += 1;
+        let mut rw = Rewrite::new(request);
+        rw.remove(field);
+        let Ok(stripped) = Message::parse(rw.finish(), Framing::Exact) else {
+            return reply(Rejection::new(
+                500,
+                "Server Internal Error (request unreadable without its credentials)",
+            ));
+        };
+        let stripped = Arc::new(stripped);
+        let mut routed = self.router.route(&stripped, flow, Some(&user));
+        match routed.decision {
+            // Authenticated, and still not let through: this identity may not.
+            Decision::Challenge { .. } => reply(Rejection::new(403, "Forbidden")),
+            _ => {
+                if routed.edited.is_none() {
+                    routed.edited = Some(Message::clone(&stripped));
+                }
+                routed
+            }
         }
     }
 

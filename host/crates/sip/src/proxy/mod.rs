@@ -8,6 +8,7 @@
 //! initial request goes is asked of a [`Router`]: the configured fallback, or
 //! the plugin chain.
 
+mod caller_auth;
 mod core;
 mod upstream_auth;
 mod validate;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::core::Proxy;
+pub use caller_auth::{DigestSettings, StoredUser};
 pub use upstream_auth::ClientCredential;
 pub use validate::Rejection;
 
@@ -190,6 +192,8 @@ pub struct ProxyConfig {
     /// before anything else looks at them (responses are not filtered: they
     /// come from the next hops this proxy chose).
     pub accept_from: Option<Vec<ipnet::IpNet>>,
+    /// How callers are challenged when a router decides [`Decision::Challenge`].
+    pub digest: DigestSettings,
 }
 
 impl ProxyConfig {
@@ -207,6 +211,7 @@ impl ProxyConfig {
             server_name: Some(concat!("weir/", env!("CARGO_PKG_VERSION")).to_string()),
             credentials: HashMap::new(),
             accept_from: None,
+            digest: DigestSettings::default(),
         }
     }
 }
@@ -239,6 +244,9 @@ pub enum Decision {
     Forward(Vec<Target>),
     /// Answer with this status and reason.
     Reply { status: u16, reason: String },
+    /// Ask the sender to authenticate in this realm (401 for REGISTER, 407
+    /// otherwise); once it has, the router is asked again with its identity.
+    Challenge { realm: String },
     /// Send nothing.
     Drop,
 }
@@ -311,7 +319,9 @@ pub enum FailureAction {
 /// Decides where initial requests go. In-dialog requests, ACK and CANCEL never
 /// reach the router: they follow the route set.
 pub trait Router: Send {
-    fn route(&mut self, request: &Arc<Message>, from: &Flow) -> Routed;
+    /// `identity` is the user the proxy verified, when this request answered a
+    /// [`Decision::Challenge`] (its credentials are then no longer in it).
+    fn route(&mut self, request: &Arc<Message>, from: &Flow, identity: Option<&str>) -> Routed;
 
     /// A target failed (never called after a 6xx, a CANCEL or a 2xx). `pin` is
     /// what [`Router::route`] returned with the decision.
@@ -330,7 +340,7 @@ pub trait Router: Send {
 pub struct FallbackRouter(pub Fallback);
 
 impl Router for FallbackRouter {
-    fn route(&mut self, request: &Arc<Message>, _from: &Flow) -> Routed {
+    fn route(&mut self, request: &Arc<Message>, _from: &Flow, _: Option<&str>) -> Routed {
         self.decide(request).into()
     }
 }
@@ -371,6 +381,12 @@ pub struct Stats {
     pub failovers: u64,
     /// 401/407 from a next hop answered with a configured credential.
     pub challenges_answered: u64,
+    /// Challenges sent to callers (401/407), answers verified, answers
+    /// refused (wrong, replayed), and requests refused from banned sources.
+    pub challenges_sent: u64,
+    pub callers_verified: u64,
+    pub caller_auth_failures: u64,
+    pub refused_banned: u64,
     /// Dialogs whose CSeq the proxy shifts (after answering a challenge).
     pub shifted_dialogs: usize,
     pub loops_detected: u64,

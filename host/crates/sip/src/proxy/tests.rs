@@ -30,7 +30,7 @@ struct Sim {
 struct Fixed(Vec<Target>);
 
 impl Router for Fixed {
-    fn route(&mut self, _: &Arc<Message>, _: &Flow) -> Routed {
+    fn route(&mut self, _: &Arc<Message>, _: &Flow, _: Option<&str>) -> Routed {
         Decision::Forward(self.0.clone()).into()
     }
 }
@@ -105,6 +105,15 @@ impl Sim {
     fn sent_to(&mut self, to: &str) -> Message {
         let out = self.out();
         match out.iter().find(|o| o.0 == addr(to)) {
+            Some(o) => o.2.clone(),
+            None => panic!("nothing sent to {to}: {out:?}"),
+        }
+    }
+
+    /// The last message sent to `to` since the last look (a final response after a 100).
+    fn last_to(&mut self, to: &str) -> Message {
+        let out = self.out();
+        match out.iter().rev().find(|o| o.0 == addr(to)) {
             Some(o) => o.2.clone(),
             None => panic!("nothing sent to {to}: {out:?}"),
         }
@@ -883,7 +892,7 @@ struct Deciding {
 }
 
 impl Router for Deciding {
-    fn route(&mut self, request: &Arc<Message>, _: &Flow) -> Routed {
+    fn route(&mut self, request: &Arc<Message>, _: &Flow, _: Option<&str>) -> Routed {
         // The plugin host hands the proxy an edited copy of the request.
         let text = String::from_utf8_lossy(request.as_bytes())
             .replace("\r\nCSeq:", "\r\nX-Agent: a7\r\nCSeq:");
@@ -1213,4 +1222,177 @@ fn s22_3_a_challenge_is_answered_once_and_only_with_a_known_credential() {
         assert_eq!(sim.proxy.stats().challenges_answered, 0);
         sim.assert_idle();
     }
+}
+
+/// Challenges every initial request in `weir.test` until it is authenticated,
+/// then forwards to Bob; records the identities it was asked with.
+struct Gate {
+    seen: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    refuse: Option<&'static str>,
+}
+
+impl Router for Gate {
+    fn route(&mut self, request: &Arc<Message>, _: &Flow, identity: Option<&str>) -> Routed {
+        self.seen.lock().unwrap().push(identity.map(str::to_string));
+        // Credentials this proxy checked are gone before the router sees them again.
+        if identity.is_some() {
+            assert_eq!(request.fields_named("Proxy-Authorization").count(), 0);
+        }
+        match identity {
+            Some(user) if Some(user) != self.refuse => {
+                Decision::Forward(vec![Target::new("sip:bob@127.0.0.1:5080")]).into()
+            }
+            _ => Decision::Challenge {
+                realm: "weir.test".into(),
+            }
+            .into(),
+        }
+    }
+}
+
+fn gate_sim(refuse: Option<&'static str>) -> (Sim, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sim = Sim::with(
+        |cfg| {
+            cfg.digest.secret = [9; 32];
+            cfg.digest.ban_after = 3;
+            for user in ["alice", "mallory"] {
+                cfg.digest.users.insert(
+                    ("weir.test".into(), user.into()),
+                    StoredUser::from_password("weir.test", user, "secret"),
+                );
+            }
+        },
+        Box::new(Gate {
+            seen: seen.clone(),
+            refuse,
+        }),
+    );
+    (sim, seen)
+}
+
+fn with_header(msg: &str, line: &str) -> String {
+    msg.replacen("Content-Type:", &format!("{line}\r\nContent-Type:"), 1)
+}
+
+fn proxy_challenge(resp: &Message) -> crate::digest::Challenge {
+    let f = resp.fields_named("Proxy-Authenticate").next().unwrap();
+    crate::digest::Challenge::parse(resp.value(f)).unwrap()
+}
+
+#[test]
+fn s22_1_a_challenge_decision_is_answered_with_407_then_routed_with_the_identity() {
+    let (mut sim, seen) = gate_sim(None);
+    let ruri = "sip:bob@127.0.0.1:5080";
+    sim.udp(ALICE, &invite(ruri, "z9hG4bK-auth1"));
+    let out = sim.out();
+    let statuses: Vec<_> = out.iter().map(|o| o.2.status()).collect();
+    assert_eq!(statuses, [Some(100), Some(407)]);
+    let c = proxy_challenge(&out[1].2);
+    assert_eq!(c.algorithm, crate::digest::Algorithm::Sha256);
+    assert!(c.qop_auth);
+    assert_eq!(out[1].2.fields_named("Proxy-Authenticate").count(), 2);
+    assert_eq!(sim.proxy.stats().challenges_sent, 1);
+    // The ACK for the 407 is the transaction's.
+    sim.udp(
+        ALICE,
+        &format!(
+            "ACK {ruri} SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-auth1;rport\nMax-Forwards: 70\nFrom: <sip:alice@a.example>;tag=fa\nTo: <sip:bob@b.example>;tag={}\nCall-ID: call-z9hG4bK-auth1\nCSeq: 1 ACK\nContent-Length: 0\n\n",
+            String::from_utf8_lossy(
+                out[1].2.to().unwrap().unwrap().tag().unwrap_or_default()
+            )
+        ),
+    );
+    assert!(sim.out().is_empty());
+    // The answer: verified, consumed, forwarded.
+    let creds = c.answer("alice", "secret", b"INVITE", ruri, "c0ffee", 1);
+    let retry = with_header(
+        &invite(ruri, "z9hG4bK-auth2").replace("CSeq: 1", "CSeq: 2"),
+        &format!("Proxy-Authorization: {}", creds.to_value()),
+    );
+    sim.udp(ALICE, &retry);
+    let fwd = sim.sent_to(BOB);
+    assert_eq!(fwd.method(), Some(Method::Invite));
+    assert_eq!(fwd.fields_named("Proxy-Authorization").count(), 0);
+    assert_eq!(header(&fwd, "X-Unknown"), ["kept   as is"]);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, None, Some("alice".to_string())]
+    );
+    let s = sim.proxy.stats();
+    assert_eq!((s.callers_verified, s.caller_auth_failures), (1, 0));
+    sim.udp(BOB, &answer(&fwd, 486, "Busy Here", "tb", ""));
+    assert_eq!(sim.sent_to(ALICE).status(), Some(486));
+}
+
+#[test]
+fn s22_1_wrong_answers_are_rechallenged_then_the_source_is_banned() {
+    let (mut sim, _) = gate_sim(None);
+    let ruri = "sip:bob@127.0.0.1:5080";
+    sim.udp(ALICE, &invite(ruri, "z9hG4bK-ban0"));
+    let c = proxy_challenge(&sim.out()[1].2);
+    let mut statuses = Vec::new();
+    for i in 1..=3u32 {
+        let creds = c.answer("alice", &format!("guess{i}"), b"INVITE", ruri, "c0ffee", i);
+        sim.udp(
+            ALICE,
+            &with_header(
+                &invite(ruri, &format!("z9hG4bK-ban{i}")),
+                &format!("Proxy-Authorization: {}", creds.to_value()),
+            ),
+        );
+        statuses.push(sim.last_to(ALICE).status());
+    }
+    assert_eq!(statuses, [Some(407), Some(407), Some(403)]);
+    // Banned: even the right password is not looked at now, nor are other requests.
+    let creds = c.answer("alice", "secret", b"INVITE", ruri, "c0ffee", 9);
+    sim.udp(
+        ALICE,
+        &with_header(
+            &invite(ruri, "z9hG4bK-ban9"),
+            &format!("Proxy-Authorization: {}", creds.to_value()),
+        ),
+    );
+    let refused = sim.one(ALICE);
+    assert_eq!(refused.status(), Some(403));
+    assert_eq!(
+        refused.reason(),
+        b"Forbidden (too many failed authentications)"
+    );
+    let s = sim.proxy.stats();
+    assert_eq!((s.caller_auth_failures, s.refused_banned), (3, 1));
+    // Another source is not affected.
+    sim.udp("127.0.0.9:5070", &invite(ruri, "z9hG4bK-ban10"));
+    assert_eq!(sim.last_to("127.0.0.9:5070").status(), Some(407));
+    sim.advance(Duration::from_secs(901));
+    sim.udp(ALICE, &invite(ruri, "z9hG4bK-ban11"));
+    assert_eq!(sim.last_to(ALICE).status(), Some(407));
+}
+
+#[test]
+fn s22_1_an_identity_the_router_still_challenges_gets_403_and_bad_credentials_400() {
+    let (mut sim, _) = gate_sim(Some("mallory"));
+    let ruri = "sip:bob@127.0.0.1:5080";
+    sim.udp(ALICE, &invite(ruri, "z9hG4bK-id0"));
+    let c = proxy_challenge(&sim.out()[1].2);
+    let creds = c.answer("mallory", "secret", b"INVITE", ruri, "c0ffee", 1);
+    sim.udp(
+        ALICE,
+        &with_header(
+            &invite(ruri, "z9hG4bK-id1"),
+            &format!("Proxy-Authorization: {}", creds.to_value()),
+        ),
+    );
+    let r = sim.last_to(ALICE);
+    assert_eq!((r.status(), r.reason()), (Some(403), &b"Forbidden"[..]));
+    sim.udp(
+        ALICE,
+        &with_header(
+            &invite(ruri, "z9hG4bK-id2"),
+            "Proxy-Authorization: Digest realm=\"weir.test\", nonce=",
+        ),
+    );
+    let r = sim.last_to(ALICE);
+    assert_eq!(r.status(), Some(400));
+    assert!(String::from_utf8_lossy(r.reason()).contains("malformed Proxy-Authorization"));
 }
