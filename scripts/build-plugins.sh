@@ -4,7 +4,7 @@
 # configuration loads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-examples=(agent-router carrier-trunk header-rules)
+examples=(agent-router carrier-trunk header-rules sip-users)
 args=()
 for p in "${examples[@]}" test-plugin; do args+=(-p "$p"); done
 cargo build --locked --profile plugin --target wasm32-wasip2 "${args[@]}"

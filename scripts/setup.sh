@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Weir needs on a fresh Debian machine.
 #   setup.sh run    the Rust toolchain only (to build and run weir)
-#   setup.sh test   plus the real SIP peers and tools the tests start (SIPp, Kamailio, iproute2)
+#   setup.sh test   plus the real SIP peers and tools the tests start (SIPp, Kamailio,
+#                   SIPVicious, baresip, iproute2)
 #   setup.sh bench  the same (Kamailio is also the reference proxy of the benchmarks)
 set -euo pipefail
 what="${1:-run}"
@@ -18,6 +19,8 @@ if [[ "$what" == test || "$what" == bench ]]; then
   command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
   command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v svcrack >/dev/null 2>&1 || need+=(sipvicious)
+  command -v baresip >/dev/null 2>&1 || need+=(baresip)
   if ((${#need[@]})); then
     echo "setup: installing ${need[*]}" >&2
     $sudo apt-get update -qq

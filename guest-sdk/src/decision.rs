@@ -153,6 +153,11 @@ pub enum Decision {
     Challenge {
         realm: String,
     },
+    /// Handle a REGISTER as the registrar: bindings for `aor` (the To URI
+    /// when `None`) are added, refreshed or removed, and the 200 lists them.
+    Register {
+        aor: Option<String>,
+    },
     /// Send nothing.
     Drop,
     /// Let the next plugin of the chain decide (then the proxy's fallback).
@@ -238,6 +243,7 @@ impl Decision {
             }),
             Decision::Reply(r) => wit::Decision::Reply(reply_into_wit(r)),
             Decision::Challenge { realm } => wit::Decision::Challenge(wit::Challenge { realm }),
+            Decision::Register { aor } => wit::Decision::Register(wit::Register { aor }),
             Decision::Drop => wit::Decision::Drop,
             Decision::Continue => wit::Decision::Continue,
         }

@@ -1,10 +1,11 @@
-//! Host services: the registry, logging, counters and the clock.
+//! Host services: the registry, the registrar's bindings, the address lists,
+//! logging, counters and the clock.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::bindings::weir::proxy::{clock, log, metrics, registry};
+use crate::bindings::weir::proxy::{acl, clock, location, log, metrics, registry};
 
 /// Log levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,6 +58,31 @@ impl Host {
         }
     }
 
+    /// The contact URIs registered for the address-of-record `aor`, best
+    /// first (needs the `location` capability).
+    pub fn contacts(&self, aor: &str) -> Vec<String> {
+        match &self.inner {
+            Inner::Wasm => location::contacts(aor),
+            Inner::Mock(m) => m.borrow().contacts.get(aor).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Whether `ip` is in the proxy's `[acl]` list `name`; an error names an
+    /// unknown list or an address that does not parse.
+    pub fn acl_contains(&self, name: &str, ip: &str) -> Result<bool, String> {
+        match &self.inner {
+            Inner::Wasm => acl::contains(name, ip),
+            Inner::Mock(m) => {
+                let m = m.borrow();
+                let list = m
+                    .acls
+                    .get(name)
+                    .ok_or_else(|| format!("no [acl] list is named {name:?}"))?;
+                Ok(list.iter().any(|a| a == ip))
+            }
+        }
+    }
+
     /// A line in the proxy's log, tagged with the plugin's name.
     pub fn log(&self, level: Level, message: &str) {
         match &self.inner {
@@ -96,6 +122,8 @@ impl Host {
 #[derive(Debug, Default)]
 struct MockState {
     registry: BTreeMap<String, (String, u32)>,
+    contacts: BTreeMap<String, Vec<String>>,
+    acls: BTreeMap<String, Vec<String>>,
     logs: Vec<(Level, String)>,
     counters: BTreeMap<String, u64>,
     now_ms: u64,
@@ -142,6 +170,22 @@ impl MockHost {
             .registry
             .get(key)
             .map(|(v, _)| v.clone())
+    }
+
+    /// Registers `contacts` for `aor` (as [`Host::contacts`] will list them).
+    pub fn set_contacts(&self, aor: &str, contacts: &[&str]) {
+        self.state.borrow_mut().contacts.insert(
+            aor.to_string(),
+            contacts.iter().map(|c| c.to_string()).collect(),
+        );
+    }
+
+    /// Defines the `[acl]` list `name` as these exact addresses.
+    pub fn set_acl(&self, name: &str, addresses: &[&str]) {
+        self.state.borrow_mut().acls.insert(
+            name.to_string(),
+            addresses.iter().map(|a| a.to_string()).collect(),
+        );
     }
 
     /// Every log line so far.

@@ -8,6 +8,9 @@
 //! | `GET /v1/registry/{key}` | the entry, or 404 |
 //! | `DELETE /v1/registry/{key}` | 204, or 404 |
 //! | `GET /v1/registry?prefix=P&limit=N` | entries whose key starts with P |
+//! | `GET /v1/registrations` | every address-of-record and its contacts |
+//! | `GET /v1/registrations/{aor}` | one address-of-record's contacts, or 404 |
+//! | `DELETE /v1/registrations/{aor}` | removes its bindings: 204, or 404 |
 //! | `GET /metrics` | counters in the Prometheus text format |
 //!
 //! Errors are JSON, `{"error": "...", "field": "..."}`, naming the field at fault.
@@ -93,6 +96,11 @@ pub fn router(admin: Admin) -> Router {
             "/v1/registry/{key}",
             get(get_entry).put(put_entry).delete(delete_entry),
         )
+        .route("/v1/registrations", get(registrations))
+        .route(
+            "/v1/registrations/{aor}",
+            get(get_registration).delete(delete_registration),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "path", "no such endpoint") })
         .with_state(admin)
 }
@@ -102,6 +110,80 @@ async fn healthz(State(a): State<Admin>) -> Response {
         p.status().iter().filter(|s| s.version.is_some()).count()
     });
     Json(json!({ "status": "ok", "plugins_serving": serving })).into_response()
+}
+
+fn bindings_json(services: &Services, aor: &str, now: Instant) -> Value {
+    let contacts: Vec<Value> = services
+        .registrar()
+        .contacts(now, aor)
+        .into_iter()
+        .map(|b| {
+            json!({
+                "uri": b.uri,
+                "expires_in_s": b.expires_in(now),
+                "q": b.q.map(|q| f64::from(q) / 1000.0),
+                "source": b.source.to_string(),
+                "transport": b.transport.param(),
+                "call_id": b.call_id,
+                "cseq": b.cseq,
+            })
+        })
+        .collect();
+    json!({ "aor": aor, "contacts": contacts })
+}
+
+async fn registrations(State(a): State<Admin>) -> Response {
+    let now = Instant::now();
+    let aors: Vec<String> = a
+        .services
+        .registrar()
+        .aors(now)
+        .into_iter()
+        .take(MAX_LIST)
+        .map(str::to_string)
+        .collect();
+    let list: Vec<Value> = aors
+        .iter()
+        .map(|aor| bindings_json(&a.services, aor, now))
+        .collect();
+    Json(json!({ "registrations": list })).into_response()
+}
+
+fn aor_param(aor: &str) -> Result<String, ApiError> {
+    weir_sip::registrar::aor_of(aor).map_err(|e| api_error(StatusCode::BAD_REQUEST, "aor", e))
+}
+
+async fn get_registration(State(a): State<Admin>, Path(aor): Path<String>) -> Response {
+    let aor = match aor_param(&aor) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let now = Instant::now();
+    let v = bindings_json(&a.services, &aor, now);
+    if v["contacts"].as_array().is_some_and(|c| c.is_empty()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "aor",
+            format!("{aor} has no bindings"),
+        );
+    }
+    Json(v).into_response()
+}
+
+async fn delete_registration(State(a): State<Admin>, Path(aor): Path<String>) -> Response {
+    let aor = match aor_param(&aor) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    if a.services.registrar().remove(&aor) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "aor",
+            format!("{aor} has no bindings"),
+        )
+    }
 }
 
 async fn plugins(State(a): State<Admin>) -> Response {

@@ -16,6 +16,7 @@ use weir_sip::proxy::{
     ClientCredential, DigestSettings, Fallback, Listener, ProxyConfig, RecordRoute, StoredUser,
     Transport,
 };
+use weir_sip::registrar::RegistrarSettings;
 use weir_sip::transaction::Timers;
 
 /// The configuration used when `weir run` is given no file.
@@ -72,6 +73,10 @@ pub struct Config {
     /// `[digest]`: how callers a plugin challenges authenticate (the nonce
     /// secret is drawn by [`Config::proxy_config`]).
     pub digest: DigestSettings,
+    /// `[acl]` lists by name (for `accept_from` and the plugins' `acl` import).
+    pub acls: BTreeMap<String, Vec<IpNet>>,
+    /// `[registrar]`: limits of the bindings `register` decisions make.
+    pub registrar: RegistrarSettings,
 }
 
 /// `[plugins]`: where plugins come from, their order and their limits.
@@ -158,6 +163,17 @@ struct Raw {
     credentials: BTreeMap<String, Spanned<RawCredential>>,
     acl: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
     digest: RawDigest,
+    registrar: RawRegistrar,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRegistrar {
+    min_expires: Option<Spanned<i64>>,
+    max_expires: Option<Spanned<i64>>,
+    default_expires: Option<Spanned<i64>>,
+    max_contacts: Option<Spanned<i64>>,
+    max_aors: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -527,6 +543,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     });
     let credentials = credentials(&mut c, &raw.credentials);
     let digest = digest_settings(&mut c, &raw.digest);
+    let registrar = registrar_settings(&mut c, &raw.registrar);
     let acls = acls(&mut c, &raw.acl);
     let accept_from = raw.sip.accept_from.as_ref().map(|names| {
         let mut nets = Vec::new();
@@ -553,6 +570,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         credentials,
         accept_from,
         digest,
+        acls,
+        registrar,
         listen,
         advertise,
         aliases,
@@ -782,6 +801,67 @@ fn password(
             Err(())
         }
     }
+}
+
+/// `[registrar]`: expiry bounds and size limits.
+fn registrar_settings(c: &mut Check<'_>, raw: &RawRegistrar) -> RegistrarSettings {
+    let d = RegistrarSettings::default();
+    let secs = |c: &mut Check<'_>, key: &str, v: &Option<Spanned<i64>>, default: u32| {
+        c.count(key, v, 1, i64::from(u32::MAX), default as usize) as u32
+    };
+    let s = RegistrarSettings {
+        min_expires: secs(
+            c,
+            "[registrar] min_expires",
+            &raw.min_expires,
+            d.min_expires,
+        ),
+        max_expires: secs(
+            c,
+            "[registrar] max_expires",
+            &raw.max_expires,
+            d.max_expires,
+        ),
+        default_expires: secs(
+            c,
+            "[registrar] default_expires",
+            &raw.default_expires,
+            d.default_expires,
+        ),
+        max_contacts: c.count(
+            "[registrar] max_contacts",
+            &raw.max_contacts,
+            1,
+            1000,
+            d.max_contacts,
+        ),
+        max_aors: c.count(
+            "[registrar] max_aors",
+            &raw.max_aors,
+            1,
+            10_000_000,
+            d.max_aors,
+        ),
+    };
+    if let Some(v) = &raw.max_expires {
+        if s.max_expires < s.min_expires {
+            c.err(
+                "[registrar] max_expires",
+                v,
+                "must not be below min_expires",
+            );
+        }
+    }
+    if let Some(v) = &raw.default_expires {
+        if !(s.min_expires..=s.max_expires).contains(&s.default_expires) {
+            c.err(
+                "[registrar] default_expires",
+                v,
+                "must be between min_expires and max_expires",
+            );
+        }
+    }
+    s
 }
 
 /// `[digest]` and its `[[digest.users]]`: users are kept as H(A1) only.

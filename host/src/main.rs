@@ -141,7 +141,9 @@ fn main() -> ExitCode {
                 // Plugins are checked the way a reload would: compiled, matched
                 // against the world and their capabilities, and init-ed.
                 if let Some(p) = &c.plugins {
-                    let services = Arc::new(Services::new(Arc::new(MemoryRegistry::new())));
+                    let services = Arc::new(
+                        Services::new(Arc::new(MemoryRegistry::new())).with_acls(c.acls.clone()),
+                    );
                     let host = match plugins::PluginHost::start(p.clone(), services) {
                         Ok(h) => h,
                         Err(e) => {
@@ -212,7 +214,11 @@ fn main() -> ExitCode {
                 |p| p.display().to_string(),
             );
             tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %source, "weir starting");
-            let services = Arc::new(Services::new(Arc::new(MemoryRegistry::new())));
+            let services = Arc::new(
+                Services::new(Arc::new(MemoryRegistry::new()))
+                    .with_registrar(cfg.registrar)
+                    .with_acls(cfg.acls.clone()),
+            );
             let plugin_host = match &cfg.plugins {
                 None => None,
                 Some(p) => match plugins::PluginHost::start(p.clone(), services.clone()) {
@@ -236,7 +242,7 @@ fn main() -> ExitCode {
             };
             let fallback = FallbackRouter(cfg.fallback);
             let router: Box<dyn Router> = match &plugin_host {
-                Some(h) => Box::new(Chain::new(h.set(), fallback)),
+                Some(h) => Box::new(Chain::new(h.set(), services.clone(), fallback)),
                 None => Box::new(fallback),
             };
             let admin = admin::Admin {

@@ -250,7 +250,8 @@ pub fn check(file: &Path, config_json: &str) -> Result<String, String> {
 ///
 /// Each `NAME.sip` in DIR is a request (LF or CRLF line ends); `NAME.expect`
 /// beside it holds the expected decision on its first line (`forward URI [URI…]`,
-/// `reply STATUS [REASON]`, `challenge REALM`, `drop`, `continue`) and, on the
+/// `reply STATUS [REASON]`, `challenge REALM`, `register [AOR]`, `drop`,
+/// `continue`) and, on the
 /// following lines, header lines the forwarded request must contain.
 /// `registry.json` in DIR (an object of key → value) seeds the registry;
 /// `config.json` is the plugin's configuration unless `--config` is given; a
@@ -423,6 +424,8 @@ pub fn describe(v: &Verdict) -> String {
         }
         Verdict::Reply { status, reason, .. } => format!("reply {status} {reason}"),
         Verdict::Challenge { realm } => format!("challenge {realm}"),
+        Verdict::Register { aor: None } => "register".into(),
+        Verdict::Register { aor: Some(aor) } => format!("register {aor}"),
         Verdict::Drop => "drop".into(),
         Verdict::Continue => "continue".into(),
     }

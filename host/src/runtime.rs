@@ -257,7 +257,18 @@ impl Shell {
             }
             while let Some(ev) = proxy.poll_event() {
                 progressed = true;
-                let Event::Resolve { id, host, port, .. } = ev;
+                let (id, host, port) = match ev {
+                    Event::Resolve { id, host, port, .. } => (id, host, port),
+                    Event::SourceBanned { ip, failures, for_ } => {
+                        tracing::warn!(
+                            %ip,
+                            failures,
+                            ban = %humantime::format_duration(for_),
+                            "source banned after failed authentications: its requests are dropped"
+                        );
+                        continue;
+                    }
+                };
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let lookup = tokio::net::lookup_host((host.as_str(), port));

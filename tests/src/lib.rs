@@ -516,3 +516,94 @@ impl Drop for Netns {
         let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
     }
 }
+
+/// A peer program running in the background (baresip, SIPVicious…), its
+/// output in a file, killed when dropped.
+#[allow(missing_debug_implementations)]
+pub struct Program {
+    child: Child,
+    out: PathBuf,
+}
+
+/// How a [`Program`] ended: its exit code (None: killed at the limit) and output.
+#[derive(Debug)]
+pub struct Ran {
+    pub code: Option<i32>,
+    pub output: String,
+}
+
+impl Program {
+    /// Starts `program` with `args` in `dir`, stdin closed, stdout and stderr
+    /// in `dir/label.out`.
+    pub fn spawn(dir: &Path, label: &str, program: &str, args: &[&str]) -> Program {
+        let out = dir.join(format!("{label}.out"));
+        let file = std::fs::File::create(&out).unwrap();
+        let child = Command::new(program)
+            .current_dir(dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        Program { child, out }
+    }
+
+    /// What it has written so far.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits for it to end, killing it at `limit`.
+    pub fn wait(mut self, limit: Duration) -> Ran {
+        let deadline = Instant::now() + limit;
+        let code = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        Ran {
+            code,
+            output: self.output(),
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A baresip configuration folder for `account` (an `accounts` line), its
+/// SIP socket on `127.0.0.1:sip_port`, RTP in `rtp_ports`, no sound card:
+/// it plays a file and plays out into nothing.
+pub fn baresip_config(dir: &Path, sip_port: u16, rtp_ports: (u16, u16), account: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = format!(
+        "poll_method\t\tepoll\n\
+         sip_listen\t\t127.0.0.1:{sip_port}\n\
+         sip_trans_def\t\tudp\n\
+         audio_player\t\taufile,/dev/null\n\
+         audio_source\t\taufile,/usr/share/baresip/callwaiting.wav\n\
+         audio_alert\t\taufile,/dev/null\n\
+         module_path\t\t/usr/lib/baresip/modules\n\
+         module\t\t\tg711.so\n\
+         module\t\t\taufile.so\n\
+         module_app\t\taccount.so\n\
+         module_app\t\tmenu.so\n\
+         rtp_ports\t\t{}-{}\n",
+        rtp_ports.0, rtp_ports.1
+    );
+    std::fs::write(dir.join("config"), config).unwrap();
+    std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
+}

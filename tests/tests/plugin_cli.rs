@@ -40,9 +40,9 @@ fn check_tells_what_the_proxy_will_think() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     for want in [
-        "world:    weir:proxy@0.1.0",
+        "world:    weir:proxy@0.2.0",
         "registry",
-        "weir:proxy/handler@0.1.0",
+        "weir:proxy/handler@0.2.0",
         "init:     ok",
     ] {
         assert!(t.contains(want), "{want} in {t}");
@@ -150,5 +150,5 @@ fn new_makes_a_crate_that_tests_builds_and_checks() {
     let wasm = target.join("wasm32-wasip2/release/my_router.wasm");
     let o = weir(&["plugin", "check", wasm.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("weir:proxy@0.1.0"));
+    assert!(text(&o).contains("weir:proxy@0.2.0"));
 }

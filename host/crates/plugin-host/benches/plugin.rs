@@ -45,7 +45,7 @@ fn plugin() -> Vec<u8> {
 
 fn benches(c: &mut Criterion) {
     let services = Arc::new(Services::new(Arc::new(MemoryRegistry::new())));
-    let rt = Runtime::new(Limits::default(), services).unwrap();
+    let rt = Runtime::new(Limits::default(), services.clone()).unwrap();
     let config = r#"{"bench": true, "target": "sip:agent@10.0.0.7:5080"}"#;
     let mut caps = Capabilities::default();
     caps.grant("registry");
@@ -100,7 +100,7 @@ fn benches(c: &mut Criterion) {
             on_error: OnError::Reject,
         }],
     }));
-    let mut chain = Chain::new(set, FallbackRouter(Fallback::Reject));
+    let mut chain = Chain::new(set, services, FallbackRouter(Fallback::Reject));
     g.bench_function("chain_route_10_headers", |b| {
         b.iter(|| black_box(chain.route(&msg, &flow, None)))
     });

@@ -9,17 +9,20 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use weir_sip::message::Message;
 use weir_sip::proxy::{
-    Decision, Failure, FailureAction, FallbackRouter, Flow, Pin, Routed, Router,
+    Decision, Failure, FailureAction, FallbackRouter, Flow, Pin, Rejection, Routed, Router,
 };
+use weir_sip::registrar;
 
 use crate::bindings::weir::proxy::types;
 use crate::decision::Verdict;
 use crate::request::RequestRep;
 use crate::runtime::{PluginVersion, Warm};
+use crate::state::Services;
 
 /// What happens to a request when its plugin fails (trap, deadline, bad answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +64,8 @@ struct Pinned {
 /// A worker's router over the shared plugin set.
 pub struct Chain {
     set: SharedSet,
+    /// The registrar `register` decisions act on.
+    services: Arc<Services>,
     warm: HashMap<u64, (Weak<PluginVersion>, Warm)>,
     fallback: FallbackRouter,
     seen_generation: u64,
@@ -77,9 +82,10 @@ impl std::fmt::Debug for Chain {
 }
 
 impl Chain {
-    pub fn new(set: SharedSet, fallback: FallbackRouter) -> Chain {
+    pub fn new(set: SharedSet, services: Arc<Services>, fallback: FallbackRouter) -> Chain {
         Chain {
             set,
+            services,
             warm: HashMap::new(),
             fallback,
             seen_generation: 0,
@@ -205,6 +211,7 @@ impl Router for Chain {
                     ..Decision::Drop.into()
                 },
                 Verdict::Challenge { realm } => Decision::Challenge { realm }.into(),
+                Verdict::Register { aor } => self.register(request, from, aor.as_deref()),
                 Verdict::Drop | Verdict::Continue => Decision::Drop.into(),
             };
         }
@@ -256,6 +263,40 @@ impl Router for Chain {
                     FailureAction::Proceed
                 }
             }
+        }
+    }
+}
+
+impl Chain {
+    /// A `register` decision: the registrar's answer as the reply.
+    fn register(&self, request: &Message, from: &Flow, aor: Option<&str>) -> Routed {
+        let aor = match aor {
+            Some(a) => registrar::aor_of(a),
+            None => match request.to() {
+                Some(Ok(to)) => registrar::aor_of(to.uri_text),
+                _ => Err("the To header does not parse".to_string()),
+            },
+        };
+        let result = match aor {
+            Ok(aor) => self.services.registrar().register(
+                Instant::now(),
+                request,
+                &aor,
+                from.remote,
+                from.transport,
+            ),
+            Err(e) => Err(Rejection::new(
+                400,
+                format!("Bad Request (no address-of-record: {e})"),
+            )),
+        };
+        let (status, reason, headers) = match result {
+            Ok(contacts) => (200, "OK".to_string(), contacts),
+            Err(rej) => (rej.status, rej.reason.into_owned(), rej.headers),
+        };
+        Routed {
+            reply_headers: headers,
+            ..Decision::Reply { status, reason }.into()
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum Verdict {
     Challenge {
         realm: String,
     },
+    /// Act as the registrar for `aor` (the To URI when none).
+    Register {
+        aor: Option<String>,
+    },
     Drop,
     Continue,
 }
@@ -75,6 +79,18 @@ pub fn check_decision(d: types::Decision, method: Method) -> Result<Verdict, Str
                 ));
             }
             Verdict::Challenge { realm: c.realm }
+        }
+        types::Decision::Register(r) => {
+            if method != Method::Register {
+                return Err(format!(
+                    "register decided for a {} request",
+                    method.as_str()
+                ));
+            }
+            if let Some(aor) = &r.aor {
+                weir_sip::registrar::aor_of(aor).map_err(|e| format!("register aor: {e}"))?;
+            }
+            Verdict::Register { aor: r.aor }
         }
         types::Decision::Drop => Verdict::Drop,
         types::Decision::Continue => Verdict::Continue,

@@ -2,7 +2,7 @@
 //!
 //! Compiling is slow (tens of milliseconds) and happens off the hot path, once per
 //! content hash. Each load is checked against the world before it can serve:
-//! compiled, its imports and exports matched against `weir:proxy@0.1.0` and its
+//! compiled, its imports and exports matched against `weir:proxy@0.2.0` and its
 //! capabilities, instantiated, and `init`-ed. The instance that passed `init` is
 //! kept as the first warm instance. Calls run under an epoch deadline, a memory
 //! cap and, if configured, fuel; a trap poisons the instance, which is dropped.
@@ -31,7 +31,7 @@ use crate::request::RequestRep;
 use crate::state::{Capabilities, Services, State};
 
 /// The contract versions this host accepts.
-pub const WORLD_VERSIONS: &[&str] = &["0.1.0"];
+pub const WORLD_VERSIONS: &[&str] = &["0.2.0"];
 /// The package plugins import and export.
 pub const PACKAGE: &str = "weir:proxy";
 
@@ -307,7 +307,7 @@ impl Runtime {
 /// What [`Runtime::inspect`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspection {
-    /// The contract version (`0.1.0`).
+    /// The contract version (`0.2.0`).
     pub world: String,
     pub imports: Vec<String>,
     pub exports: Vec<String>,

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Result, StoreLimits};
 
-use crate::bindings::weir::proxy::{clock, log, metrics, registry, types};
+use ipnet::IpNet;
+use weir_sip::registrar::{self, Registrar, RegistrarSettings};
+
+use crate::bindings::weir::proxy::{acl, clock, location, log, metrics, registry, types};
 use crate::registry::Registry;
 use crate::request::{EditError, RequestRep};
 
@@ -16,17 +19,21 @@ use crate::request::{EditError, RequestRep};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
     pub registry: bool,
+    pub location: bool,
+    pub acl: bool,
     pub log: bool,
     pub metrics: bool,
     pub clock: bool,
 }
 
 impl Default for Capabilities {
-    /// Everything but the registry: reading and writing call routing state is
-    /// granted by name.
+    /// Everything but the registry and the registrar's bindings: call routing
+    /// state and who is registered are granted by name.
     fn default() -> Capabilities {
         Capabilities {
             registry: false,
+            location: false,
+            acl: true,
             log: true,
             metrics: true,
             clock: true,
@@ -35,11 +42,13 @@ impl Default for Capabilities {
 }
 
 impl Capabilities {
-    pub const NAMES: [&'static str; 4] = ["registry", "log", "metrics", "clock"];
+    pub const NAMES: [&'static str; 6] = ["registry", "location", "acl", "log", "metrics", "clock"];
 
     pub fn none() -> Capabilities {
         Capabilities {
             registry: false,
+            location: false,
+            acl: false,
             log: false,
             metrics: false,
             clock: false,
@@ -50,6 +59,8 @@ impl Capabilities {
     pub fn grant(&mut self, name: &str) -> bool {
         match name {
             "registry" => self.registry = true,
+            "location" => self.location = true,
+            "acl" => self.acl = true,
             "log" => self.log = true,
             "metrics" => self.metrics = true,
             "clock" => self.clock = true,
@@ -62,6 +73,8 @@ impl Capabilities {
     pub fn allows(&self, interface: &str) -> bool {
         match interface {
             "registry" => self.registry,
+            "location" => self.location,
+            "acl" => self.acl,
             "log" => self.log,
             "metrics" => self.metrics,
             "clock" => self.clock,
@@ -70,10 +83,15 @@ impl Capabilities {
     }
 }
 
-/// Host services shared by every plugin: the registry and the counters.
+/// Host services shared by every plugin: the registry, the registrar's
+/// bindings, the named address lists and the counters.
 #[derive(Debug)]
 pub struct Services {
     pub registry: Arc<dyn Registry>,
+    /// Bindings made by `register` decisions (read by plugins through
+    /// `location`, by operators through the admin API).
+    pub location: Mutex<Registrar>,
+    acls: BTreeMap<String, Vec<IpNet>>,
     counters: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -81,8 +99,53 @@ impl Services {
     pub fn new(registry: Arc<dyn Registry>) -> Services {
         Services {
             registry,
+            location: Mutex::new(Registrar::new(RegistrarSettings::default())),
+            acls: BTreeMap::new(),
             counters: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// With the registrar's limits.
+    pub fn with_registrar(mut self, settings: RegistrarSettings) -> Services {
+        self.location = Mutex::new(Registrar::new(settings));
+        self
+    }
+
+    /// With the `[acl]` lists plugins may test addresses against.
+    pub fn with_acls(mut self, acls: BTreeMap<String, Vec<IpNet>>) -> Services {
+        self.acls = acls;
+        self
+    }
+
+    /// The registrar, locked (a panic elsewhere does not lose the bindings).
+    pub fn registrar(&self) -> std::sync::MutexGuard<'_, Registrar> {
+        self.location.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Contact URIs registered for `aor` (any SIP URI naming it), best first.
+    pub fn contacts(&self, aor: &str) -> Vec<String> {
+        let Ok(aor) = registrar::aor_of(aor) else {
+            return Vec::new();
+        };
+        self.registrar()
+            .contacts(Instant::now(), &aor)
+            .into_iter()
+            .map(|b| b.uri.clone())
+            .collect()
+    }
+
+    /// Whether `ip` is in the `[acl]` list `name`.
+    pub fn acl_contains(&self, name: &str, ip: &str) -> std::result::Result<bool, String> {
+        let list = self
+            .acls
+            .get(name)
+            .ok_or_else(|| format!("no [acl] list is named {name:?}"))?;
+        let ip: std::net::IpAddr = ip
+            .trim()
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IP address"))?;
+        let ip = ip.to_canonical();
+        Ok(list.iter().any(|n| n.contains(&ip)))
     }
 
     /// Adds to a counter; `name` is a whole Prometheus series (`name{labels}`).
@@ -336,6 +399,24 @@ impl registry::Host for State {
             return Ok(false);
         }
         Ok(self.services.registry.delete(&key, Instant::now()))
+    }
+}
+
+impl location::Host for State {
+    fn contacts(&mut self, aor: String) -> Result<Vec<String>> {
+        if !self.caps.location {
+            return Ok(Vec::new());
+        }
+        Ok(self.services.contacts(&aor))
+    }
+}
+
+impl acl::Host for State {
+    fn contains(&mut self, name: String, ip: String) -> Result<std::result::Result<bool, String>> {
+        if !self.caps.acl {
+            return Ok(Err("the acl capability is not granted".into()));
+        }
+        Ok(self.services.acl_contains(&name, &ip))
     }
 }
 

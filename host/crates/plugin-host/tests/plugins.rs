@@ -49,7 +49,8 @@ fn chain(entries: Vec<ChainEntry>) -> Chain {
         generation: 1,
         entries,
     }));
-    Chain::new(set, FallbackRouter(Fallback::Reject))
+    let services = Arc::new(Services::new(Arc::new(MemoryRegistry::new())));
+    Chain::new(set, services, FallbackRouter(Fallback::Reject))
 }
 
 fn invite(user: &str) -> Arc<Message> {
@@ -208,14 +209,14 @@ fn another_world_version_is_named() {
     let (rt, _) = runtime();
     let other = patch(
         &wasm("test_plugin"),
-        b"weir:proxy/handler@0.1.0",
+        b"weir:proxy/handler@0.2.0",
         b"weir:proxy/handler@0.9.0",
     );
-    let other = patch(&other, b"weir:proxy/types@0.1.0", b"weir:proxy/types@0.9.0");
+    let other = patch(&other, b"weir:proxy/types@0.2.0", b"weir:proxy/types@0.9.0");
     let e = rt.load("old", &other, "{}", all_caps()).unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains("weir:proxy@0.9.0") && msg.contains("weir:proxy@0.1.0"),
+        msg.contains("weir:proxy@0.9.0") && msg.contains("weir:proxy@0.2.0"),
         "{msg}"
     );
 }

@@ -8,7 +8,8 @@
 //! - [`uri`] and [`headers`]: the typed views a proxy needs, parsed lazily;
 //! - [`transaction`]: the four state machines of RFC 3261 §17 (with RFC 6026);
 //! - [`proxy`]: the transaction-stateful proxy of RFC 3261 §16;
-//! - [`digest`]: HTTP Digest (RFC 7616, RFC 8760) for both ends of a challenge.
+//! - [`digest`]: HTTP Digest (RFC 7616, RFC 8760) for both ends of a challenge;
+//! - [`registrar`]: the bindings of RFC 3261 §10.3.
 
 pub mod build;
 pub mod digest;
@@ -18,6 +19,7 @@ pub mod fuzzing;
 pub mod headers;
 pub mod message;
 pub mod proxy;
+pub mod registrar;
 mod slab;
 mod text;
 pub mod transaction;

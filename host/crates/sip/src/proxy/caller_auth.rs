@@ -10,6 +10,7 @@
 //!                ├─ foreign nonce, other algorithm, no qop ▶ 401/407 (fresh nonce)
 //!                ├─ wrong answer or user, reused nc ──────▶ failure counted,
 //!                │                                          401/407, or 403 once banned
+//!                │                                          (then silence until the ban ends)
 //!                └─ verified ─▶ credentials line removed ─▶ router again, with the identity
 //! ```
 //!
@@ -101,7 +102,11 @@ impl fmt::Debug for DigestSettings {
 impl Default for DigestSettings {
     fn default() -> Self {
         DigestSettings {
-            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
+            // MD5 only by default: user agents that predate RFC 8760 (baresip
+            // 1.0, for one) give up on a challenge set that contains SHA-256
+            // at all, even after an MD5 one. Operators whose phones handle it
+            // list SHA-256 first.
+            algorithms: vec![Algorithm::Md5],
             nonce_lifetime: Duration::from_secs(300),
             ban_after: 10,
             ban_window: Duration::from_secs(60),
@@ -296,7 +301,7 @@ impl CallerAuth {
     }
 }
 
-/// The 403 a banned source gets.
+/// The 403 the request that bans its source gets (later ones get nothing).
 pub(crate) fn banned() -> Rejection {
     Rejection::new(403, "Forbidden (too many failed authentications)")
 }
@@ -335,6 +340,7 @@ mod tests {
 
     fn settings() -> DigestSettings {
         let mut s = DigestSettings {
+            algorithms: vec![Algorithm::Sha256, Algorithm::Md5],
             secret: [7; 32],
             ban_after: 3,
             ..DigestSettings::default()

@@ -591,8 +591,9 @@ impl Proxy {
         }
         let top_via = stamp_via(&via, &flow);
         if self.caller_auth.is_banned(flow.remote.ip(), now) {
+            // Silence, like a firewall: an answer would tell a guesser to move
+            // on to another address, and cost us more than the request did.
             self.stats.refused_banned += 1;
-            self.reject(&flow, &msg, &top_via, &caller_auth::banned());
             return;
         }
         let checked = match check_request(&msg) {
@@ -820,7 +821,17 @@ impl Proxy {
                     self.stats.challenges_sent += 1;
                     return reply(rej);
                 }
-                caller_auth::Outcome::Refuse(rej) => return reply(rej),
+                caller_auth::Outcome::Refuse(rej) => {
+                    if rej.status == 403 && self.caller_auth.is_banned(flow.remote.ip(), now) {
+                        let d = &self.cfg.digest;
+                        self.events.push_back(Event::SourceBanned {
+                            ip: flow.remote.ip().to_canonical(),
+                            failures: d.ban_after,
+                            for_: d.ban_time,
+                        });
+                    }
+                    return reply(rej);
+                }
             };
         self.stats.callers_verified += 1;
         let mut rw = Rewrite::new(request);

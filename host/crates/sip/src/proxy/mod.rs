@@ -114,6 +114,13 @@ pub enum Event {
         port: u16,
         transport: Transport,
     },
+    /// `ip` failed authentication too often: its requests are dropped, unanswered,
+    /// for `for_`.
+    SourceBanned {
+        ip: IpAddr,
+        failures: u32,
+        for_: Duration,
+    },
 }
 
 /// A socket the proxy listens on and how it names itself there.
@@ -382,7 +389,7 @@ pub struct Stats {
     /// 401/407 from a next hop answered with a configured credential.
     pub challenges_answered: u64,
     /// Challenges sent to callers (401/407), answers verified, answers
-    /// refused (wrong, replayed), and requests refused from banned sources.
+    /// refused (wrong, replayed), and requests dropped from banned sources.
     pub challenges_sent: u64,
     pub callers_verified: u64,
     pub caller_auth_failures: u64,
