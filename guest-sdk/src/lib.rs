@@ -106,6 +106,7 @@ pub mod bindings;
 mod config;
 mod decision;
 mod host;
+pub mod records;
 mod request;
 pub mod sip;
 

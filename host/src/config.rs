@@ -115,6 +115,24 @@ impl PluginsConfig {
 }
 
 impl Config {
+    /// `host[:port]` other parties reach this proxy at: the advertised name,
+    /// else the first listen address (the port left out when it is 5060).
+    pub fn sip_host(&self) -> String {
+        let Some(&(_, addr)) = self.listen.first() else {
+            return "localhost".into();
+        };
+        let (host, port) = match &self.advertise {
+            Some((host, port)) => (host.clone(), port.unwrap_or(addr.port())),
+            None if addr.is_ipv6() => (format!("[{}]", addr.ip()), addr.port()),
+            None => (addr.ip().to_string(), addr.port()),
+        };
+        if port == 5060 {
+            host
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
     /// The proxy core's settings.
     pub fn proxy_config(&self) -> ProxyConfig {
         let listeners = self

@@ -248,6 +248,7 @@ fn main() -> ExitCode {
             let admin = admin::Admin {
                 services,
                 plugins: plugin_host.clone(),
+                sip_host: cfg.sip_host(),
             };
             let admin_listen = cfg.admin_listen;
             let started = rt.block_on(async move {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use weir_e2e::{free_port, http, install_file, plugin_wasm};
+use weir_e2e::{free_port, http, http_with, install_file, plugin_wasm};
 
 mod common;
 
@@ -249,4 +249,165 @@ fn hot_reload_under_load_drops_no_call() {
         "{body}"
     );
     assert!(s.weir.alive());
+}
+
+/// The value of a string field in a JSON body (enough for these tests).
+fn json_str(body: &str, field: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v[field].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn calls_and_numbers_registered_through_the_api_reach_their_agent() {
+    let mut s = setup(
+        &[("agent-router.wasm", plugin_wasm("agent_router"))],
+        &["agent-router"],
+        "[plugins.agent-router]\ncapabilities = [\"registry\", \"log\", \"metrics\"]\n",
+    );
+    let uas_port = free_port();
+    let agent = format!("sip:agent@127.0.0.1:{uas_port}");
+    let body = format!(
+        r#"{{"agent": "{agent}", "from": "+14155550100", "direction": "inbound", "metadata": {{"lead": "42"}}}}"#
+    );
+    let key = [("Idempotency-Key", "webhook-7f3a")];
+    let (code, created) = http_with(s.admin, "POST", "/v1/calls", &key, &body);
+    assert_eq!(code, 201, "{created}");
+    let call_id = json_str(&created, "call_id");
+    assert_eq!(
+        json_str(&created, "sip_uri"),
+        format!("sip:{call_id}@127.0.0.1:{}", s.proxy)
+    );
+    // The provider retries its webhook: the same call comes back.
+    let (code, again) = http_with(s.admin, "POST", "/v1/calls", &key, &body);
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(json_str(&again, "call_id"), call_id);
+    // The same key with another request is a conflict, not a second call.
+    let (code, resp) = http_with(
+        s.admin,
+        "POST",
+        "/v1/calls",
+        &key,
+        &format!(r#"{{"agent": "{agent}"}}"#),
+    );
+    assert_eq!(code, 409, "{resp}");
+    assert!(resp.contains("\"field\":\"Idempotency-Key\""), "{resp}");
+    // Bad requests name the field.
+    for (body, field) in [
+        ("{}", "agent"),
+        (r#"{"agent": ""}"#, "agent"),
+        (r#"{"agent": "tel:+14155550100"}"#, "agent"),
+        (r#"{"agent": "sales", "from": "4155550100"}"#, "from"),
+        (r#"{"agent": "sales", "to": "+0123456789"}"#, "to"),
+        (
+            r#"{"agent": "sales", "direction": "sideways"}"#,
+            "direction",
+        ),
+        (r#"{"agent": "sales", "metadata": [1]}"#, "metadata"),
+        (r#"{"agent": "sales", "ttl_s": 0}"#, "ttl_s"),
+        (r#"{"agent": "sales", "colour": "red"}"#, "colour"),
+        ("[]", "body"),
+    ] {
+        let (code, resp) = http(s.admin, "POST", "/v1/calls", body);
+        assert_eq!(code, 400, "{body}: {resp}");
+        assert!(
+            resp.contains(&format!("\"field\":\"{field}\"")),
+            "{body}: {resp}"
+        );
+    }
+    let (code, resp) = http_with(
+        s.admin,
+        "POST",
+        "/v1/calls",
+        &[("Idempotency-Key", "")],
+        r#"{"agent": "sales"}"#,
+    );
+    assert!(code == 400 && resp.contains("Idempotency-Key"), "{resp}");
+
+    // An INVITE to the returned URI reaches the registered agent.
+    let server = uas(
+        &s,
+        "call-uas.xml",
+        uas_port,
+        2,
+        &[],
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let client = uac(
+        &s,
+        "call-uac.xml",
+        &[],
+        &call_id,
+        1,
+        1,
+        Duration::from_secs(20),
+    );
+    check(
+        &mut s,
+        "a call to the registered URI",
+        &client.wait(Duration::from_secs(25)),
+        1,
+    );
+    let (code, got) = http(s.admin, "GET", &format!("/v1/calls/{call_id}"), "");
+    assert_eq!(code, 200);
+    assert!(
+        got.contains("\"used\":true") && got.contains("\"lead\":\"42\""),
+        "{got}"
+    );
+
+    // An imported number routes its (national) dialled form to its agent.
+    let (code, resp) = http(
+        s.admin,
+        "PUT",
+        "/v1/numbers/+14155550123",
+        &format!(r#"{{"agent": "{agent}", "trunk": "twilio-us1"}}"#),
+    );
+    assert_eq!(code, 201, "{resp}");
+    let (code, resp) = http(s.admin, "GET", "/v1/numbers/+14155550123", "");
+    assert!(
+        code == 200 && resp.contains("\"trunk\":\"twilio-us1\""),
+        "{resp}"
+    );
+    for (path, body, field) in [
+        ("/v1/numbers/4155550123", r#"{"agent": "sales"}"#, "number"),
+        ("/v1/numbers/+14155550123", r#"{"trunk": "t"}"#, "agent"),
+        (
+            "/v1/numbers/+14155550123",
+            r#"{"agent": "sales", "trunk": "a b"}"#,
+            "trunk",
+        ),
+    ] {
+        let (code, resp) = http(s.admin, "PUT", path, body);
+        assert_eq!(code, 400, "{path} {body}: {resp}");
+        assert!(resp.contains(&format!("\"field\":\"{field}\"")), "{resp}");
+    }
+    let client = uac(
+        &s,
+        "call-uac.xml",
+        &[],
+        "4155550123",
+        1,
+        1,
+        Duration::from_secs(20),
+    );
+    check(
+        &mut s,
+        "a call to an imported number",
+        &client.wait(Duration::from_secs(25)),
+        1,
+    );
+    check(
+        &mut s,
+        "the agent (UAS)",
+        &server.wait(Duration::from_secs(10)),
+        2,
+    );
+    for path in [
+        format!("/v1/calls/{call_id}"),
+        "/v1/numbers/+14155550123".into(),
+    ] {
+        assert_eq!(http(s.admin, "DELETE", &path, "").0, 204, "{path}");
+        let (code, resp) = http(s.admin, "GET", &path, "");
+        assert_eq!(code, 404, "{path}: {resp}");
+    }
 }

@@ -1,6 +1,7 @@
 //! `agent-router`: maps `sip:{call_id}@…` and dialled E.164 numbers to agents
 //! through the registry. See README.md.
 
+use weir_sdk::records::{CallEntry, NumberEntry};
 use weir_sdk::sip::{e164, Uri};
 use weir_sdk::{export_plugin, Config, Decision, Forward, Host, Level, Plugin, Reply, Request};
 
@@ -13,6 +14,7 @@ pub struct AgentRouter {
     default_country: String,
     fallback: Option<String>,
     methods: Vec<String>,
+    used_ttl_s: u32,
 }
 
 impl Plugin for AgentRouter {
@@ -24,6 +26,7 @@ impl Plugin for AgentRouter {
             "default_country",
             "fallback",
             "methods",
+            "used_ttl_s",
         ])?;
         let fallback = config.str("fallback")?;
         if let Some(f) = &fallback {
@@ -57,6 +60,8 @@ impl Plugin for AgentRouter {
             default_country,
             fallback,
             methods,
+            used_ttl_s: u32::try_from(config.u64_or("used_ttl_s", 4 * 3600)?)
+                .map_err(|_| "config key used_ttl_s: too large".to_string())?,
         })
     }
 
@@ -69,27 +74,43 @@ impl Plugin for AgentRouter {
             return self.nothing_matched(host, "no user part in the Request-URI");
         };
         let number = e164::normalize(user, &self.default_country);
-        let found = host
-            .registry_get(&format!("{}{user}", self.call_prefix))
-            .or_else(|| {
-                number
-                    .as_ref()
-                    .and_then(|n| host.registry_get(&format!("{}{n}", self.number_prefix)))
-            });
-        let Some(value) = found else {
-            return self.nothing_matched(host, user);
+        let call_key = format!("{}{user}", self.call_prefix);
+        let agent = match host.registry_get(&call_key) {
+            Some(value) => {
+                let Some(call) = CallEntry::parse(&value) else {
+                    return self.nothing_matched(host, user);
+                };
+                // A call registered through the API: the first INVITE uses it,
+                // and it then outlives its registration TTL.
+                if !call.used && method.eq_ignore_ascii_case("INVITE") {
+                    if let Some(used) = CallEntry::mark_used(&value) {
+                        if let Err(e) = host.registry_set(&call_key, &used, self.used_ttl_s) {
+                            host.log(Level::Warn, &format!("cannot mark {call_key} used: {e}"));
+                        }
+                    }
+                }
+                call.agent
+            }
+            None => match number
+                .as_ref()
+                .and_then(|n| host.registry_get(&format!("{}{n}", self.number_prefix)))
+                .and_then(|v| NumberEntry::parse(&v))
+            {
+                Some(n) => n.agent,
+                None => return self.nothing_matched(host, user),
+            },
         };
-        // An entry holds a SIP URI, or the name of an agent whose URI is stored
-        // under `agent:NAME` (so many numbers can follow one agent's moves).
-        let uri = if value.starts_with("sip:") || value.starts_with("sips:") {
-            value
+        // An entry names a SIP URI, or an agent whose URI is stored under
+        // `agent:NAME` (so many numbers can follow one agent's moves).
+        let uri = if agent.starts_with("sip:") || agent.starts_with("sips:") {
+            agent
         } else {
-            match host.registry_get(&format!("{}{value}", self.agent_prefix)) {
+            match host.registry_get(&format!("{}{agent}", self.agent_prefix)) {
                 Some(u) => u,
                 None => {
                     host.count("agent_offline", 1);
                     return Reply::new(480)
-                        .reason(format!("Agent {value} Unavailable"))
+                        .reason(format!("Agent {agent} Unavailable"))
                         .into();
                 }
             }
@@ -152,6 +173,38 @@ mod tests {
             Forward::to("sip:sales@10.0.0.8").into()
         );
         assert_eq!(mock.counter("routed"), 2);
+    }
+
+    #[test]
+    fn calls_registered_through_the_api_are_marked_used_by_their_invite() {
+        let mock = MockHost::new();
+        let host = mock.host();
+        mock.registry_set(
+            "call:c0ffee",
+            r#"{"agent":"sip:agent@10.0.0.7","metadata":{"lead":42},"used":false}"#,
+            300,
+        )
+        .unwrap();
+        mock.registry_set(
+            "num:+14155550100",
+            r#"{"agent":"sip:sales@10.0.0.8","trunk":"t1"}"#,
+            0,
+        )
+        .unwrap();
+        let mut p = plugin("{}", &host);
+        assert_eq!(
+            p.on_request(&invite("sip:c0ffee@weir.example.com"), &host),
+            Forward::to("sip:agent@10.0.0.7").into()
+        );
+        let used = mock.registry_get("call:c0ffee").unwrap();
+        assert!(
+            used.contains(r#""used":true"#) && used.contains("lead"),
+            "{used}"
+        );
+        assert_eq!(
+            p.on_request(&invite("sip:+14155550100@weir.example.com"), &host),
+            Forward::to("sip:sales@10.0.0.8").into()
+        );
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! | `GET /v1/registrations` | every address-of-record and its contacts |
 //! | `GET /v1/registrations/{aor}` | one address-of-record's contacts, or 404 |
 //! | `DELETE /v1/registrations/{aor}` | removes its bindings: 204, or 404 |
+//! | `POST /v1/calls` | registers a call: `{"agent", "from"?, "to"?, "direction"?, "metadata"?, "ttl_s"?}` (+ `Idempotency-Key`) → `{call_id, sip_uri, …}` |
+//! | `GET /v1/calls/{id}` | the call, or 404 |
+//! | `DELETE /v1/calls/{id}` | 204, or 404 |
+//! | `PUT /v1/numbers/{e164}` | `{"agent", "trunk"?}`: imports a number |
+//! | `GET /v1/numbers/{e164}` | the number, or 404; `GET /v1/numbers` lists them |
+//! | `DELETE /v1/numbers/{e164}` | 204, or 404 |
 //! | `GET /metrics` | counters in the Prometheus text format |
 //!
 //! Errors are JSON, `{"error": "...", "field": "..."}`, naming the field at fault.
@@ -23,13 +29,15 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use weir_plugin_host::Services;
 
 use crate::plugins::PluginHost;
+
+mod calls;
 
 /// The longest time-to-live accepted: a year.
 const MAX_TTL_S: u64 = 366 * 24 * 3600;
@@ -40,6 +48,8 @@ const MAX_LIST: usize = 10_000;
 pub struct Admin {
     pub services: Arc<Services>,
     pub plugins: Option<Arc<PluginHost>>,
+    /// `host[:port]` of the SIP URIs handed out for registered calls.
+    pub sip_host: String,
 }
 
 /// An API error: the status and the field at fault.
@@ -95,6 +105,18 @@ pub fn router(admin: Admin) -> Router {
         .route(
             "/v1/registry/{key}",
             get(get_entry).put(put_entry).delete(delete_entry),
+        )
+        .route("/v1/calls", post(calls::create_call))
+        .route(
+            "/v1/calls/{id}",
+            get(calls::get_call).delete(calls::delete_call),
+        )
+        .route("/v1/numbers", get(calls::list_numbers))
+        .route(
+            "/v1/numbers/{number}",
+            get(calls::get_number)
+                .put(calls::put_number)
+                .delete(calls::delete_number),
         )
         .route("/v1/registrations", get(registrations))
         .route(
