@@ -245,17 +245,19 @@ fn main() -> ExitCode {
                 Some(h) => Box::new(Chain::new(h.set(), services.clone(), fallback)),
                 None => Box::new(fallback),
             };
+            let stats = runtime::SharedStats::default();
             let admin = admin::Admin {
                 services,
                 plugins: plugin_host.clone(),
                 sip_host: cfg.sip_host(),
+                proxy_stats: stats.clone(),
             };
             let admin_listen = cfg.admin_listen;
             let started = rt.block_on(async move {
                 if let Some(addr) = admin_listen {
                     admin::serve(addr, admin).await?;
                 }
-                runtime::run(cfg, router, shutdown_signal()).await
+                runtime::run(cfg, router, stats, shutdown_signal()).await
             });
             match started {
                 Ok(()) => ExitCode::SUCCESS,

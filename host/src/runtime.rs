@@ -27,9 +27,14 @@ struct Conns {
 }
 
 /// Binds every listener and runs the proxy until `shutdown` resolves.
+/// The proxy's counters as last published by the loop (about once a second),
+/// for `/metrics`.
+pub type SharedStats = Arc<std::sync::Mutex<weir_sip::proxy::Stats>>;
+
 pub async fn run(
     cfg: Config,
     router: Box<dyn Router>,
+    stats_out: SharedStats,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<Input>(16 * 1024);
@@ -88,6 +93,7 @@ pub async fn run(
         shell.udp.iter().map(|(a, s)| (*a, s.clone())).collect();
     let mut buf = vec![0u8; 65_536];
     let mut last_report = std::time::Instant::now();
+    let mut last_publish = std::time::Instant::now();
     let mut last_stats = proxy.stats();
     let mut busy_rounds = 0u32;
     loop {
@@ -95,6 +101,10 @@ pub async fn run(
             info!("shutting down");
             log_stats(&proxy.stats());
             break;
+        }
+        if last_publish.elapsed() >= Duration::from_secs(1) {
+            last_publish = std::time::Instant::now();
+            *stats_out.lock().unwrap_or_else(|p| p.into_inner()) = proxy.stats();
         }
         if last_report.elapsed() >= Duration::from_secs(60) {
             last_report = std::time::Instant::now();

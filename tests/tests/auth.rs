@@ -212,6 +212,20 @@ fn svcrack_is_banned_before_it_reaches_the_password() {
         "{}",
         kept(&mut s)
     );
+    let (_, metrics) = http(s.admin, "GET", "/metrics", "");
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert!(
+        counter("weir_sip_caller_auth_failures_total") >= 5,
+        "{metrics}"
+    );
+    assert!(counter("weir_sip_refused_banned_total") >= 1, "{metrics}");
+    assert!(counter("weir_sip_callers_verified_total") >= 1, "{metrics}");
     // Banned: even an OPTIONS from that address goes unanswered.
     let proxy = format!("127.0.0.1:{}", s.proxy).parse().unwrap();
     assert_eq!(options_ping(proxy, Duration::from_millis(500)), None);

@@ -50,6 +50,8 @@ pub struct Admin {
     pub plugins: Option<Arc<PluginHost>>,
     /// `host[:port]` of the SIP URIs handed out for registered calls.
     pub sip_host: String,
+    /// The proxy core's counters, published by its loop.
+    pub proxy_stats: crate::runtime::SharedStats,
 }
 
 /// An API error: the status and the field at fault.
@@ -223,6 +225,106 @@ async fn metrics(State(a): State<Admin>) -> Response {
         "weir_registry_entries {}\n",
         a.services.registry.len(Instant::now())
     ));
+    let st = a
+        .proxy_stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let counters: [(&str, &str, u64); 17] = [
+        ("requests_in", "requests received", st.requests_in),
+        ("responses_in", "responses received", st.responses_in),
+        (
+            "dropped_malformed",
+            "messages dropped as unreadable",
+            st.dropped_malformed,
+        ),
+        (
+            "rejected",
+            "invalid requests answered with an error",
+            st.rejected,
+        ),
+        (
+            "refused_sources",
+            "requests refused by [sip] accept_from",
+            st.refused_sources,
+        ),
+        (
+            "retransmissions_absorbed",
+            "retransmissions absorbed",
+            st.retransmissions_absorbed,
+        ),
+        (
+            "forwarded_requests",
+            "requests forwarded",
+            st.forwarded_requests,
+        ),
+        (
+            "forwarded_responses",
+            "responses forwarded",
+            st.forwarded_responses,
+        ),
+        (
+            "stray_responses_forwarded",
+            "responses without a transaction forwarded",
+            st.stray_responses_forwarded,
+        ),
+        (
+            "stray_responses_dropped",
+            "responses without a transaction dropped",
+            st.stray_responses_dropped,
+        ),
+        (
+            "failovers",
+            "targets tried after another failed",
+            st.failovers,
+        ),
+        (
+            "loops_detected",
+            "requests refused as loops",
+            st.loops_detected,
+        ),
+        (
+            "challenges_answered",
+            "next hops' 401/407 answered with a credential",
+            st.challenges_answered,
+        ),
+        (
+            "challenges_sent",
+            "401/407 sent to callers",
+            st.challenges_sent,
+        ),
+        (
+            "callers_verified",
+            "callers' digest answers verified",
+            st.callers_verified,
+        ),
+        (
+            "caller_auth_failures",
+            "wrong digest answers from callers",
+            st.caller_auth_failures,
+        ),
+        (
+            "refused_banned",
+            "requests dropped from banned sources",
+            st.refused_banned,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.push_str(&format!(
+            "# HELP weir_sip_{name}_total {help}\n# TYPE weir_sip_{name}_total counter\nweir_sip_{name}_total {value}\n"
+        ));
+    }
+    let gauges: [(&str, usize); 4] = [
+        ("server_transactions", st.live_server_transactions),
+        ("client_transactions", st.live_client_transactions),
+        ("contexts", st.live_contexts),
+        ("shifted_dialogs", st.shifted_dialogs),
+    ];
+    for (name, value) in gauges {
+        out.push_str(&format!(
+            "# TYPE weir_sip_{name} gauge\nweir_sip_{name} {value}\n"
+        ));
+    }
     for (series, value) in a.services.counters() {
         out.push_str(&format!("{series} {value}\n"));
     }
