@@ -204,6 +204,26 @@ fn udp_calls_cancel_busy_reinvite_options_message() {
     all_flows(&mut s, &V4, "u1");
 }
 
+/// A cold transfer: the agent's REFER (Refer-To, Referred-By, User-to-User,
+/// an X- header) reaches the carrier through the route set byte for byte, and
+/// the carrier's NOTIFY with the sipfrag outcome comes back the same way.
+#[test]
+fn refer_and_its_notify_pass_through_with_uui_and_custom_headers() {
+    let mut s = setup();
+    for t in ["u1", "t1"] {
+        flow(
+            &mut s,
+            &V4,
+            t,
+            t,
+            ("refer-uac.xml", &[]),
+            ("refer-uas.xml", &[]),
+            5,
+            SECS_20,
+        );
+    }
+}
+
 #[test]
 fn tcp_calls_cancel_busy_reinvite_options_message() {
     let mut s = setup();
