@@ -23,12 +23,14 @@ fn outbound_calls_answer_the_carriers_digest_challenge() {
         &[("carrier-trunk.wasm", plugin_wasm("carrier_trunk"))],
         &["carrier-trunk"],
         &format!(
-            "[plugins.carrier-trunk.config]\n\
+            "[plugins.carrier-trunk]\ncapabilities = [\"registry\", \"acl\", \"log\", \"metrics\"]\n\
+             [plugins.carrier-trunk.config]\n\
              carrier_ranges = [\"192.0.2.0/24\"]\n\
              agent_ranges = [\"127.0.0.0/8\"]\n\
              termination_uri = \"sip:127.0.0.1:{carrier_port}\"\n\
              credential = \"carrier\"\n\
              caller_id = \"+14155550199\"\n\
+             assert_identity = true\n\
              [credentials.carrier]\nusername = \"weir-out\"\npassword = \"tr0mb0ne\"\n"
         ),
     );
@@ -139,7 +141,8 @@ fn inbound_calls_route_by_number_from_the_carrier_only() {
         ],
         &["carrier-trunk", "agent-router"],
         "accept_from = [\"carrier\", \"agents\"]\n",
-        "[plugins.carrier-trunk.config]\ncarrier_ranges = [\"127.0.0.1/32\"]\n\
+        "[plugins.carrier-trunk]\ncapabilities = [\"registry\", \"acl\", \"log\", \"metrics\"]\n\
+         [plugins.carrier-trunk.config]\ncarrier_ranges = [\"127.0.0.1/32\"]\n\
          agent_ranges = []\n\
          [plugins.agent-router]\ncapabilities = [\"registry\", \"log\", \"metrics\"]\n\
          [acl]\ncarrier = [\"127.0.0.1\"]\nagents = [\"127.0.0.3\"]\n",

@@ -17,6 +17,11 @@ pub struct CarrierTrunk {
     caller_id: Option<String>,
     /// Per agent (From user) caller IDs, checked E.164.
     caller_ids: Vec<(String, String)>,
+    /// The proxy's `[acl]` lists that also count as carrier / agent sources.
+    carrier_acls: Vec<String>,
+    agent_acls: Vec<String>,
+    /// Assert the caller ID to the carrier in P-Asserted-Identity.
+    assert_identity: bool,
 }
 
 #[derive(Debug)]
@@ -46,7 +51,7 @@ fn e164_of(key: &str, value: &str) -> Result<String, String> {
 }
 
 impl Plugin for CarrierTrunk {
-    fn init(config: &Config, _host: &Host) -> Result<Self, String> {
+    fn init(config: &Config, host: &Host) -> Result<Self, String> {
         config.deny_unknown(&[
             "carrier_ranges",
             "agent_ranges",
@@ -56,11 +61,16 @@ impl Plugin for CarrierTrunk {
             "transport",
             "caller_id",
             "caller_ids",
+            "carrier_acls",
+            "agent_acls",
+            "assert_identity",
         ])?;
         let carrier_ranges = ranges(config, "carrier_ranges")?;
-        if carrier_ranges.is_empty() {
+        let carrier_acls = acl_names(config, host, "carrier_acls")?;
+        if carrier_ranges.is_empty() && carrier_acls.is_empty() {
             return Err(
-                "config key carrier_ranges: list at least one carrier address range".into(),
+                "config key carrier_ranges: list at least one carrier address range (or carrier_acls)"
+                    .into(),
             );
         }
         let termination = match config.str("termination_uri")? {
@@ -109,15 +119,24 @@ impl Plugin for CarrierTrunk {
             termination,
             caller_id,
             caller_ids,
+            carrier_acls,
+            agent_acls: acl_names(config, host, "agent_acls")?,
+            assert_identity: config.bool_or("assert_identity", false)?,
         })
     }
 
     fn on_request(&mut self, req: &Request, host: &Host) -> Decision {
-        let source: Option<IpAddr> = req.source().ip.parse().ok();
-        let from = |ranges: &[Cidr]| source.is_some_and(|ip| ranges.iter().any(|r| r.contains(ip)));
-        if from(&self.carrier_ranges) {
+        let ip_text = req.source().ip;
+        let source: Option<IpAddr> = ip_text.parse().ok();
+        let from = |ranges: &[Cidr], acls: &[String]| {
+            source.is_some_and(|ip| ranges.iter().any(|r| r.contains(ip)))
+                || acls
+                    .iter()
+                    .any(|name| host.acl_contains(name, &ip_text).unwrap_or(false))
+        };
+        if from(&self.carrier_ranges, &self.carrier_acls) {
             self.inbound(req, host)
-        } else if from(&self.agent_ranges) {
+        } else if from(&self.agent_ranges, &self.agent_acls) {
             self.outbound(req, host)
         } else {
             host.count("refused_source", 1);
@@ -166,17 +185,38 @@ impl CarrierTrunk {
             return Reply::new(484).reason("Not An E.164 Number").into();
         };
         let agent = req.from_user().unwrap_or_default();
+        // A caller ID the carrier will accept: the agent's own, else a number
+        // the agent already uses that is imported (`PUT /v1/numbers`), else
+        // the default.
+        let imported = e164::normalize(agent, &self.default_country)
+            .filter(|n| host.registry_get(&format!("num:{n}")).is_some());
         let caller = self
             .caller_ids
             .iter()
             .find(|(a, _)| *a == agent)
             .map(|(_, n)| n.clone())
+            .or(imported)
             .or_else(|| self.caller_id.clone());
-        if let Some(c) = caller {
-            if let Err(e) = req.set_from_user(&c) {
-                return Reply::new(500)
-                    .reason(format!("Cannot Set Caller ID ({e})"))
-                    .into();
+        if let Some(c) = &caller {
+            if c != agent {
+                if let Err(e) = req.set_from_user(c) {
+                    return Reply::new(500)
+                        .reason(format!("Cannot Set Caller ID ({e})"))
+                        .into();
+                }
+            }
+            if self.assert_identity {
+                // The carrier trusts what the trunk asserts; what the agent
+                // would have preferred is not the carrier's business.
+                let asserted = format!("<sip:{c}@{}>", term.uri.host);
+                let set = req
+                    .remove_header("P-Preferred-Identity")
+                    .and_then(|_| req.set_header("P-Asserted-Identity", &asserted));
+                if let Err(e) = set {
+                    return Reply::new(500)
+                        .reason(format!("Cannot Assert Identity ({e})"))
+                        .into();
+                }
             }
         }
         host.count("outbound", 1);
@@ -189,6 +229,16 @@ impl CarrierTrunk {
         }
         Forward::to(target).into()
     }
+}
+
+/// The `[acl]` list names under `key`, each checked to exist.
+fn acl_names(config: &Config, host: &Host, key: &str) -> Result<Vec<String>, String> {
+    let names = config.str_list(key)?;
+    for name in &names {
+        host.acl_contains(name, "127.0.0.1")
+            .map_err(|e| format!("config key {key}: {e}"))?;
+    }
+    Ok(names)
 }
 
 /// `uri` with the user part `user`.
@@ -280,6 +330,45 @@ mod tests {
             p.on_request(&r, &host),
             Decision::Reply(Reply { status: 484, .. })
         ));
+    }
+
+    #[test]
+    fn imported_numbers_are_kept_and_the_caller_id_can_be_asserted() {
+        let mock = MockHost::new();
+        let host = mock.host();
+        mock.set_acl("agents", &["10.9.9.9"]);
+        mock.registry_set("num:+14155550177", r#"{"agent":"sales"}"#, 0)
+            .unwrap();
+        let config = CONFIG.replacen(
+            '{',
+            r#"{"agent_acls":["agents"],"assert_identity":true,"#,
+            1,
+        );
+        let mut p = CarrierTrunk::init(&Config::parse(&config).unwrap(), &host).unwrap();
+        // From an [acl] list, From an imported number: kept, and asserted.
+        let r = Request::mock(
+            "INVITE sip:4155550123@weir.example.com SIP/2.0\r\nFrom: <sip:4155550177@h>;tag=1\r\n\
+             To: <sip:4155550123@weir.example.com>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\
+             P-Preferred-Identity: <sip:+19995550000@agent>\r\n\r\n",
+        )
+        .unwrap()
+        .with_source("10.9.9.9", 5060, Transport::Udp);
+        assert!(matches!(p.on_request(&r, &host), Decision::Forward(_)));
+        assert_eq!(
+            r.mock_edits(),
+            vec![
+                Edit::SetFromUser("+14155550177".into()),
+                Edit::RemoveHeader("P-Preferred-Identity".into()),
+                Edit::SetHeader(
+                    "P-Asserted-Identity".into(),
+                    "<sip:+14155550177@acme.pstn.example.com>".into()
+                ),
+            ]
+        );
+        // An unknown list is a configuration error.
+        let bad = CONFIG.replacen('{', r#"{"carrier_acls":["nope"],"#, 1);
+        let e = CarrierTrunk::init(&Config::parse(&bad).unwrap(), &host).unwrap_err();
+        assert!(e.contains("carrier_acls") && e.contains("nope"), "{e}");
     }
 
     #[test]

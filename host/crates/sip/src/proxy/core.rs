@@ -13,6 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::caller_auth::{self, CallerAuth};
+use super::identity::{self, CallerIdentities};
 use super::upstream_auth::{self, Answer, CseqShifts};
 use super::validate::{check_request, check_response, Checked, Rejection};
 use super::{
@@ -59,6 +60,8 @@ pub struct Proxy {
     next_resolve: u64,
     /// Dialogs whose caller-side CSeq goes out shifted (see `upstream_auth`).
     shifts: CseqShifts,
+    /// Dialogs whose caller-ID a router rewrote (see `identity`).
+    identities: CallerIdentities,
     /// Nonces and bans for challenged callers.
     caller_auth: CallerAuth,
     stats: Stats,
@@ -349,6 +352,9 @@ struct Context {
     pin: Option<Pin>,
     /// Extra header lines for a locally generated final response.
     reply_headers: Vec<String>,
+    /// From/To values the request had when it arrived, where it went out with
+    /// others: its responses go upstream with these again.
+    echo: Vec<(HeaderName, Bytes)>,
     branches: Vec<Branch>,
     finals: Vec<Final>,
     answered: bool,
@@ -410,6 +416,7 @@ impl Proxy {
             // A day without a request ends a shift: longer than carriers let
             // calls last (Twilio: 4 h).
             shifts: CseqShifts::new(std::time::Duration::from_secs(24 * 3600), 100_000),
+            identities: CallerIdentities::new(std::time::Duration::from_secs(24 * 3600), 100_000),
             stats: Stats::default(),
         }
     }
@@ -429,6 +436,7 @@ impl Proxy {
             live_client_transactions: self.client_txns.len(),
             live_contexts: self.contexts.len(),
             shifted_dialogs: self.shifts.len(),
+            rewritten_dialogs: self.identities.len(),
             caller_auth_failures: self.caller_auth.failures,
             ..self.stats.clone()
         }
@@ -624,11 +632,21 @@ impl Proxy {
         };
         drop(checked);
         if matches!(method, Method::Ack | Method::Cancel) {
-            // An ACK in a shifted dialog carries its INVITE's shifted number.
+            // An ACK in a shifted dialog carries its INVITE's shifted number,
+            // and in a rewritten one the callee's view of the caller.
             let cseq = if method == Method::Ack && in_dialog {
                 self.shifted_cseq(now, &msg, false)
             } else {
                 None
+            };
+            let msg = match (method == Method::Ack && in_dialog)
+                .then(|| self.identities.for_request(now, &msg, false))
+                .flatten()
+            {
+                Some((name, value)) => {
+                    identity::with_header_value(&msg, name, &value).unwrap_or(msg)
+                }
+                None => msg,
             };
             let stateless = Forward {
                 uri: effective_ruri(&msg, &plan),
@@ -736,6 +754,8 @@ impl Proxy {
                     && routed.record_route.unwrap_or(
                         self.cfg.record_route == RecordRoute::Dialogs && dialog_creating,
                     );
+                let received_from =
+                    identity::header_value(&request, HeaderName::From).map(Bytes::copy_from_slice);
                 // An edited request is what goes out; its header lines may have moved,
                 // so the route plan is worked out again on it.
                 let (request, plan) = match routed.edited.take() {
@@ -753,6 +773,8 @@ impl Proxy {
                 } else {
                     None
                 };
+                let (request, echo) =
+                    self.identity_out(now, request, received_from, in_dialog, method);
                 let ctx = self.contexts.insert(Context {
                     server: skey,
                     request,
@@ -764,6 +786,7 @@ impl Proxy {
                     auth: None,
                     pin: routed.pin.take(),
                     reply_headers: Vec::new(),
+                    echo,
                     inbound,
                     loop_hash,
                     record_route,
@@ -1463,6 +1486,10 @@ impl Proxy {
         if let (Some(delta), Some(seq)) = (self.shifts.peek(&msg), cseq_number(&msg)) {
             set_cseq(&mut rw, &msg, seq.wrapping_sub(delta));
         }
+        // …and with the caller's own From in a rewritten one.
+        if let Some(from) = self.identities.caller_from(&msg) {
+            identity::set_header_value(&mut rw, &msg, HeaderName::From, &from);
+        }
         let bytes = rw.finish();
         self.stats.stray_responses_forwarded += 1;
         let local = self.cfg.listeners[out].local;
@@ -1696,6 +1723,47 @@ impl Proxy {
         Message::parse(wire, Framing::Exact).ok()
     }
 
+    /// Keeps a caller-ID rewrite consistent (see `identity`): an initial
+    /// INVITE whose From the router changed starts it; an in-dialog request
+    /// of such a dialog goes out with the other side's view. Returns the
+    /// request to send and the values its responses must carry back.
+    fn identity_out(
+        &mut self,
+        now: Instant,
+        request: Arc<Message>,
+        received_from: Option<Bytes>,
+        in_dialog: bool,
+        method: Method,
+    ) -> (Arc<Message>, Vec<(HeaderName, Bytes)>) {
+        if in_dialog {
+            let Some((name, value)) =
+                self.identities
+                    .for_request(now, &request, method == Method::Bye)
+            else {
+                return (request, Vec::new());
+            };
+            let Some(had) = identity::header_value(&request, name).map(Bytes::copy_from_slice)
+            else {
+                return (request, Vec::new());
+            };
+            return match identity::with_header_value(&request, name, &value) {
+                Some(m) => (Arc::new(m), vec![(name, had)]),
+                None => (request, Vec::new()),
+            };
+        }
+        let sent = identity::header_value(&request, HeaderName::From);
+        match (received_from, sent) {
+            (Some(received), Some(sent)) if received != sent => {
+                if method == Method::Invite {
+                    let sent = Bytes::copy_from_slice(sent);
+                    self.identities.insert(now, &request, &received, &sent);
+                }
+                (request, vec![(HeaderName::From, received)])
+            }
+            _ => (request, Vec::new()),
+        }
+    }
+
     /// The CSeq number an in-dialog request from the caller goes out with, in
     /// a dialog whose numbering the proxy shifted.
     fn shifted_cseq(&mut self, now: Instant, request: &Message, ends: bool) -> Option<u32> {
@@ -1713,10 +1781,20 @@ impl Proxy {
             return;
         }
         c.answered = true;
-        if c.challenged && c.method == Method::Invite {
-            // The call failed: no dialog goes on with the shifted numbering.
-            let request = c.request.clone();
-            self.shifts.remove(&request);
+        if c.method == Method::Invite && (c.challenged || !c.echo.is_empty()) {
+            // The call failed: no dialog goes on with the shifted numbering or
+            // the rewritten caller-ID (a failed re-INVITE leaves its dialog be).
+            let (request, challenged) = (c.request.clone(), c.challenged);
+            if challenged {
+                self.shifts.remove(&request);
+            }
+            if request
+                .to()
+                .and_then(Result::ok)
+                .is_some_and(|t| t.tag().is_none())
+            {
+                self.identities.remove(&request);
+            }
         }
         let Some(c) = self.contexts.get_mut(ctx) else {
             return;
@@ -1768,11 +1846,13 @@ impl Proxy {
     /// Via removed (§16.7 steps 7–9).
     fn forward_response_as(&mut self, now: Instant, ctx: Key, resp: &Message, status: Option<u16>) {
         // Only a request sent with another CSeq number has its own to restore.
-        let Some((server, original)) = self
-            .contexts
-            .get(ctx)
-            .map(|c| (c.server, c.cseq.and_then(|_| cseq_number(&c.request))))
-        else {
+        let Some((server, original, echo)) = self.contexts.get(ctx).map(|c| {
+            (
+                c.server,
+                c.cseq.and_then(|_| cseq_number(&c.request)),
+                c.echo.clone(),
+            )
+        }) else {
             return;
         };
         let Some((via_line, _)) = resp.list(HeaderName::Via).next() else {
@@ -1786,6 +1866,9 @@ impl Proxy {
         rw.drop_first_values(via_line, 1);
         if let Some(seq) = original {
             set_cseq(&mut rw, resp, seq);
+        }
+        for (name, value) in &echo {
+            identity::set_header_value(&mut rw, resp, *name, value);
         }
         if let Some(s) = status {
             rw.set_start_line(format!("SIP/2.0 {s} Server Internal Error").as_bytes());

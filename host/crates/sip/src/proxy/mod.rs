@@ -10,6 +10,8 @@
 
 mod caller_auth;
 mod core;
+mod dialog_map;
+mod identity;
 mod upstream_auth;
 mod validate;
 
@@ -396,6 +398,8 @@ pub struct Stats {
     pub refused_banned: u64,
     /// Dialogs whose CSeq the proxy shifts (after answering a challenge).
     pub shifted_dialogs: usize,
+    /// Dialogs whose caller-ID a router rewrote (kept consistent both ways).
+    pub rewritten_dialogs: usize,
     pub loops_detected: u64,
     pub live_server_transactions: usize,
     pub live_client_transactions: usize,

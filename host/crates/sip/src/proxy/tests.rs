@@ -1402,3 +1402,119 @@ fn s22_1_an_identity_the_router_still_challenges_gets_403_and_bad_credentials_40
     assert_eq!(r.status(), Some(400));
     assert!(String::from_utf8_lossy(r.reason()).contains("malformed Proxy-Authorization"));
 }
+
+/// Rewrites the From of every initial request to a verified number, as
+/// carrier-trunk does for outbound calls.
+struct CallerId;
+
+const REWRITTEN_FROM: &str = "\"Acme\" <sip:+14155550199@x.example>;tag=fa";
+
+impl Router for CallerId {
+    fn route(&mut self, request: &Arc<Message>, _: &Flow, _: Option<&str>) -> Routed {
+        let text = String::from_utf8_lossy(request.as_bytes()).replace(
+            "From: <sip:alice@a.example>;tag=fa",
+            &format!("From: {REWRITTEN_FROM}"),
+        );
+        Routed {
+            edited: Some(Message::parse(Bytes::from(text), Framing::Datagram).unwrap()),
+            ..Decision::Forward(vec![Target::new("sip:bob@127.0.0.1:5080")]).into()
+        }
+    }
+}
+
+fn from_of(m: &Message) -> String {
+    header(m, "From").concat()
+}
+
+fn to_of(m: &Message) -> String {
+    header(m, "To").concat()
+}
+
+#[test]
+fn a_caller_id_rewrite_holds_for_the_whole_dialog_both_ways() {
+    let mut sim = Sim::with(|_| {}, Box::new(CallerId));
+    let call_id = "call-z9hG4bK-cid1";
+    sim.udp(ALICE, &invite("sip:bob@127.0.0.1:5060", "z9hG4bK-cid1"));
+    let fwd = sim.sent_to(BOB);
+    assert_eq!(from_of(&fwd), REWRITTEN_FROM);
+    // Responses carry the caller's own From back.
+    sim.udp(BOB, &answer(&fwd, 180, "Ringing", "tb", ""));
+    let ringing = sim.last_to(ALICE);
+    assert_eq!(from_of(&ringing), "<sip:alice@a.example>;tag=fa");
+    sim.udp(
+        BOB,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            "tb",
+            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+        ),
+    );
+    let ok = sim.last_to(ALICE);
+    assert_eq!(from_of(&ok), "<sip:alice@a.example>;tag=fa");
+    assert_eq!(sim.proxy.stats().rewritten_dialogs, 1);
+    // A 2xx retransmission no transaction knows any more: the same.
+    sim.advance(Duration::from_secs(1));
+    sim.udp(BOB, &answer(&fwd, 200, "OK", "tb", ""));
+    assert_eq!(from_of(&sim.last_to(ALICE)), "<sip:alice@a.example>;tag=fa");
+    // The caller's requests go down with the callee's view of the caller…
+    let from_alice = |method: &str, branch: &str, seq: u32| {
+        in_dialog_request(
+            method,
+            "sip:bob@127.0.0.1:5080",
+            ("alice", "fa"),
+            ("bob", "tb"),
+            branch,
+            call_id,
+            seq,
+        )
+        .replace(
+            "From: <sip:alice@x.example>;tag=fa",
+            "From: <sip:alice@a.example>;tag=fa",
+        )
+    };
+    sim.udp(ALICE, &from_alice("ACK", "z9hG4bK-cid2", 1));
+    assert_eq!(from_of(&sim.sent_to(BOB)), REWRITTEN_FROM);
+    // …the callee's come up with the caller's own, and their responses back down.
+    let info = in_dialog_request(
+        "INFO",
+        "sip:alice@127.0.0.1:5070",
+        ("bob", "tb"),
+        ("alice", "fa"),
+        "z9hG4bK-cid3",
+        call_id,
+        7,
+    )
+    .replace(
+        "To: <sip:alice@x.example>;tag=fa",
+        &format!("To: {}", REWRITTEN_FROM.replace("\"Acme\" ", "")),
+    );
+    sim.udp(BOB, &info);
+    let up = sim.sent_to(ALICE);
+    assert_eq!(to_of(&up), "<sip:alice@a.example>;tag=fa");
+    sim.udp(ALICE, &answer(&up, 200, "OK", "fa", ""));
+    let down = sim.last_to(BOB);
+    assert_eq!(to_of(&down), "<sip:+14155550199@x.example>;tag=fa");
+    // BYE from the caller: rewritten, its 200 restored, and the dialog forgotten.
+    sim.udp(ALICE, &from_alice("BYE", "z9hG4bK-cid4", 2));
+    let bye = sim.sent_to(BOB);
+    assert_eq!(from_of(&bye), REWRITTEN_FROM);
+    sim.udp(BOB, &answer(&bye, 200, "OK", "tb", ""));
+    assert_eq!(from_of(&sim.last_to(ALICE)), "<sip:alice@a.example>;tag=fa");
+    assert_eq!(sim.proxy.stats().rewritten_dialogs, 0);
+}
+
+#[test]
+fn a_failed_call_leaves_no_rewritten_dialog_behind() {
+    let mut sim = Sim::with(|_| {}, Box::new(CallerId));
+    sim.udp(ALICE, &invite("sip:bob@127.0.0.1:5060", "z9hG4bK-cid9"));
+    let fwd = sim.sent_to(BOB);
+    assert_eq!(sim.proxy.stats().rewritten_dialogs, 1);
+    sim.udp(BOB, &answer(&fwd, 486, "Busy Here", "tb", ""));
+    let busy = sim.last_to(ALICE);
+    assert_eq!(busy.status(), Some(486));
+    assert_eq!(from_of(&busy), "<sip:alice@a.example>;tag=fa");
+    assert_eq!(sim.proxy.stats().rewritten_dialogs, 0);
+    sim.assert_idle();
+}

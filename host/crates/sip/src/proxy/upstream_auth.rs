@@ -8,12 +8,10 @@
 //! on the way down (and its responses back up). Requests in the other
 //! direction are numbered by the callee and are left alone.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
+use super::dialog_map::{dialog_key, DialogMap};
 use crate::digest::Challenge;
 use crate::headers::HeaderName;
 use crate::message::Message;
@@ -75,53 +73,25 @@ pub(crate) fn answer(
     })
 }
 
-/// The dialogs whose caller-side CSeq the proxy shifts, keyed by Call-ID and
-/// the caller's From tag. Entries end with the dialog's BYE or, for dialogs
-/// that never say goodbye here, after `idle` without a request.
+/// The dialogs whose caller-side CSeq the proxy shifts (by how much).
 #[derive(Debug)]
 pub(crate) struct CseqShifts {
-    shifts: HashMap<(Bytes, Bytes), Shift>,
-    idle: Duration,
-    max: usize,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Shift {
-    delta: u32,
-    used: Instant,
+    shifts: DialogMap<u32>,
 }
 
 impl CseqShifts {
     pub fn new(idle: Duration, max: usize) -> CseqShifts {
         CseqShifts {
-            shifts: HashMap::new(),
-            idle,
-            max,
+            shifts: DialogMap::new(idle, max),
         }
-    }
-
-    fn key(msg: &Message) -> Option<(Bytes, Bytes)> {
-        let call_id = msg.call_id()?;
-        let from = msg.from()?.ok()?;
-        let tag = from.tag()?;
-        Some((Bytes::copy_from_slice(call_id), Bytes::copy_from_slice(tag)))
     }
 
     /// Remembers that requests from `request`'s sender in its dialog go out
     /// `delta` higher.
     pub fn insert(&mut self, now: Instant, request: &Message, delta: u32) {
-        let Some(key) = Self::key(request) else {
-            return;
-        };
-        if self.shifts.len() >= self.max && !self.shifts.contains_key(&key) {
-            let idle = self.idle;
-            self.shifts
-                .retain(|_, s| now.saturating_duration_since(s.used) < idle);
-            if self.shifts.len() >= self.max {
-                return;
-            }
+        if let Some(key) = dialog_key(request, true) {
+            self.shifts.insert(now, key, delta);
         }
-        self.shifts.insert(key, Shift { delta, used: now });
     }
 
     /// The shift for an in-dialog request from the caller, if any; a BYE ends it.
@@ -129,14 +99,8 @@ impl CseqShifts {
         if self.shifts.is_empty() {
             return None;
         }
-        let key = Self::key(request)?;
-        let shift = self.shifts.get_mut(&key)?;
-        if now.saturating_duration_since(shift.used) >= self.idle {
-            self.shifts.remove(&key);
-            return None;
-        }
-        shift.used = now;
-        let delta = shift.delta;
+        let key = dialog_key(request, true)?;
+        let delta = *self.shifts.touch(now, &key)?;
         if is_bye {
             self.shifts.remove(&key);
         }
@@ -145,7 +109,7 @@ impl CseqShifts {
 
     /// Forgets the shift of `request`'s dialog (its INVITE failed).
     pub fn remove(&mut self, request: &Message) {
-        if let Some(key) = Self::key(request) {
+        if let Some(key) = dialog_key(request, true) {
             self.shifts.remove(&key);
         }
     }
@@ -155,7 +119,7 @@ impl CseqShifts {
         if self.shifts.is_empty() {
             return None;
         }
-        self.shifts.get(&Self::key(msg)?).map(|s| s.delta)
+        self.shifts.get(&dialog_key(msg, true)?).copied()
     }
 
     pub fn len(&self) -> usize {
