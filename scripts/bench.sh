@@ -5,6 +5,10 @@
 #   scripts/bench.sh plugins    routing by a program (ROUTE_BY=proxy): Kamailio `script`,
 #                               weir without plugins (by R-URI, the reference rate), and
 #                               weir with agent-router routing through the registry
+#   scripts/bench.sh digest     a digest challenge on every INVITE (the harness's UAC with a
+#                               407 round: scripts/bench-uac-digest.xml): Kamailio with
+#                               pv_proxy_authenticate (tests/kamailio/carrier.cfg), weir with
+#                               sip-users + agent-router; and weir without plugins, plain UDP
 #   DUR=10 scripts/bench.sh ... a quicker look (DUR=30 per step is the harness default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +46,40 @@ weir() {
   trap - EXIT
 }
 
-if [[ "$what" == plugins ]]; then
+# A copy of the harness whose UAC answers a 407 on every INVITE.
+digest_harness() {
+  local tmp; tmp="$(mktemp -d)"
+  cp -r "$BENCH" "$tmp/bench"
+  cp scripts/bench-uac-digest.xml "$tmp/bench/sipp/uac-invite-sdp.xml"
+  echo "$tmp/bench"
+}
+
+# kamailio_digest: Kamailio (2 children, TLSF) challenging every INVITE on :5060.
+kamailio_digest() {
+  echo "== Kamailio (digest on every INVITE, 2 children, TLSF) on 127.0.0.1:5060" >&2
+  local cfg; cfg="$(mktemp --suffix=.cfg)"
+  sed -e 's/@PORT@/5060/g; s/@UAS_PORT@/5080/g; s/@USER@/bench/g; s/@PASSWORD@/bench-pw/g' \
+      -e '/xlog(/d; s/^debug=2/debug=1/; s/"carrier.example"/"bench"/g' tests/kamailio/carrier.cfg > "$cfg"
+  /usr/sbin/kamailio -f "$cfg" -x tlsf -m 256 -M 16 -P "$cfg.pid" -E 2>"$cfg.log" &
+  sleep 1.5
+  trap 'kill "$(cat "'"$cfg"'.pid")" 2>/dev/null || true' EXIT
+  ROUTE_BY=proxy LABEL="kamailio-digest" PROXY_PID="$(cat "$cfg.pid")" "$1/sip-cps.sh" 127.0.0.1:5060
+  kill "$(cat "$cfg.pid")" 2>/dev/null || true
+  trap - EXIT
+  sleep 1
+}
+
+if [[ "$what" == digest ]]; then
+  scripts/build-plugins.sh
+  harness="$(digest_harness)"
+  kam=$(kamailio_digest "$harness")
+  plain=$(weir scripts/bench.toml ruri ruri)
+  BENCH="$harness"
+  dig=$(weir scripts/bench-digest.toml digest proxy call:callee sip:callee@127.0.0.1:5080)
+  echo "kamailio, digest:     $kam"
+  echo "weir, plain UDP:      $plain"
+  echo "weir, digest:         $dig"
+elif [[ "$what" == plugins ]]; then
   scripts/build-plugins.sh
   kam=$(kamailio script proxy)
   plain=$(weir scripts/bench.toml ruri ruri)

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::digest::{self, Algorithm, Bans, Credentials, DigestError, Refusal};
 use crate::message::{Message, Method};
+use crate::uri::SipUri;
 
 use super::Rejection;
 
@@ -234,7 +235,7 @@ impl CallerAuth {
                 false,
             ));
         };
-        if creds.uri.as_bytes() != msg.request_uri_bytes() {
+        if !same_target(&creds.uri, msg.request_uri_bytes()) {
             return Outcome::Refuse(Rejection::new(
                 400,
                 format!("Bad Request ({header} uri is not the Request-URI)"),
@@ -298,6 +299,23 @@ impl CallerAuth {
                 ))
             }
         }
+    }
+}
+
+/// Whether the digest `uri` names the Request-URI (RFC 7616 §3.4.6): the
+/// same text, or the same SIP host and port. User agents differ here (SIPp
+/// writes `sip:host:port` for `sip:user@host:port`), and the nonce count,
+/// which the response hashes, already stops an answer from being replayed.
+fn same_target(digest_uri: &str, request_uri: &[u8]) -> bool {
+    if digest_uri.as_bytes() == request_uri {
+        return true;
+    }
+    let Ok(ruri) = std::str::from_utf8(request_uri) else {
+        return false;
+    };
+    match (SipUri::parse(digest_uri), SipUri::parse(ruri)) {
+        (Ok(a), Ok(b)) => a.scheme == b.scheme && a.host.matches(&b.host) && a.port == b.port,
+        _ => false,
     }
 }
 
@@ -529,12 +547,15 @@ mod tests {
             "Digest username=\"alice\", realm=\"carrier\", nonce=\"n\", uri=\"sip:bob@weir.test\", response=\"r\"",
         );
         assert!(matches!(o, Outcome::Challenge(_)), "{o:?}");
-        // A uri other than the Request-URI.
+        // A uri naming another target than the Request-URI.
         let o = check(
             &mut auth,
-            "Digest username=\"alice\", realm=\"weir.test\", nonce=\"n\", uri=\"sip:eve@weir.test\", response=\"r\"",
+            "Digest username=\"alice\", realm=\"weir.test\", nonce=\"n\", uri=\"sip:eve@elsewhere.test\", response=\"r\"",
         );
         assert_eq!(refuse(o).0, 400);
+        assert!(same_target("sip:weir.test", b"sip:bob@weir.test"));
+        assert!(!same_target("sip:weir.test:5070", b"sip:bob@weir.test"));
+        assert!(!same_target("sips:weir.test", b"sip:bob@weir.test"));
         // A nonce not issued here.
         let o = check(
             &mut auth,
