@@ -20,7 +20,7 @@
 //!    |------------------------->|
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -335,6 +335,12 @@ pub struct Server {
     /// Per nonce in use: when it was issued (seconds since `start`) and the
     /// highest nonce count accepted.
     seen: HashMap<String, (u64, u32)>,
+    /// Tracked nonces in the order they were first used, to forget the
+    /// oldest in O(1) when full.
+    order: VecDeque<String>,
+    /// Nonces issued at or before this time (seconds since `start`) that are
+    /// no longer tracked are stale: a forgotten nonce count cannot be replayed.
+    floor: Option<u64>,
     max_tracked: usize,
 }
 
@@ -351,6 +357,8 @@ impl Server {
             start: now,
             lifetime,
             seen: HashMap::new(),
+            order: VecDeque::new(),
+            floor: None,
             max_tracked: 100_000,
         }
     }
@@ -448,35 +456,38 @@ impl Server {
         if age.saturating_sub(issued) > self.lifetime.as_secs() {
             return Err(Refusal::Stale);
         }
-        if let Some(&(_, last)) = self.seen.get(n) {
-            if nc <= last {
-                return Err(Refusal::Replay(nc));
-            }
+        match self.seen.get_mut(n) {
+            Some((_, last)) if nc <= *last => return Err(Refusal::Replay(nc)),
+            Some((_, last)) => *last = nc,
+            None if self.floor.is_some_and(|f| issued <= f) => return Err(Refusal::Stale),
+            None => self.remember(now, n, issued, nc),
         }
-        self.remember(now, n, issued, nc);
         Ok(())
     }
 
     fn remember(&mut self, now: Instant, nonce: &str, issued: u64, nc: u32) {
-        if self.seen.len() >= self.max_tracked && !self.seen.contains_key(nonce) {
-            // Expired nonces are refused as stale anyway: forget them first.
-            let age = now.saturating_duration_since(self.start).as_secs();
-            let life = self.lifetime.as_secs();
-            self.seen
-                .retain(|_, (issued, _)| age.saturating_sub(*issued) <= life);
-            while self.seen.len() >= self.max_tracked {
-                let Some(oldest) = self
-                    .seen
-                    .iter()
-                    .min_by_key(|(_, (issued, _))| *issued)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                self.seen.remove(&oldest);
+        let age = now.saturating_duration_since(self.start).as_secs();
+        let life = self.lifetime.as_secs();
+        // Forget expired nonces from the front (they are refused as stale
+        // anyway), then the oldest live ones while full: those become stale.
+        while let Some(front) = self.order.front() {
+            let Some(&(front_issued, _)) = self.seen.get(front) else {
+                self.order.pop_front();
+                continue;
+            };
+            let expired = age.saturating_sub(front_issued) > life;
+            if !expired && self.seen.len() < self.max_tracked {
+                break;
+            }
+            if !expired {
+                self.floor = Some(self.floor.map_or(front_issued, |f| f.max(front_issued)));
+            }
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
             }
         }
         self.seen.insert(nonce.to_string(), (issued, nc));
+        self.order.push_back(nonce.to_string());
     }
 
     /// Nonces whose counts are being tracked.
@@ -930,6 +941,22 @@ mod tests {
             assert_eq!(s.verify(now, &a, b"REGISTER", Some(&h)), Ok(()));
             assert!(s.tracked() <= 4);
         }
+        // A forgotten nonce cannot be replayed with its next count: it is stale
+        // (the client answers a fresh nonce), and tracked ones still count up.
+        let now = t0 + Duration::from_secs(10);
+        let old = s.challenge(t0, 0, Algorithm::Md5, false);
+        let again = old.answer("a", "p", b"REGISTER", "sip:w", "c", 2);
+        assert_eq!(
+            s.verify(now, &again, b"REGISTER", Some(&h)),
+            Err(Refusal::Stale)
+        );
+        let recent = s.challenge(t0 + Duration::from_secs(9), 9, Algorithm::Md5, false);
+        let next = recent.answer("a", "p", b"REGISTER", "sip:w", "c", 2);
+        assert_eq!(s.verify(now, &next, b"REGISTER", Some(&h)), Ok(()));
+        assert_eq!(
+            s.verify(now, &next, b"REGISTER", Some(&h)),
+            Err(Refusal::Replay(2))
+        );
     }
 
     #[test]
