@@ -199,7 +199,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(&cfg);
+            let _log_guard = init_logging(&cfg);
             // One thread runs the proxy loop, its UDP sockets and its connections:
             // a call's messages never cross threads. (Sharding by Call-ID over one
             // such loop per core is the way to more cores.)
@@ -298,18 +298,28 @@ fn load(path: Option<&std::path::Path>) -> Result<config::Config, String> {
     })
 }
 
-fn init_logging(cfg: &config::Config) {
+/// Logs go to stderr through a writer thread: the proxy loop never waits on
+/// the log's file or pipe (a disk busy writing back can stall a write for
+/// milliseconds). Lines beyond the buffer are dropped rather than waited for.
+/// The guard flushes what is buffered when it is dropped at exit.
+fn init_logging(cfg: &config::Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(100_000)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if cfg.log_json {
         builder.json().init();
     } else {
         builder.init();
     }
+    guard
 }
 
 async fn shutdown_signal() {
