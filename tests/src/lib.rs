@@ -282,6 +282,22 @@ pub fn scenario(dir: &Path, name: &str, fill: &[(&str, &str)]) -> PathBuf {
     out
 }
 
+/// Waits for `child` to end, killing it at `limit`; its exit code (None: killed).
+fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return s.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
 /// The result of one SIPp run.
 #[derive(Debug)]
 pub struct SippRun {
@@ -321,20 +337,7 @@ impl Sipp {
 
     /// Waits (at most `limit`) and reads the final statistics.
     pub fn wait(mut self, limit: Duration) -> SippRun {
-        let deadline = Instant::now() + limit;
-        let code = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break s.code(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-            }
-        };
+        let code = wait_or_kill(&mut self.child, limit);
         let output = std::fs::read_to_string(&self.out).unwrap_or_default();
         SippRun {
             code,
@@ -571,20 +574,7 @@ impl Program {
 
     /// Waits for it to end, killing it at `limit`.
     pub fn wait(mut self, limit: Duration) -> Ran {
-        let deadline = Instant::now() + limit;
-        let code = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break s.code(),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break None;
-                }
-            }
-        };
+        let code = wait_or_kill(&mut self.child, limit);
         Ran {
             code,
             output: self.output(),

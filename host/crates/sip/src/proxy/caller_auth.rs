@@ -166,24 +166,50 @@ impl CallerAuth {
         realm: &str,
         salt: u64,
     ) -> Outcome {
-        let ip = ip.to_canonical();
+        let stale = match self.examine(now, msg, ip.to_canonical(), realm) {
+            Ok(decided) => return decided,
+            Err(Rechallenge { stale }) => stale,
+        };
+        let Some(server) = self.realms.get(realm) else {
+            return Outcome::Refuse(Rejection::new(500, "Server Internal Error"));
+        };
         let register = msg.method() == Some(Method::Register);
-        let header = if register {
+        Outcome::Challenge(challenge(
+            server,
+            &self.settings.algorithms,
+            now,
+            salt,
+            register,
+            stale,
+        ))
+    }
+
+    /// Everything but writing a challenge: the outcome, or that the caller
+    /// is to be challenged (again). Creates `realm`'s nonce state.
+    fn examine(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        ip: IpAddr,
+        realm: &str,
+    ) -> Result<Outcome, Rechallenge> {
+        const FRESH: Rechallenge = Rechallenge { stale: false };
+        let header = if msg.method() == Some(Method::Register) {
             "Authorization"
         } else {
             "Proxy-Authorization"
         };
         if realm.is_empty() || realm.contains(['"', '\\', '\r', '\n']) {
-            return Outcome::Refuse(Rejection::new(
+            return Ok(Outcome::Refuse(Rejection::new(
                 500,
                 "Server Internal Error (the router asked for a challenge without a usable realm)",
-            ));
+            )));
         }
         if !self.realms.contains_key(realm) && self.realms.len() >= MAX_REALMS {
-            return Outcome::Refuse(Rejection::new(
+            return Ok(Outcome::Refuse(Rejection::new(
                 500,
                 "Server Internal Error (too many digest realms in use)",
-            ));
+            )));
         }
         let server = self.realms.entry(realm.to_string()).or_insert_with(|| {
             digest::Server::new(
@@ -207,49 +233,26 @@ impl CallerAuth {
                 Ok(_) | Err(DigestError::NotDigest) => {}
                 // We offer only what we support: the caller learns it from a
                 // fresh challenge.
-                Err(DigestError::UnsupportedAlgorithm(_)) => {
-                    return Outcome::Challenge(challenge(
-                        server,
-                        &self.settings.algorithms,
-                        now,
-                        salt,
-                        register,
-                        false,
-                    ))
-                }
+                Err(DigestError::UnsupportedAlgorithm(_)) => return Err(FRESH),
                 Err(e) => {
-                    return Outcome::Refuse(Rejection::new(
+                    return Ok(Outcome::Refuse(Rejection::new(
                         400,
                         format!("Bad Request (malformed {header}: {e})"),
-                    ))
+                    )))
                 }
             }
         }
         let Some((field, creds)) = found else {
-            return Outcome::Challenge(challenge(
-                server,
-                &self.settings.algorithms,
-                now,
-                salt,
-                register,
-                false,
-            ));
+            return Err(FRESH);
         };
         if !same_target(&creds.uri, msg.request_uri_bytes()) {
-            return Outcome::Refuse(Rejection::new(
+            return Ok(Outcome::Refuse(Rejection::new(
                 400,
                 format!("Bad Request ({header} uri is not the Request-URI)"),
-            ));
+            )));
         }
         if !self.settings.algorithms.contains(&creds.algorithm) {
-            return Outcome::Challenge(challenge(
-                server,
-                &self.settings.algorithms,
-                now,
-                salt,
-                register,
-                false,
-            ));
+            return Err(FRESH);
         }
         let stored = self
             .settings
@@ -259,47 +262,29 @@ impl CallerAuth {
         match server.verify(now, &creds, msg.method_bytes(), stored) {
             Ok(()) => {
                 self.bans.succeeded(ip);
-                Outcome::Verified {
+                Ok(Outcome::Verified {
                     user: creds.username,
                     field,
-                }
+                })
             }
-            Err(Refusal::Stale) => Outcome::Challenge(challenge(
-                server,
-                &self.settings.algorithms,
-                now,
-                salt,
-                register,
-                true,
-            )),
+            Err(Refusal::Stale) => Err(Rechallenge { stale: true }),
             // Not the caller's fault (a restart, another algorithm, an old
             // client): a fresh nonce is all it needs.
-            Err(Refusal::ForeignNonce | Refusal::WrongAlgorithm | Refusal::NoQop) => {
-                Outcome::Challenge(challenge(
-                    server,
-                    &self.settings.algorithms,
-                    now,
-                    salt,
-                    register,
-                    false,
-                ))
-            }
+            Err(Refusal::ForeignNonce | Refusal::WrongAlgorithm | Refusal::NoQop) => Err(FRESH),
             Err(Refusal::WrongRealm(_) | Refusal::Replay(_) | Refusal::Wrong) => {
                 self.failures += 1;
                 if self.bans.failed(ip, now) {
-                    return Outcome::Refuse(banned());
+                    return Ok(Outcome::Refuse(banned()));
                 }
-                Outcome::Challenge(challenge(
-                    server,
-                    &self.settings.algorithms,
-                    now,
-                    salt,
-                    register,
-                    false,
-                ))
+                Err(FRESH)
             }
         }
     }
+}
+
+/// The caller is to be challenged again (`stale`: its nonce only expired).
+struct Rechallenge {
+    stale: bool,
 }
 
 /// Whether the digest `uri` names the Request-URI (RFC 7616 §3.4.6): the

@@ -754,8 +754,7 @@ impl Proxy {
                     && routed.record_route.unwrap_or(
                         self.cfg.record_route == RecordRoute::Dialogs && dialog_creating,
                     );
-                let received_from =
-                    identity::header_value(&request, HeaderName::From).map(Bytes::copy_from_slice);
+                let received = request.clone();
                 // An edited request is what goes out; its header lines may have moved,
                 // so the route plan is worked out again on it.
                 let (request, plan) = match routed.edited.take() {
@@ -773,8 +772,7 @@ impl Proxy {
                 } else {
                     None
                 };
-                let (request, echo) =
-                    self.identity_out(now, request, received_from, in_dialog, method);
+                let (request, echo) = self.identity_out(now, &received, request, in_dialog, method);
                 let ctx = self.contexts.insert(Context {
                     server: skey,
                     request,
@@ -1730,8 +1728,8 @@ impl Proxy {
     fn identity_out(
         &mut self,
         now: Instant,
+        received: &Arc<Message>,
         request: Arc<Message>,
-        received_from: Option<Bytes>,
         in_dialog: bool,
         method: Method,
     ) -> (Arc<Message>, Vec<(HeaderName, Bytes)>) {
@@ -1742,8 +1740,7 @@ impl Proxy {
             else {
                 return (request, Vec::new());
             };
-            let Some(had) = identity::header_value(&request, name).map(Bytes::copy_from_slice)
-            else {
+            let Some(had) = request.header(name).map(Bytes::copy_from_slice) else {
                 return (request, Vec::new());
             };
             return match identity::with_header_value(&request, name, &value) {
@@ -1751,14 +1748,20 @@ impl Proxy {
                 None => (request, Vec::new()),
             };
         }
-        let sent = identity::header_value(&request, HeaderName::From);
-        match (received_from, sent) {
-            (Some(received), Some(sent)) if received != sent => {
+        if Arc::ptr_eq(received, &request) {
+            // Not edited: nothing to compare, nothing copied.
+            return (request, Vec::new());
+        }
+        match (
+            received.header(HeaderName::From),
+            request.header(HeaderName::From),
+        ) {
+            (Some(had), Some(sent)) if had != sent => {
                 if method == Method::Invite {
-                    let sent = Bytes::copy_from_slice(sent);
-                    self.identities.insert(now, &request, &received, &sent);
+                    self.identities.insert(now, &request, had, sent);
                 }
-                (request, vec![(HeaderName::From, received)])
+                let had = Bytes::copy_from_slice(had);
+                (request, vec![(HeaderName::From, had)])
             }
             _ => (request, Vec::new()),
         }

@@ -113,11 +113,6 @@ impl CallerIdentities {
     }
 }
 
-/// The value of the first `name` line of `msg`.
-pub(crate) fn header_value(msg: &Message, name: HeaderName) -> Option<&[u8]> {
-    msg.fields(name).next().map(|f| msg.value(f))
-}
-
 /// Sets the value of the first `name` line (`rw` is a rewrite of `msg`).
 pub(crate) fn set_header_value(
     rw: &mut Rewrite<'_>,
