@@ -9,6 +9,10 @@
 #                               407 round: scripts/bench-uac-digest.xml): Kamailio with
 #                               pv_proxy_authenticate (tests/kamailio/carrier.cfg), weir with
 #                               sip-users + agent-router; and weir without plugins, plain UDP
+#   scripts/bench.sh tls        SIP over TLS with connection reuse: SIPp's TCP carried over one
+#                               TLS connection by stunnel (SIPp here has no TLS) to the proxy's
+#                               TLS listener, routing by Request-URI to the UAS over UDP:
+#                               Kamailio (its tls module) and weir; and weir plain UDP
 #   DUR=10 scripts/bench.sh ... a quicker look (DUR=30 per step is the harness default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +73,98 @@ kamailio_digest() {
   sleep 1
 }
 
-if [[ "$what" == digest ]]; then
+# tls_front DIR TLS_PORT: stunnel taking the harness's TCP on 127.0.0.1:5090 to a TLS
+# listener on TLS_PORT (one TLS connection per TCP connection; SIPp opens one),
+# checking the proxy's certificate (DIR/cert.pem). Prints its PID.
+tls_front() {
+  cat > "$1/stunnel-$2.conf" <<EOF
+foreground = yes
+[sip]
+client = yes
+accept = 127.0.0.1:5090
+connect = 127.0.0.1:$2
+verifyChain = yes
+CAfile = $1/cert.pem
+checkIP = 127.0.0.1
+sslVersionMin = TLSv1.2
+EOF
+  stunnel "$1/stunnel-$2.conf" >"$1/stunnel-$2.log" 2>&1 &
+  echo $!
+}
+
+# tls_run LABEL PROXY_PID DIR TLS_PORT: one search through stunnel to the proxy's TLS port.
+tls_run() {
+  local front; front=$(tls_front "$3" "$4")
+  sleep 1
+  TRANSPORT=tcp ROUTE_BY=ruri LABEL="$1" PROXY_PID="$2" "$BENCH/sip-cps.sh" 127.0.0.1:5090 || true
+  kill "$front" 2>/dev/null || true
+  wait "$front" 2>/dev/null || true
+}
+
+# kamailio_tls DIR: Kamailio `ruri` (2 children, TLSF) with a TLS listener on :5061.
+kamailio_tls() {
+  echo "== Kamailio (ruri over TLS, 2 children, TLSF) on tls:127.0.0.1:5061" >&2
+  local d="$1"
+  cat > "$d/tls.cfg" <<EOF
+[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+private_key = $d/key.pem
+certificate = $d/cert.pem
+EOF
+  sed -e 's|^listen=tcp:127.0.0.1:5060$|&\nlisten=tls:127.0.0.1:5061\nenable_tls=yes|' \
+      -e 's|^loadmodule "cfg_rpc.so"$|&\nloadmodule "tls.so"\nmodparam("tls", "config", "'"$d"'/tls.cfg")|' \
+      "$BENCH/kamailio/proxy.cfg" > "$d/kamailio.cfg"
+  /usr/sbin/kamailio -f "$d/kamailio.cfg" -A WITH_RURI -A KAM_CHILDREN=2 -A "CTL_SOCK=\"unix:$d/ctl\"" \
+      -x tlsf -m 256 -M 16 -DD -E -u root -g root -Y "$d" >"$d/kamailio.log" 2>&1 </dev/null &
+  local pid=$!
+  trap "kill $pid 2>/dev/null || true" EXIT
+  sleep 1.5
+  tls_run kamailio-tls "$pid" "$d" 5061
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  trap - EXIT
+  sleep 1
+}
+
+# weir_tls DIR: weir by R-URI with a TLS listener on :5071.
+weir_tls() {
+  echo "== weir (ruri over TLS) on tls:127.0.0.1:5071" >&2
+  local d="$1"
+  cat > "$d/weir.toml" <<EOF
+[sip]
+listen = ["udp:127.0.0.1:5070", "tls:127.0.0.1:5071"]
+[tls]
+certificate = "$d/cert.pem"
+private_key = "$d/key.pem"
+[log]
+level = "warn"
+EOF
+  target/release/weir run -c "$d/weir.toml" &
+  local pid=$!
+  trap "kill $pid 2>/dev/null || true" EXIT
+  sleep 1
+  tls_run weir-tls "$pid" "$d" 5071
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  trap - EXIT
+}
+
+if [[ "$what" == tls ]]; then
+  command -v stunnel >/dev/null || { echo "stunnel is missing (scripts/setup.sh bench installs stunnel4)" >&2; exit 2; }
+  [[ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ]] \
+    || { echo "Kamailio's tls module is missing (scripts/setup.sh bench installs kamailio-tls-modules)" >&2; exit 2; }
+  d="$(mktemp -d)"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$d/key.pem" -out "$d/cert.pem" -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null
+  kam=$(kamailio_tls "$d")
+  plain=$(weir scripts/bench.toml ruri ruri)
+  tls=$(weir_tls "$d")
+  echo "kamailio, TLS:        $kam"
+  echo "weir, plain UDP:      $plain"
+  echo "weir, TLS:            $tls"
+elif [[ "$what" == digest ]]; then
   scripts/build-plugins.sh
   harness="$(digest_harness)"
   kam=$(kamailio_digest "$harness")

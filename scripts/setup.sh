@@ -2,8 +2,9 @@
 # Installs what Weir needs on a fresh Debian machine.
 #   setup.sh run    the Rust toolchain only (to build and run weir)
 #   setup.sh test   plus the real SIP peers and tools the tests start (SIPp, Kamailio,
-#                   SIPVicious, baresip, iproute2)
-#   setup.sh bench  the same (Kamailio is also the reference proxy of the benchmarks)
+#                   SIPVicious, baresip, iproute2, openssl)
+#   setup.sh bench  the same, plus stunnel and Kamailio's tls module (Kamailio is also the
+#                   reference proxy of the benchmarks)
 set -euo pipefail
 what="${1:-run}"
 
@@ -21,6 +22,12 @@ if [[ "$what" == test || "$what" == bench ]]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v svcrack >/dev/null 2>&1 || need+=(sipvicious)
   command -v baresip >/dev/null 2>&1 || need+=(baresip)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  if [[ "$what" == bench ]]; then
+    # The TLS benchmark: stunnel carries SIPp's TCP over TLS; Kamailio's tls module.
+    command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
+    [[ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ]] || need+=(kamailio-tls-modules)
+  fi
   if ((${#need[@]})); then
     echo "setup: installing ${need[*]}" >&2
     $sudo apt-get update -qq

@@ -77,6 +77,19 @@ pub struct Config {
     pub acls: BTreeMap<String, Vec<IpNet>>,
     /// `[registrar]`: limits of the bindings `register` decisions make.
     pub registrar: RegistrarSettings,
+    /// `[tls]`: the listeners' certificate and outbound trust.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`, checked: the files named load (a pair that matches, a CA file
+/// with certificates in it).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM chain and key of the `tls:` listeners (required when there is one).
+    pub certificate: Option<(PathBuf, PathBuf)>,
+    /// The CAs outbound TLS trusts; None: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    pub handshake_timeout: Duration,
 }
 
 /// `[plugins]`: where plugins come from, their order and their limits.
@@ -182,6 +195,16 @@ struct Raw {
     acl: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
     digest: RawDigest,
     registrar: RawRegistrar,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    certificate: Option<Spanned<String>>,
+    private_key: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -562,6 +585,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let credentials = credentials(&mut c, &raw.credentials);
     let digest = digest_settings(&mut c, &raw.digest);
     let registrar = registrar_settings(&mut c, &raw.registrar);
+    let tls = tls_config(&mut c, raw.tls.as_ref(), &raw.sip.listen, &listen);
     let acls = acls(&mut c, &raw.acl);
     let accept_from = raw.sip.accept_from.as_ref().map(|names| {
         let mut nets = Vec::new();
@@ -590,6 +614,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         digest,
         acls,
         registrar,
+        tls,
         listen,
         advertise,
         aliases,
@@ -734,6 +759,74 @@ fn plugins_config(c: &mut Check<'_>, raw: &Spanned<RawPlugins>) -> PluginsConfig
         chain,
         limits,
         each,
+    }
+}
+
+/// `[tls]`: `certificate` and `private_key` go together and must load as a
+/// matching pair; a `tls:` listener needs them; `ca_file` must hold a CA.
+fn tls_config(
+    c: &mut Check<'_>,
+    raw: Option<&Spanned<RawTls>>,
+    listen_key: &Option<Spanned<Vec<Spanned<String>>>>,
+    listen: &[(Transport, SocketAddr)],
+) -> TlsConfig {
+    let empty = RawTls::default();
+    let r = raw.map(Spanned::get_ref).unwrap_or(&empty);
+    let handshake_timeout = c.duration(
+        "[tls] handshake_timeout",
+        &r.handshake_timeout,
+        Duration::from_secs(5),
+    );
+    let certificate = match (&r.certificate, &r.private_key) {
+        (Some(cert), Some(key)) => {
+            let pair = (PathBuf::from(cert.get_ref()), PathBuf::from(key.get_ref()));
+            match crate::tls::CertStore::load(&pair.0, &pair.1) {
+                Ok(_) => Some(pair),
+                Err(e @ crate::tls::TlsError::Key { .. }) => {
+                    c.err("[tls] private_key", key, e.to_string());
+                    None
+                }
+                Err(e) => {
+                    c.err("[tls] certificate", cert, e.to_string());
+                    None
+                }
+            }
+        }
+        (Some(cert), None) => {
+            c.err("[tls] private_key", cert, "is required with certificate");
+            None
+        }
+        (None, Some(key)) => {
+            c.err("[tls] certificate", key, "is required with private_key");
+            None
+        }
+        (None, None) => {
+            if let (Some(list), true) =
+                (listen_key, listen.iter().any(|(t, _)| *t == Transport::Tls))
+            {
+                c.err(
+                    "[sip] listen",
+                    list,
+                    "a tls: listener needs [tls] certificate and private_key",
+                );
+            }
+            None
+        }
+    };
+    let ca_file = r.ca_file.as_ref().and_then(|ca| {
+        let path = PathBuf::from(ca.get_ref());
+        match crate::tls::client_config(Some(&path)) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                c.err("[tls] ca_file", ca, e.to_string());
+                None
+            }
+        }
+    });
+    TlsConfig {
+        certificate,
+        ca_file,
+        handshake_timeout,
     }
 }
 
@@ -1036,18 +1129,18 @@ pub fn valid_plugin_name(name: &str) -> bool {
 }
 
 fn parse_listen(s: &str) -> Result<(Transport, SocketAddr), String> {
-    let (proto, addr) = s
-        .split_once(':')
-        .ok_or_else(|| format!("\"{s}\" is not \"udp:IP:PORT\" or \"tcp:IP:PORT\""))?;
+    let (proto, addr) = s.split_once(':').ok_or_else(|| {
+        format!("\"{s}\" is not \"udp:IP:PORT\", \"tcp:IP:PORT\" or \"tls:IP:PORT\"")
+    })?;
     let transport = match proto {
         "udp" => Transport::Udp,
         "tcp" => Transport::Tcp,
-        "tls" => {
+        "tls" => Transport::Tls,
+        other => {
             return Err(format!(
-                "\"{s}\": TLS listeners are not available yet; use udp: or tcp:"
+                "\"{other}\" is not a transport (use udp, tcp or tls)"
             ))
         }
-        other => return Err(format!("\"{other}\" is not a transport (use udp or tcp)")),
     };
     let addr: SocketAddr = addr
         .parse()
@@ -1119,6 +1212,10 @@ mod tests {
             "level",
             "format",
             "advertise",
+            "certificate",
+            "private_key",
+            "ca_file",
+            "handshake_timeout",
         ] {
             assert!(
                 EMBEDDED_DEFAULT.contains(&format!("{key} =")),
@@ -1140,6 +1237,67 @@ mod tests {
         assert_eq!(errs[2].key, "[routing] fallback");
         assert_eq!(errs[2].line, Some(6));
         assert!(shown[2].contains("\"request-uri\""), "{}", shown[2]);
+    }
+
+    #[test]
+    fn tls_files_are_checked_and_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("weir-tlscfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = rcgen::generate_simple_self_signed(vec!["sip.test".to_string()]).unwrap();
+        let (cert, key, junk) = (dir.join("c.pem"), dir.join("k.pem"), dir.join("junk.pem"));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+        std::fs::write(&junk, "hello\n").unwrap();
+        let good = format!(
+            "[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n[tls]\ncertificate = {:?}\nprivate_key = {:?}\nca_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string(),
+            cert.display().to_string()
+        );
+        let cfg = parse(&good).unwrap();
+        assert_eq!(cfg.tls.certificate, Some((cert.clone(), key.clone())));
+        assert_eq!(cfg.tls.ca_file, Some(cert.clone()));
+        assert_eq!(cfg.tls.handshake_timeout, Duration::from_secs(5));
+
+        let keys = |text: &str| -> Vec<(String, String)> {
+            parse(text)
+                .unwrap_err()
+                .into_iter()
+                .map(|e| (e.key, e.message))
+                .collect()
+        };
+        let e = keys("[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n");
+        assert_eq!(e[0].0, "[sip] listen", "{e:?}");
+        assert!(e[0].1.contains("[tls] certificate"), "{e:?}");
+        let e = keys(&format!(
+            "[tls]\ncertificate = {:?}\n",
+            cert.display().to_string()
+        ));
+        assert_eq!(e[0].0, "[tls] private_key", "{e:?}");
+        let e = keys(&format!(
+            "[tls]\ncertificate = {:?}\nprivate_key = {:?}\nca_file = {:?}\nhandshake_timeout = \"soon\"\n",
+            junk.display().to_string(),
+            key.display().to_string(),
+            junk.display().to_string()
+        ));
+        let named: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            named,
+            [
+                "[tls] certificate",
+                "[tls] ca_file",
+                "[tls] handshake_timeout"
+            ],
+            "{e:?}"
+        );
+        assert!(e[0].1.contains("junk.pem"), "{e:?}");
+        let e = keys(&format!(
+            "[tls]\ncertificate = {:?}\nprivate_key = {:?}\n",
+            cert.display().to_string(),
+            junk.display().to_string()
+        ));
+        assert_eq!(e[0].0, "[tls] private_key", "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,9 +5,6 @@ mod config;
 mod plugin_cli;
 mod plugins;
 mod runtime;
-// The certificate store of the coming `tls:` listeners: tested on its own,
-// not yet wired to a listener.
-#[allow(dead_code)]
 mod tls;
 mod transport;
 

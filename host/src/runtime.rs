@@ -17,13 +17,16 @@ use tracing::{debug, info, warn};
 use weir_sip::proxy::{ConnId, Event, Flow, Proxy, Router, Transmit, Transport};
 
 use crate::config::Config;
-use crate::transport::{self, ConnHandle, Input, Limits, Out, StreamSettings};
+use crate::transport::{self, ConnHandle, Input, Limits, Out, StreamSettings, TlsClient};
+use rustls_pki_types::ServerName;
 
-/// Open connections, by id and by peer address (for reuse).
+/// Open connections, by id and by transport and peer address (for reuse: a
+/// request to a peer goes on the connection already open to it, whichever
+/// side opened it).
 #[derive(Debug, Default)]
 struct Conns {
     by_id: HashMap<ConnId, ConnHandle>,
-    by_remote: HashMap<SocketAddr, ConnId>,
+    by_remote: HashMap<(Transport, SocketAddr), ConnId>,
 }
 
 /// Binds every listener and runs the proxy until `shutdown` resolves.
@@ -44,6 +47,26 @@ pub async fn run(
         connect_timeout: cfg.tcp_connect_timeout,
         max_connections: cfg.max_connections,
         max_per_source: cfg.max_connections_per_source,
+        handshake_timeout: cfg.tls.handshake_timeout,
+    };
+    let (tls_client, roots) = crate::tls::client_config(cfg.tls.ca_file.as_deref())
+        .map_err(|e| format!("[tls] ca_file: {e}"))?;
+    if roots == 0 {
+        warn!("no trusted CA found (system roots empty, no [tls] ca_file): outbound TLS will fail");
+    }
+    let tls_acceptor = match &cfg.tls.certificate {
+        Some((cert, key)) if cfg.listen.iter().any(|(t, _)| *t == Transport::Tls) => {
+            let store = Arc::new(
+                crate::tls::CertStore::load(cert, key)
+                    .map_err(|e| format!("[tls] certificate: {e}"))?,
+            );
+            let server = store
+                .server_config()
+                .map_err(|e| format!("[tls] certificate: {e}"))?;
+            tokio::spawn(watch_certificate(store));
+            Some(tokio_rustls::TlsAcceptor::from(server))
+        }
+        _ => None,
     };
     let limits = Arc::new(Limits::default());
     let mut udp: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
@@ -54,17 +77,23 @@ pub async fn run(
                     .map_err(|e| format!("cannot listen on udp:{addr}: {e}"))?;
                 udp.insert(addr, Arc::new(sock));
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let l = transport::bind_tcp(addr)
-                    .map_err(|e| format!("cannot listen on tcp:{addr}: {e}"))?;
-                tokio::spawn(transport::tcp_acceptor(
+                    .map_err(|e| format!("cannot listen on {}:{addr}: {e}", t.param()))?;
+                let tls = match t {
+                    Transport::Tls => {
+                        Some(tls_acceptor.clone().ok_or("[tls] certificate is not set")?)
+                    }
+                    _ => None,
+                };
+                tokio::spawn(transport::stream_acceptor(
                     l,
+                    tls,
                     tx.clone(),
                     limits.clone(),
                     settings.clone(),
                 ));
             }
-            Transport::Tls => return Err("TLS listeners are not available yet".into()),
         }
         info!(transport = t.param(), %addr, "listening");
     }
@@ -76,6 +105,7 @@ pub async fn run(
         tx,
         limits,
         settings,
+        tls: tokio_rustls::TlsConnector::from(tls_client),
     };
     // The signal is watched by its own task so that a loop that is never idle
     // (sustained load) still sees it: the loop yields now and then and checks.
@@ -180,6 +210,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Checks the listeners' certificate files every second (new handshakes get a
+/// new pair within about a second of it appearing; a broken one is reported
+/// once and the old pair serves on).
+async fn watch_certificate(store: Arc<crate::tls::CertStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.reload_if_changed() {
+            Ok(true) => info!("TLS certificate reloaded: new connections get the new one"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "TLS certificate not reloaded: the previous one keeps serving")
+            }
+        }
+    }
+}
+
 /// One line of counters: what was handled, dropped, rejected, and what is live.
 fn log_stats(s: &weir_sip::proxy::Stats) {
     info!(
@@ -232,6 +280,8 @@ struct Shell {
     tx: mpsc::Sender<Input>,
     limits: Arc<Limits>,
     settings: StreamSettings,
+    /// Outbound TLS (roots from `[tls] ca_file` or the system).
+    tls: tokio_rustls::TlsConnector,
 }
 
 impl Shell {
@@ -241,13 +291,14 @@ impl Shell {
             Input::Message { flow, bytes } => proxy.handle_input(now, flow, bytes),
             Input::Resolved { id, result } => proxy.handle_resolved(now, id, result),
             Input::ConnOpened(h) => {
-                conns.by_remote.insert(h.remote, h.id);
+                conns.by_remote.insert((h.transport, h.remote), h.id);
                 conns.by_id.insert(h.id, h);
             }
             Input::ConnClosed { id, failed } => {
                 if let Some(h) = conns.by_id.remove(&id) {
-                    if conns.by_remote.get(&h.remote) == Some(&id) {
-                        conns.by_remote.remove(&h.remote);
+                    let key = (h.transport, h.remote);
+                    if conns.by_remote.get(&key) == Some(&id) {
+                        conns.by_remote.remove(&key);
                     }
                 }
                 for tag in failed {
@@ -317,11 +368,11 @@ impl Shell {
                     debug!(remote = %t.remote, error = %e, "udp send failed");
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let id = t
                     .conn
                     .filter(|id| conns.by_id.contains_key(id))
-                    .or_else(|| conns.by_remote.get(&t.remote).copied());
+                    .or_else(|| conns.by_remote.get(&(t.transport, t.remote)).copied());
                 let out = Out {
                     bytes: t.bytes,
                     tag: t.on_error,
@@ -334,28 +385,43 @@ impl Shell {
                     }
                     return;
                 }
+                let tls = match t.transport {
+                    Transport::Tls => {
+                        // The domain the hop was named by, else its address
+                        // (RFC 5922 §4: the certificate must name what we dialled).
+                        let name = t
+                            .server_name
+                            .as_deref()
+                            .and_then(|n| ServerName::try_from(n.to_string()).ok())
+                            .unwrap_or(ServerName::IpAddress(t.remote.ip().into()));
+                        Some(TlsClient {
+                            connector: self.tls.clone(),
+                            name,
+                        })
+                    }
+                    _ => None,
+                };
                 let (out_tx, out_rx) = mpsc::unbounded_channel();
                 let handle = ConnHandle {
                     id: self.limits.next_id(),
+                    transport: t.transport,
                     local: t.local,
                     remote: t.remote,
                     tx: out_tx,
                 };
                 let _ = handle.tx.send(out);
-                conns.by_remote.insert(handle.remote, handle.id);
+                conns
+                    .by_remote
+                    .insert((handle.transport, handle.remote), handle.id);
                 conns.by_id.insert(handle.id, handle.clone());
                 transport::connect(
                     handle,
+                    tls,
                     out_rx,
                     self.tx.clone(),
                     self.limits.clone(),
                     self.settings.clone(),
                 );
-            }
-            Transport::Tls => {
-                if let Some(tag) = t.on_error {
-                    proxy.handle_send_error(std::time::Instant::now(), tag);
-                }
             }
         }
     }

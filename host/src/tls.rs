@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -32,6 +32,8 @@ pub enum TlsError {
     Mismatch { cert: PathBuf, key: PathBuf },
     #[error("TLS settings refused: {0}")]
     Config(String),
+    #[error("{0}: no usable CA certificate in it")]
+    NoCa(PathBuf),
 }
 
 /// The certificate pair of a `tls:` listener, swapped atomically on reload.
@@ -41,12 +43,19 @@ pub struct CertStore {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<CertifiedKey>,
-    /// Modification times of the files the current pair came from.
-    loaded: std::sync::Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+    /// What the files were when last loaded.
+    loaded: std::sync::Mutex<(Option<Stamp>, Option<Stamp>)>,
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// A file's identity and version: modification time, size and inode, so a
+/// replacement by rename (as certificate tools do) is seen even when it keeps
+/// an older modification time.
+type Stamp = (SystemTime, u64, u64);
+
+fn modified(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
 }
 
 fn load_pair(
@@ -130,6 +139,44 @@ impl CertStore {
             .with_cert_resolver(self.clone());
         Ok(Arc::new(config))
     }
+}
+
+/// Client settings for outbound TLS: TLS 1.2 or 1.3, the peer's certificate
+/// checked against `ca_file` when given, else against the system's roots.
+/// Also returns how many roots were loaded (none means nothing can verify).
+pub fn client_config(ca_file: Option<&Path>) -> Result<(Arc<ClientConfig>, usize), TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| TlsError::Read {
+                path: path.to_path_buf(),
+                error: e.to_string(),
+            })?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| TlsError::Read {
+                    path: path.to_path_buf(),
+                    error: format!("not PEM: {e}"),
+                })?;
+                // A certificate webpki cannot use is skipped, as for system roots.
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err(TlsError::NoCa(path.to_path_buf()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let count = roots.len();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok((Arc::new(config), count))
 }
 
 impl ResolvesServerCert for CertStore {

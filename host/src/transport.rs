@@ -1,8 +1,9 @@
-//! Sockets: UDP listeners, TCP listeners and connections (in and out).
+//! Sockets: UDP listeners, TCP and TLS listeners and connections (in and out).
 //!
 //! Each socket task turns bytes into [`Input`]s for the proxy loop; framing of
-//! streams is the SIP core's [`StreamFramer`]. Connection limits (total and per
-//! source address) and idle timeouts are enforced here.
+//! streams is the SIP core's [`StreamFramer`], the same over TCP and TLS.
+//! Connection limits (total and per source address), handshake and idle
+//! timeouts are enforced here.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,9 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 use weir_sip::framing::{FrameError, StreamFramer, StreamItem, PONG};
 use weir_sip::proxy::{ConnId, Flow, SendTag, Transport};
@@ -48,6 +51,8 @@ pub struct Out {
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub id: ConnId,
+    /// TCP or TLS.
+    pub transport: Transport,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub tx: mpsc::UnboundedSender<Out>,
@@ -61,6 +66,25 @@ pub struct StreamSettings {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub max_per_source: usize,
+    /// How long a TLS handshake may take, either way.
+    pub handshake_timeout: Duration,
+}
+
+/// What a new outbound TLS connection needs: the client settings (trusted
+/// roots, TLS 1.2+) and the name to send as SNI and check the certificate
+/// against.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub connector: TlsConnector,
+    pub name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 /// Counts open connections, in total and per source address.
@@ -148,9 +172,11 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(sock.into())
 }
 
-/// Accepts TCP connections within the limits.
-pub async fn tcp_acceptor(
+/// Accepts TCP connections within the limits; with `tls`, each one must
+/// complete a TLS handshake within the handshake timeout first.
+pub async fn stream_acceptor(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     tx: mpsc::Sender<Input>,
     limits: Arc<Limits>,
     s: StreamSettings,
@@ -179,27 +205,58 @@ pub async fn tcp_acceptor(
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let handle = ConnHandle {
             id: limits.next_id(),
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
+            },
             local,
             remote,
             tx: out_tx,
         };
-        if tx.send(Input::ConnOpened(handle.clone())).await.is_err() {
-            return;
-        }
-        tokio::spawn(connection(
-            stream,
-            handle,
-            out_rx,
-            tx.clone(),
-            s.clone(),
-            slot,
-        ));
+        let Some(acceptor) = tls.clone() else {
+            if tx.send(Input::ConnOpened(handle.clone())).await.is_err() {
+                return;
+            }
+            tokio::spawn(connection(
+                stream,
+                handle,
+                out_rx,
+                tx.clone(),
+                s.clone(),
+                slot,
+            ));
+            continue;
+        };
+        // The handshake runs in the connection's own task: a slow or silent
+        // client holds up nobody else.
+        let (tx, s) = (tx.clone(), s.clone());
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(s.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        info!(%remote, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        info!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            if tx.send(Input::ConnOpened(handle.clone())).await.is_err() {
+                return;
+            }
+            connection(stream, handle, out_rx, tx, s, slot).await;
+        });
     }
 }
 
-/// Opens a connection to a next hop; sends queue up until it is established.
+/// Opens a connection to a next hop (with `tls`, a TLS session on it); sends
+/// queue up until it is established and fail together if it cannot be.
 pub fn connect(
     handle: ConnHandle,
+    tls: Option<TlsClient>,
     out_rx: mpsc::UnboundedReceiver<Out>,
     tx: mpsc::Sender<Input>,
     limits: Arc<Limits>,
@@ -218,6 +275,26 @@ pub fn connect(
             Ok(stream) => stream,
             Err(e) => {
                 info!(remote = %handle.remote, error = %e, "connect failed");
+                fail_all(handle.id, out_rx, tx).await;
+                return;
+            }
+        };
+        let Some(tls) = tls else {
+            connection(stream, handle, out_rx, tx, s, slot).await;
+            return;
+        };
+        let handshake = tls.connector.connect(tls.name.clone(), stream);
+        let stream = match tokio::time::timeout(s.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                // Usually a certificate the configured roots do not vouch for
+                // this name: worth an operator's attention.
+                warn!(remote = %handle.remote, name = ?tls.name, error = %e, "TLS handshake failed");
+                fail_all(handle.id, out_rx, tx).await;
+                return;
+            }
+            Err(_) => {
+                warn!(remote = %handle.remote, name = ?tls.name, "TLS handshake timed out");
                 fail_all(handle.id, out_rx, tx).await;
                 return;
             }
@@ -257,10 +334,33 @@ async fn fail_all(id: ConnId, mut out_rx: mpsc::UnboundedReceiver<Out>, tx: mpsc
     let _ = tx.send(Input::ConnClosed { id, failed }).await;
 }
 
+/// The local address of a connection, whether or not TLS runs on it.
+trait LocalAddr {
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+}
+
+impl LocalAddr for TcpStream {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
+    }
+}
+
+impl LocalAddr for tokio_rustls::server::TlsStream<TcpStream> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.get_ref().0.local_addr()
+    }
+}
+
+impl LocalAddr for tokio_rustls::client::TlsStream<TcpStream> {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.get_ref().0.local_addr()
+    }
+}
+
 /// Reads and frames one connection, writes what the proxy sends on it, and
 /// closes it when idle, broken or unframeable.
-async fn connection(
-    mut stream: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + LocalAddr + Unpin>(
+    mut stream: S,
     handle: ConnHandle,
     mut out_rx: mpsc::UnboundedReceiver<Out>,
     tx: mpsc::Sender<Input>,
@@ -268,7 +368,7 @@ async fn connection(
     _slot: Slot,
 ) {
     let flow = Flow {
-        transport: Transport::Tcp,
+        transport: handle.transport,
         local: stream.local_addr().unwrap_or(handle.local),
         remote: handle.remote,
         conn: Some(handle.id),
@@ -296,7 +396,9 @@ async fn connection(
                             }
                         }
                         Ok(Some(StreamItem::Ping)) => {
-                            if stream.write_all(PONG).await.is_err() {
+                            if stream.write_all(PONG).await.is_err()
+                                || stream.flush().await.is_err()
+                            {
                                 close = true;
                                 break;
                             }
@@ -316,7 +418,8 @@ async fn connection(
             out = out_rx.recv() => {
                 let Some(out) = out else { break };
                 idle.as_mut().reset(tokio::time::Instant::now() + s.idle_timeout);
-                if stream.write_all(&out.bytes).await.is_err() {
+                // TLS buffers records until flushed (a no-op for plain TCP).
+                if stream.write_all(&out.bytes).await.is_err() || stream.flush().await.is_err() {
                     failed.extend(out.tag);
                     break;
                 }

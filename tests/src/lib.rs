@@ -49,17 +49,30 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 /// A port free on 127.0.0.1 and ::1 for both UDP and TCP. Ports are handed out
 /// from a per-process range so parallel tests do not collide.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// Two consecutive free ports; the first is returned (baresip listens for
+/// TLS on its SIP port + 1).
+pub fn free_port_pair() -> u16 {
+    free_ports(2)
+}
+
+/// `n` consecutive free ports (an RTP range…); the first is returned.
+pub fn free_ports(n: u16) -> u16 {
     if NEXT_PORT.load(Ordering::Relaxed) == 0 {
         let base = 20_000 + (std::process::id() % 400) as u16 * 100;
         let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
     }
-    loop {
-        let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let free = UdpSocket::bind(("127.0.0.1", p)).is_ok()
+    let is_free = |p: u16| {
+        UdpSocket::bind(("127.0.0.1", p)).is_ok()
             && TcpListener::bind(("127.0.0.1", p)).is_ok()
             && UdpSocket::bind(("::1", p)).is_ok()
-            && TcpListener::bind(("::1", p)).is_ok();
-        if free {
+            && TcpListener::bind(("::1", p)).is_ok()
+    };
+    loop {
+        let p = NEXT_PORT.fetch_add(n, Ordering::Relaxed);
+        if (p..p + n).all(is_free) {
             return p;
         }
     }
@@ -590,7 +603,8 @@ impl Drop for Program {
 }
 
 /// A baresip configuration folder for `account` (an `accounts` line), its
-/// SIP socket on `127.0.0.1:sip_port`, RTP in `rtp_ports`, no sound card:
+/// SIP socket on `127.0.0.1:sip_port` (and TLS on `sip_port + 1`: take it
+/// from [`free_port_pair`]), RTP in `rtp_ports`, no sound card:
 /// it plays a file and plays out into nothing.
 pub fn baresip_config(dir: &Path, sip_port: u16, rtp_ports: (u16, u16), account: &str) {
     std::fs::create_dir_all(dir).unwrap();

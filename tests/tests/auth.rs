@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use weir_e2e::{baresip_config, free_port, have, http, options_ping, plugin_wasm, Program};
+use weir_e2e::{
+    baresip_config, free_port_pair, free_ports, have, http, options_ping, plugin_wasm, Program,
+};
 
 mod common;
 
@@ -56,10 +58,10 @@ fn kept(s: &mut Setup) -> String {
 /// A baresip user agent for `user` registered through weir.
 fn softphone(s: &Setup, user: &str, password: &str, extra: &[&str]) -> Program {
     let dir = s.dir.path().join(user);
-    let rtp = free_port();
+    let rtp = free_ports(21);
     baresip_config(
         &dir,
-        free_port(),
+        free_port_pair(),
         (rtp, rtp.saturating_add(20)),
         &format!(
             "<sip:{user}@{REALM}>;auth_pass={password};outbound=\"sip:127.0.0.1:{}\";regint=600;answermode=auto",

@@ -168,13 +168,15 @@ enum TimerRef {
     Context(Key),
 }
 
-/// Where responses to a request go (RFC 3261 §18.2.2).
-#[derive(Debug, Clone, Copy)]
+/// Where responses to a request go (RFC 3261 §18.2.2), or a forwarded request.
+#[derive(Debug, Clone)]
 struct Peer {
     transport: Transport,
     local: SocketAddr,
     remote: SocketAddr,
     conn: Option<u64>,
+    /// The next hop's domain, for TLS (SNI and the certificate check).
+    server_name: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -999,7 +1001,7 @@ impl Proxy {
             ServerMachine::Invite(m) => m.handle_retransmission(),
             ServerMachine::NonInvite(m) => m.handle_retransmission(),
         };
-        let peer = t.peer;
+        let peer = t.peer.clone();
         if let Some(bytes) = step.send {
             self.push_transmit(peer, bytes, None);
         }
@@ -1295,6 +1297,7 @@ impl Proxy {
             local,
             remote: addr,
             conn: None,
+            server_name: hop.ip.is_none().then(|| Arc::from(hop.host.as_str())),
         };
         match forward.kind {
             ForwardKind::Stateless => {
@@ -1325,7 +1328,7 @@ impl Proxy {
                 let ck = self.client_txns.insert(ClientTxn {
                     key,
                     machine,
-                    peer,
+                    peer: peer.clone(),
                     owner: Some((ctx, i)),
                     expire: None,
                     armed: None,
@@ -1497,6 +1500,7 @@ impl Proxy {
                 local,
                 remote: peer.1,
                 conn: None,
+                server_name: None,
             },
             bytes,
             None,
@@ -1507,7 +1511,7 @@ impl Proxy {
         let Some(txn) = self.client_txns.get(ck) else {
             return;
         };
-        let peer = txn.peer;
+        let peer = txn.peer.clone();
         let owner = txn.owner;
         if let Some(bytes) = step.send {
             self.push_transmit(peer, bytes, None);
@@ -1924,7 +1928,7 @@ impl Proxy {
         if code >= 200 {
             t.request = None;
         }
-        let peer = t.peer;
+        let peer = t.peer.clone();
         if let Some(bytes) = out {
             self.push_transmit(peer, bytes, None);
         }
@@ -1994,7 +1998,7 @@ impl Proxy {
             return;
         };
         let bytes = build::cancel(&req);
-        let peer = t.peer;
+        let peer = t.peer.clone();
         let branch = req
             .top_via()
             .and_then(Result::ok)
@@ -2012,7 +2016,7 @@ impl Proxy {
                 peer.transport.is_reliable(),
                 self.cfg.timers,
             )),
-            peer,
+            peer: peer.clone(),
             owner: None,
             expire: None,
             armed: None,
@@ -2032,7 +2036,7 @@ impl Proxy {
         if !fired(&mut t.armed, at) {
             return;
         }
-        let peer = t.peer;
+        let peer = t.peer.clone();
         let send = match &mut t.machine {
             ServerMachine::Invite(m) => m.handle_timeout(now).send,
             ServerMachine::NonInvite(m) => {
@@ -2146,6 +2150,7 @@ impl Proxy {
             local: peer.local,
             remote: peer.remote,
             conn: peer.conn,
+            server_name: peer.server_name,
             bytes,
             on_error: tag,
         });
@@ -2385,6 +2390,7 @@ fn reply_peer(via: &Via<'_>, flow: &Flow) -> Peer {
         local: flow.local,
         remote,
         conn: flow.conn,
+        server_name: None,
     }
 }
 

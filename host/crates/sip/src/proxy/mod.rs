@@ -97,6 +97,10 @@ pub struct Transmit {
     /// For streams: the connection to use if it is still open. Otherwise the host
     /// reuses any open connection to `remote` or opens one.
     pub conn: Option<ConnId>,
+    /// The domain the next hop was named by (None for an IP address or a
+    /// response): a new TLS connection sends it as SNI and checks the
+    /// certificate against it (RFC 5922 §4).
+    pub server_name: Option<Arc<str>>,
     pub bytes: bytes::Bytes,
     /// Report a failure to deliver with [`Proxy::handle_send_error`] and this tag.
     pub on_error: Option<SendTag>,
