@@ -13,8 +13,8 @@ use toml::Spanned;
 use weir_plugin_host::{Capabilities, Limits, OnError};
 use weir_sip::digest::Algorithm;
 use weir_sip::proxy::{
-    ClientCredential, DigestSettings, Fallback, Listener, ProxyConfig, RecordRoute, StoredUser,
-    Transport,
+    ClientCredential, DigestSettings, Fallback, Listener, ProxyConfig, RecordRoute,
+    RegistrationConfig, StoredUser, Transport,
 };
 use weir_sip::registrar::RegistrarSettings;
 use weir_sip::transaction::Timers;
@@ -79,6 +79,8 @@ pub struct Config {
     pub registrar: RegistrarSettings,
     /// `[tls]`: the listeners' certificate and outbound trust.
     pub tls: TlsConfig,
+    /// `[[registrations]]`: addresses-of-record kept registered upstream.
+    pub registrations: Vec<RegistrationConfig>,
 }
 
 /// `[tls]`, checked: the files named load (a pair that matches, a CA file
@@ -174,6 +176,7 @@ impl Config {
         cfg.server_name = self.server_name.clone();
         cfg.credentials = self.credentials.clone();
         cfg.accept_from = self.accept_from.clone();
+        cfg.registrations = self.registrations.clone();
         cfg.digest = DigestSettings {
             secret: rand::random(),
             ..self.digest.clone()
@@ -196,6 +199,18 @@ struct Raw {
     digest: RawDigest,
     registrar: RawRegistrar,
     tls: Option<Spanned<RawTls>>,
+    registrations: Vec<Spanned<RawRegistration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRegistration {
+    name: Option<String>,
+    registrar: Option<Spanned<String>>,
+    aor: Option<Spanned<String>>,
+    contact: Option<Spanned<String>>,
+    credential: Option<Spanned<String>>,
+    expires: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -586,6 +601,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let digest = digest_settings(&mut c, &raw.digest);
     let registrar = registrar_settings(&mut c, &raw.registrar);
     let tls = tls_config(&mut c, raw.tls.as_ref(), &raw.sip.listen, &listen);
+    let registrations = registrations(&mut c, &raw.registrations, &credentials);
     let acls = acls(&mut c, &raw.acl);
     let accept_from = raw.sip.accept_from.as_ref().map(|names| {
         let mut nets = Vec::new();
@@ -615,6 +631,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         acls,
         registrar,
         tls,
+        registrations,
         listen,
         advertise,
         aliases,
@@ -760,6 +777,83 @@ fn plugins_config(c: &mut Check<'_>, raw: &Spanned<RawPlugins>) -> PluginsConfig
         limits,
         each,
     }
+}
+
+/// `[[registrations]]`: `registrar` and `aor` are SIP URIs, `credential`
+/// names a `[credentials.NAME]`, `expires` is a duration of 1 min to 1 day.
+fn registrations(
+    c: &mut Check<'_>,
+    raw: &[Spanned<RawRegistration>],
+    credentials: &HashMap<String, ClientCredential>,
+) -> Vec<RegistrationConfig> {
+    let mut out = Vec::new();
+    for (i, spanned) in raw.iter().enumerate() {
+        let r = spanned.get_ref();
+        let key = format!("[[registrations]] #{}", i + 1);
+        let sip_uri = |c: &mut Check<'_>, name: &str, v: &Option<Spanned<String>>| match v {
+            None => {
+                c.err(&format!("{key} {name}"), spanned, "is required");
+                None
+            }
+            Some(v) => match weir_sip::uri::Uri::parse(v.get_ref()) {
+                Ok(weir_sip::uri::Uri::Sip(_)) if !v.get_ref().contains(['<', '>', ' ']) => {
+                    Some(v.get_ref().clone())
+                }
+                _ => {
+                    c.err(
+                        &format!("{key} {name}"),
+                        v,
+                        format!("\"{}\" is not a sip: or sips: URI", v.get_ref()),
+                    );
+                    None
+                }
+            },
+        };
+        let registrar = sip_uri(c, "registrar", &r.registrar);
+        let aor = sip_uri(c, "aor", &r.aor);
+        let contact = match &r.contact {
+            None => Some(None),
+            some => sip_uri(c, "contact", some).map(Some),
+        };
+        let credential = match &r.credential {
+            None => Some(None),
+            Some(name) => match credentials.get(name.get_ref()) {
+                Some(cred) => Some(Some(cred.clone())),
+                None => {
+                    c.err(
+                        &format!("{key} credential"),
+                        name,
+                        format!("no [credentials.{}] is configured", name.get_ref()),
+                    );
+                    None
+                }
+            },
+        };
+        let expires = c.duration(
+            &format!("{key} expires"),
+            &r.expires,
+            Duration::from_secs(3600),
+        );
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&expires) {
+            if let Some(e) = &r.expires {
+                c.err(&format!("{key} expires"), e, "must be between 1s and 1 day");
+            }
+        }
+        let (Some(registrar), Some(aor), Some(contact), Some(credential)) =
+            (registrar, aor, contact, credential)
+        else {
+            continue;
+        };
+        out.push(RegistrationConfig {
+            name: r.name.clone().unwrap_or_else(|| aor.clone()),
+            registrar,
+            aor,
+            contact,
+            credential,
+            expires,
+        });
+    }
+    out
 }
 
 /// `[tls]`: `certificate` and `private_key` go together and must load as a
@@ -1089,6 +1183,7 @@ fn digest_settings(c: &mut Check<'_>, raw: &RawDigest) -> DigestSettings {
         ban_time: c.duration("[digest] ban_time", &raw.ban_time, defaults.ban_time),
         secret: [0; 32],
         users,
+        provisioned: defaults.provisioned,
     }
 }
 
@@ -1237,6 +1332,45 @@ mod tests {
         assert_eq!(errs[2].key, "[routing] fallback");
         assert_eq!(errs[2].line, Some(6));
         assert!(shown[2].contains("\"request-uri\""), "{}", shown[2]);
+    }
+
+    #[test]
+    fn upstream_registrations_name_their_credential_and_bad_keys() {
+        let cfg = parse(
+            "[credentials.c]\nusername = \"u\"\npassword = \"p\"\n\
+             [[registrations]]\nregistrar = \"sip:sip.carrier.example;transport=tls\"\n\
+             aor = \"sip:+14155550100@carrier.example\"\ncredential = \"c\"\nexpires = \"10m\"\n",
+        )
+        .unwrap();
+        let r = &cfg.registrations[0];
+        assert_eq!(
+            r.name, "sip:+14155550100@carrier.example",
+            "named by its aor"
+        );
+        assert_eq!(r.expires, Duration::from_secs(600));
+        assert_eq!(r.credential.as_ref().unwrap().username, "u");
+        assert_eq!(cfg.proxy_config().registrations.len(), 1);
+        let errs = parse(
+            "[[registrations]]\nregistrar = \"http://x\"\naor = \"sip:a@b\"\ncredential = \"nope\"\n\
+             [[registrations]]\naor = \"sip:a@b\"\nexpires = \"2d\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "[[registrations]] #1 registrar",
+                "[[registrations]] #1 credential",
+                "[[registrations]] #2 registrar",
+                "[[registrations]] #2 expires"
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].message.contains("[credentials.nope]"),
+            "{}",
+            errs[1]
+        );
     }
 
     #[test]

@@ -252,6 +252,8 @@ fn main() -> ExitCode {
                 plugins: plugin_host.clone(),
                 sip_host: cfg.sip_host(),
                 proxy_stats: stats.clone(),
+                users: cfg.digest.provisioned.clone(),
+                configured_users: cfg.digest.users.keys().cloned().collect(),
             };
             let admin_listen = cfg.admin_listen;
             let started = rt.block_on(async move {
@@ -303,6 +305,14 @@ fn init_logging(cfg: &config::Config) -> tracing_appender::non_blocking::WorkerG
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rustls warns about each peer's protocol oddities (an IP address sent as
+    // SNI…): one line per handshake that any client can provoke. Weir logs
+    // the handshakes that fail itself. An explicit `rustls=…` still wins.
+    let filter = if cfg.log_level.contains("rustls") || std::env::var_os("RUST_LOG").is_some() {
+        filter
+    } else {
+        filter.add_directive("rustls=error".parse().unwrap_or_default())
+    };
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(100_000)

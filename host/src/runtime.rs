@@ -32,7 +32,14 @@ struct Conns {
 /// Binds every listener and runs the proxy until `shutdown` resolves.
 /// The proxy's counters as last published by the loop (about once a second),
 /// for `/metrics`.
-pub type SharedStats = Arc<std::sync::Mutex<weir_sip::proxy::Stats>>;
+pub type SharedStats = Arc<std::sync::Mutex<Published>>;
+
+/// What the loop publishes for the admin API about once a second.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub stats: weir_sip::proxy::Stats,
+    pub registrations: Vec<weir_sip::proxy::RegistrationStatus>,
+}
 
 pub async fn run(
     cfg: Config,
@@ -99,6 +106,7 @@ pub async fn run(
     }
     let seed = rand::random::<u64>();
     let mut proxy = Proxy::new(cfg.proxy_config(), router, seed);
+    proxy.start_registrations(std::time::Instant::now());
     let mut conns = Conns::default();
     let mut shell = Shell {
         udp,
@@ -123,7 +131,10 @@ pub async fn run(
         shell.udp.iter().map(|(a, s)| (*a, s.clone())).collect();
     let mut buf = vec![0u8; 65_536];
     let mut last_report = std::time::Instant::now();
-    let mut last_publish = std::time::Instant::now();
+    // Published on the first round, then every second.
+    let mut last_publish = std::time::Instant::now()
+        .checked_sub(Duration::from_secs(2))
+        .unwrap_or_else(std::time::Instant::now);
     let mut last_stats = proxy.stats();
     let mut busy_rounds = 0u32;
     loop {
@@ -134,7 +145,11 @@ pub async fn run(
         }
         if last_publish.elapsed() >= Duration::from_secs(1) {
             last_publish = std::time::Instant::now();
-            *stats_out.lock().unwrap_or_else(|p| p.into_inner()) = proxy.stats();
+            let published = Published {
+                stats: proxy.stats(),
+                registrations: proxy.registrations(last_publish),
+            };
+            *stats_out.lock().unwrap_or_else(|p| p.into_inner()) = published;
         }
         if last_report.elapsed() >= Duration::from_secs(60) {
             last_report = std::time::Instant::now();
@@ -320,6 +335,18 @@ impl Shell {
                 progressed = true;
                 let (id, host, port) = match ev {
                     Event::Resolve { id, host, port, .. } => (id, host, port),
+                    Event::Registration {
+                        name,
+                        registered: true,
+                        detail,
+                    } => {
+                        info!(registration = %name, answer = %detail, "registered upstream");
+                        continue;
+                    }
+                    Event::Registration { name, detail, .. } => {
+                        warn!(registration = %name, reason = %detail, "upstream registration failed; retrying later");
+                        continue;
+                    }
                     Event::SourceBanned { ip, failures, for_ } => {
                         tracing::warn!(
                             %ip,

@@ -265,3 +265,88 @@ fn svwar_cannot_tell_existing_users_from_absent_ones() {
         }
     }
 }
+
+#[test]
+fn users_provisioned_through_the_api_register_and_are_locked_out_when_removed() {
+    if skip_without("baresip", "baresip") {
+        return;
+    }
+    let mut s = setup(&[("alice", "in-the-file")], "");
+    let path = "/v1/users/weir.test/carol";
+    // Bad input: each field named, nothing stored.
+    for (body, field) in [
+        ("{}", "password"),
+        ("{\"password\": \"\"}", "password"),
+        ("{\"ha1_md5\": \"xyz\"}", "ha1_md5"),
+        (
+            "{\"password\": \"p\", \"ha1_sha256\": \"00\"}",
+            "ha1_sha256",
+        ),
+        ("{\"password\": \"p\", \"pin\": 1}", "pin"),
+        ("[1]", "body"),
+    ] {
+        let (status, text) = http(s.admin, "PUT", path, body);
+        assert!(
+            status == 400 && text.contains(&format!("\"field\":\"{field}\"")),
+            "{body}: {status} {text}"
+        );
+    }
+    let (status, text) = http(
+        s.admin,
+        "PUT",
+        "/v1/users/weir.test/bad%22name",
+        "{\"password\": \"p\"}",
+    );
+    assert!(
+        status == 400 && text.contains("\"field\":\"username\""),
+        "{status} {text}"
+    );
+    // A configured user belongs to the file.
+    let (status, _) = http(
+        s.admin,
+        "PUT",
+        "/v1/users/weir.test/alice",
+        "{\"password\": \"p\"}",
+    );
+    assert_eq!(status, 409);
+    let (status, text) = http(s.admin, "PUT", path, "{\"password\": \"c4r0l-pw\"}");
+    assert_eq!(status, 201, "{text}");
+    let (status, listed) = http(s.admin, "GET", "/v1/users", "");
+    assert_eq!(status, 200);
+    assert!(
+        listed.contains("\"username\":\"carol\"")
+            && listed.contains("\"source\":\"api\"")
+            && listed.contains("\"username\":\"alice\"")
+            && !listed.contains("c4r0l"),
+        "{listed}"
+    );
+    let carol = softphone(&s, "carol", "c4r0l-pw", &["-t", "20"]);
+    if registered(&s, "sip:carol@weir.test", Duration::from_secs(10)).is_none() {
+        panic!(
+            "carol did not register with her provisioned password\n{}\n{}",
+            tail(&carol.output()),
+            kept(&mut s)
+        );
+    }
+    drop(carol);
+    // Removed: her binding goes too, and the same password no longer registers.
+    assert_eq!(http(s.admin, "DELETE", path, "").0, 204);
+    assert_eq!(http(s.admin, "DELETE", path, "").0, 404);
+    assert_eq!(
+        http(
+            s.admin,
+            "DELETE",
+            "/v1/registrations/sip:carol@weir.test",
+            ""
+        )
+        .0,
+        204
+    );
+    let again = softphone(&s, "carol", "c4r0l-pw", &["-t", "3"]);
+    let out = again.wait(Duration::from_secs(8)).output;
+    assert!(
+        registered(&s, "sip:carol@weir.test", Duration::from_millis(500)).is_none(),
+        "a removed user registered\n{}",
+        tail(&out)
+    );
+}

@@ -192,3 +192,169 @@ fn inbound_calls_route_by_number_from_the_carrier_only() {
     let log = s.weir.log_text();
     assert!(!log.contains("panicked"), "{}", tail(&log));
 }
+
+/// Polls weir's `/v1/upstream-registrations` until `name` is in `state`.
+fn upstream_state(
+    s: &common::Setup,
+    name: &str,
+    state: &str,
+    limit: Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (_, body) = http(s.admin, "GET", "/v1/upstream-registrations", "");
+        let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let entry = all["registrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned();
+        match entry {
+            Some(e) if e["state"] == state => return e,
+            Some(e) if std::time::Instant::now() > deadline => return e,
+            None if std::time::Instant::now() > deadline => panic!("{name} is not listed: {body}"),
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn weir_registers_with_the_carrier_refreshes_and_receives_calls_for_the_number() {
+    let registrar_port = free_port();
+    let agent_port = free_port();
+    // Asks for 5 s; the carrier wants at least 10 (423), then challenges (401).
+    let mut s = setup(
+        &[("agent-router.wasm", plugin_wasm("agent_router"))],
+        &["agent-router"],
+        &format!(
+            "[plugins.agent-router]\ncapabilities = [\"registry\", \"log\", \"metrics\"]\n\
+             [credentials.carrier]\nusername = \"weir-reg\"\npassword = \"s3cret-reg\"\n\
+             [credentials.stale]\nusername = \"weir-reg\"\npassword = \"not-it\"\n\
+             [[registrations]]\nname = \"carrier\"\nregistrar = \"sip:127.0.0.1:{registrar_port}\"\n\
+             aor = \"sip:+14155550100@127.0.0.1\"\ncredential = \"carrier\"\nexpires = \"5s\"\n\
+             [[registrations]]\nname = \"wrong-password\"\nregistrar = \"sip:127.0.0.1:{registrar_port}\"\n\
+             aor = \"sip:+14155550111@127.0.0.1\"\ncredential = \"stale\"\n"
+        ),
+    );
+    let carrier = Kamailio::start(
+        "registrar.cfg",
+        &[
+            ("@PORT@", &registrar_port.to_string()),
+            ("@USER@", "weir-reg"),
+            ("@PASSWORD@", "s3cret-reg"),
+            ("@MIN_EXPIRES@", "10"),
+        ],
+        format!("127.0.0.1:{registrar_port}").parse().unwrap(),
+    );
+    let entry = upstream_state(&s, "carrier", "registered", Duration::from_secs(10));
+    assert_eq!(
+        entry["state"],
+        "registered",
+        "{entry}\n{}",
+        tail(&carrier.log_text())
+    );
+    assert_eq!(entry["last_answer"], "200 OK", "{entry}");
+    // Granted 10 s (after the 423); some of it has passed.
+    let left = entry["expires_in"].as_u64().unwrap();
+    assert!(
+        (1..=10).contains(&left),
+        "{entry}\n{}",
+        tail(&carrier.log_text())
+    );
+    let wrong = upstream_state(&s, "wrong-password", "failed", Duration::from_secs(5));
+    assert_eq!(wrong["state"], "failed", "{wrong}");
+    assert!(
+        wrong["last_answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("401 Unauthorized"),
+        "{wrong}"
+    );
+
+    // A call from the "PSTN" to the number reaches the carrier, which sends it
+    // to weir's registered contact; agent-router takes it to the agent.
+    let (code, body) = http(
+        s.admin,
+        "PUT",
+        "/v1/registry/num:+14155550100",
+        &format!("{{\"value\": \"sip:agent@127.0.0.1:{agent_port}\"}}"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let agent = uas(
+        &s,
+        "call-uas.xml",
+        agent_port,
+        3,
+        &[],
+        Duration::from_secs(30),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let uac_file = weir_e2e::scenario(s.dir.path(), "call-uac.xml", &[]);
+    let pstn = weir_e2e::Sipp::spawn_for(
+        s.dir.path(),
+        "pstn",
+        &[
+            "-sf".into(),
+            uac_file.display().to_string(),
+            "-s".into(),
+            "+14155550100".into(),
+            "-i".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            free_port().to_string(),
+            format!("127.0.0.1:{registrar_port}"),
+            "-m".into(),
+            "3".into(),
+            "-r".into(),
+            "3".into(),
+        ],
+        Duration::from_secs(30),
+    );
+    check(
+        &mut s,
+        "the PSTN caller",
+        &pstn.wait(Duration::from_secs(40)),
+        3,
+    );
+    check(&mut s, "the agent", &agent.wait(Duration::from_secs(10)), 3);
+
+    // Refreshed before the 10 s run out, on the same Call-ID with rising CSeq:
+    // by now (> 10 s after the first) at least two REGISTERs were accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let accepted = loop {
+        let log = carrier.log_text();
+        let accepted: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(": registered sip:+14155550100@"))
+            .map(str::to_string)
+            .collect();
+        if accepted.len() >= 2 || std::time::Instant::now() > deadline {
+            break accepted;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        accepted.len() >= 2,
+        "no refresh:\n{}",
+        tail(&carrier.log_text())
+    );
+    for line in &accepted {
+        assert!(line.contains("Expires 10"), "{line}");
+    }
+    let log = carrier.log_text();
+    assert!(
+        log.contains("challenging REGISTER") && log.contains("Expires 5"),
+        "{}",
+        tail(&log)
+    );
+    let entry = upstream_state(&s, "carrier", "registered", Duration::from_secs(1));
+    assert_eq!(entry["failures"], 0, "{entry}");
+    let (_, metrics) = http(s.admin, "GET", "/metrics", "");
+    assert!(
+        metrics.contains("weir_upstream_registered{name=\"carrier\"} 1")
+            && metrics.contains("weir_upstream_registered{name=\"wrong-password\"} 0"),
+        "{metrics}"
+    );
+}

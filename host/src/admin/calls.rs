@@ -26,11 +26,11 @@ const CALL_TTL_MAX_S: u64 = 24 * 3600;
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 const METADATA_MAX: usize = 4096;
 
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
+pub(super) fn bad(field: &str, message: impl Into<String>) -> ApiError {
     api_error(StatusCode::BAD_REQUEST, field, message)
 }
 
-fn body_object(body: &[u8], example: &str) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn body_object(body: &[u8], example: &str) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(bad(
@@ -41,7 +41,7 @@ fn body_object(body: &[u8], example: &str) -> Result<Map<String, Value>, ApiErro
     }
 }
 
-fn no_unknown(m: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+pub(super) fn no_unknown(m: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
     match m.keys().find(|k| !known.contains(&k.as_str())) {
         Some(k) => Err(bad(
             k,
@@ -51,7 +51,10 @@ fn no_unknown(m: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
     }
 }
 
-fn opt_str<'a>(m: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+pub(super) fn opt_str<'a>(
+    m: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
     match m.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),

@@ -11,6 +11,9 @@
 //! | `GET /v1/registrations` | every address-of-record and its contacts |
 //! | `GET /v1/registrations/{aor}` | one address-of-record's contacts, or 404 |
 //! | `DELETE /v1/registrations/{aor}` | removes its bindings: 204, or 404 |
+//! | `PUT /v1/users/{realm}/{username}` | `{"password"}` or `{"ha1_md5"?, "ha1_sha256"?}`: a digest user, kept as H(A1) |
+//! | `GET /v1/users`, `GET/DELETE /v1/users/{realm}/{username}` | digest users (never their secrets) |
+//! | `GET /v1/upstream-registrations` | this proxy's own registrations with carriers (`[[registrations]]`): state, seconds left, last answer |
 //! | `POST /v1/calls` | registers a call: `{"agent", "from"?, "to"?, "direction"?, "metadata"?, "ttl_s"?}` (+ `Idempotency-Key`) → `{call_id, sip_uri, …}` |
 //! | `GET /v1/calls/{id}` | the call, or 404 |
 //! | `DELETE /v1/calls/{id}` | 204, or 404 |
@@ -38,6 +41,7 @@ use weir_plugin_host::Services;
 use crate::plugins::PluginHost;
 
 mod calls;
+mod users;
 
 /// The longest time-to-live accepted: a year.
 const MAX_TTL_S: u64 = 366 * 24 * 3600;
@@ -52,6 +56,10 @@ pub struct Admin {
     pub sip_host: String,
     /// The proxy core's counters, published by its loop.
     pub proxy_stats: crate::runtime::SharedStats,
+    /// Digest users provisioned through `/v1/users` (the proxy core reads them).
+    pub users: weir_sip::proxy::ProvisionedUsers,
+    /// (realm, username) of the `[[digest.users]]`: listed, not changeable here.
+    pub configured_users: std::collections::BTreeSet<(String, String)>,
 }
 
 /// An API error: the status and the field at fault.
@@ -121,6 +129,14 @@ pub fn router(admin: Admin) -> Router {
                 .delete(calls::delete_number),
         )
         .route("/v1/registrations", get(registrations))
+        .route("/v1/upstream-registrations", get(upstream_registrations))
+        .route("/v1/users", get(users::list_users))
+        .route(
+            "/v1/users/{realm}/{username}",
+            get(users::get_user)
+                .put(users::put_user)
+                .delete(users::delete_user),
+        )
         .route(
             "/v1/registrations/{aor}",
             get(get_registration).delete(delete_registration),
@@ -154,6 +170,30 @@ fn bindings_json(services: &Services, aor: &str, now: Instant) -> Value {
         })
         .collect();
     json!({ "aor": aor, "contacts": contacts })
+}
+
+/// This proxy's own registrations with upstream registrars, as last published
+/// by the proxy loop (about once a second).
+async fn upstream_registrations(State(a): State<Admin>) -> Response {
+    let list: Vec<Value> = a
+        .proxy_stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .registrations
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "aor": r.aor,
+                "registrar": r.registrar,
+                "state": r.state,
+                "expires_in": r.expires_in,
+                "last_answer": r.last_answer,
+                "failures": r.failures,
+            })
+        })
+        .collect();
+    Json(json!({ "registrations": list })).into_response()
 }
 
 async fn registrations(State(a): State<Admin>) -> Response {
@@ -225,11 +265,21 @@ async fn metrics(State(a): State<Admin>) -> Response {
         "weir_registry_entries {}\n",
         a.services.registry.len(Instant::now())
     ));
-    let st = a
-        .proxy_stats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let (st, upstream) = {
+        let published = a.proxy_stats.lock().unwrap_or_else(|p| p.into_inner());
+        (published.stats.clone(), published.registrations.clone())
+    };
+    if !upstream.is_empty() {
+        out.push_str("# HELP weir_upstream_registered 1 while the registrar holds the binding\n");
+        out.push_str("# TYPE weir_upstream_registered gauge\n");
+        for r in &upstream {
+            out.push_str(&format!(
+                "weir_upstream_registered{{name={:?}}} {}\n",
+                r.name,
+                u8::from(r.state == "registered")
+            ));
+        }
+    }
     let counters: [(&str, &str, u64); 17] = [
         ("requests_in", "requests received", st.requests_in),
         ("responses_in", "responses received", st.responses_in),

@@ -316,14 +316,14 @@ impl Registrar {
 
 /// RFC 3261 §10.3 step 7: contacts are the same binding when their URIs are
 /// equivalent (§19.1.4).
-fn same_contact(stored: &str, new: &str) -> bool {
+pub(crate) fn same_contact(stored: &str, new: &str) -> bool {
     match (Uri::parse(stored), Uri::parse(new)) {
         (Ok(Uri::Sip(a)), Ok(Uri::Sip(b))) => a.equivalent(&b),
         _ => stored == new,
     }
 }
 
-fn parse_seconds(v: &[u8]) -> Option<u32> {
+pub(crate) fn parse_seconds(v: &[u8]) -> Option<u32> {
     let v = crate::text::trim(v);
     if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
         return None;

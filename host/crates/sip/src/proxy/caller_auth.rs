@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::digest::{self, Algorithm, Bans, Credentials, DigestError, Refusal};
@@ -55,6 +56,18 @@ impl StoredUser {
         StoredUser { md5, sha256 }
     }
 
+    /// The algorithms this user can answer with.
+    pub fn algorithms(&self) -> Vec<Algorithm> {
+        let mut v = Vec::new();
+        if self.md5.is_some() {
+            v.push(Algorithm::Md5);
+        }
+        if self.sha256.is_some() {
+            v.push(Algorithm::Sha256);
+        }
+        v
+    }
+
     fn ha1(&self, algorithm: Algorithm) -> Option<&str> {
         match algorithm {
             Algorithm::Md5 => self.md5.as_deref(),
@@ -83,9 +96,15 @@ pub struct DigestSettings {
     pub ban_time: Duration,
     /// Keys the nonce MACs: must be random (the host draws it at start).
     pub secret: [u8; 32],
-    /// Users by (realm, username).
+    /// Users by (realm, username), from the configuration.
     pub users: HashMap<(String, String), StoredUser>,
+    /// Users provisioned while running (the admin API), asked after `users`.
+    pub provisioned: ProvisionedUsers,
 }
+
+/// Users added and removed while the proxy runs, shared with whoever
+/// provisions them. Kept as H(A1) like configured users.
+pub type ProvisionedUsers = Arc<RwLock<HashMap<(String, String), StoredUser>>>;
 
 impl fmt::Debug for DigestSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,6 +115,10 @@ impl fmt::Debug for DigestSettings {
             .field("ban_window", &self.ban_window)
             .field("ban_time", &self.ban_time)
             .field("users", &self.users.len())
+            .field(
+                "provisioned",
+                &self.provisioned.read().map(|u| u.len()).unwrap_or_default(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +137,7 @@ impl Default for DigestSettings {
             ban_time: Duration::from_secs(900),
             secret: [0; 32],
             users: HashMap::new(),
+            provisioned: ProvisionedUsers::default(),
         }
     }
 }
@@ -254,11 +278,20 @@ impl CallerAuth {
         if !self.settings.algorithms.contains(&creds.algorithm) {
             return Err(FRESH);
         }
-        let stored = self
-            .settings
-            .users
-            .get(&(realm.to_string(), creds.username.clone()))
-            .and_then(|u| u.ha1(creds.algorithm));
+        let key = (realm.to_string(), creds.username.clone());
+        let provisioned;
+        let stored = match self.settings.users.get(&key) {
+            Some(u) => u.ha1(creds.algorithm),
+            None => {
+                provisioned = self.settings.provisioned.read().ok().and_then(|users| {
+                    users
+                        .get(&key)
+                        .and_then(|u| u.ha1(creds.algorithm))
+                        .map(str::to_string)
+                });
+                provisioned.as_deref()
+            }
+        };
         match server.verify(now, &creds, msg.method_bytes(), stored) {
             Ok(()) => {
                 self.bans.succeeded(ip);

@@ -14,11 +14,13 @@ use bytes::Bytes;
 
 use super::caller_auth::{self, CallerAuth};
 use super::identity::{self, CallerIdentities};
+use super::registration::Registration;
 use super::upstream_auth::{self, Answer, CseqShifts};
 use super::validate::{check_request, check_response, Checked, Rejection};
 use super::{
-    Decision, Event, Failure, FailureAction, Flow, Listener, Pin, ProxyConfig, RecordRoute, Routed,
-    Router, SendTag, Stats, Target, Transmit, Transport,
+    Decision, Event, Failure, FailureAction, Flow, Listener, Pin, ProxyConfig, RecordRoute,
+    RegistrationConfig, RegistrationStatus, Routed, Router, SendTag, Stats, Target, Transmit,
+    Transport,
 };
 use crate::build;
 use crate::headers::{HeaderName, NameAddr, Via};
@@ -64,6 +66,8 @@ pub struct Proxy {
     identities: CallerIdentities,
     /// Nonces and bans for challenged callers.
     caller_auth: CallerAuth,
+    /// Upstream registrations, and when each one's timer is armed.
+    registrations: Vec<(Registration, Option<Instant>)>,
     stats: Stats,
 }
 
@@ -166,6 +170,7 @@ enum TimerRef {
     Server(Key),
     Client(Key),
     Context(Key),
+    Registration(usize),
 }
 
 /// Where responses to a request go (RFC 3261 §18.2.2), or a forwarded request.
@@ -211,8 +216,8 @@ struct ClientTxn {
     key: u128,
     machine: ClientMachine,
     peer: Peer,
-    /// The context and branch index this transaction works for.
-    owner: Option<(Key, usize)>,
+    /// Who the answers go to: a branch of a context, or a registration.
+    owner: Option<Owner>,
     /// Forget the transaction at this time whatever its state (a branch that was
     /// abandoned after CANCEL must not linger if the 487 never comes).
     expire: Option<Instant>,
@@ -280,6 +285,15 @@ struct Forward {
     auth: Option<Answer>,
 }
 
+/// Who a client transaction works for.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    /// The context and branch index.
+    Branch(Key, usize),
+    /// An upstream registration (its index).
+    Registration(usize),
+}
+
 #[derive(Debug, Clone, Copy)]
 enum ForwardKind {
     /// A branch of a response context.
@@ -287,6 +301,8 @@ enum ForwardKind {
     /// ACK for a 2xx, or CANCEL with no matching transaction (§16.10, §16.11):
     /// no transaction; the branch is derived from the incoming one.
     Stateless,
+    /// A REGISTER of an upstream registration (its index).
+    Registration(usize),
 }
 
 #[derive(Debug)]
@@ -401,6 +417,7 @@ impl Proxy {
             rr_value: cfg.listeners.iter().map(record_route_value).collect(),
             server_line: cfg.server_name.as_ref().map(|s| format!("Server: {s}")),
             caller_auth: CallerAuth::new(cfg.digest.clone()),
+            registrations: Vec::new(),
             cfg,
             router,
             rng: seed | 1,
@@ -503,6 +520,7 @@ impl Proxy {
                 TimerRef::Server(k) => self.server_timer(now, k, at),
                 TimerRef::Client(k) => self.client_timer(now, k, at),
                 TimerRef::Context(k) => self.context_timer(now, k, at),
+                TimerRef::Registration(i) => self.registration_timer(now, i),
             }
         }
     }
@@ -1252,7 +1270,7 @@ impl Proxy {
                 return;
             };
             branch = match forward.kind {
-                ForwardKind::Branch(..) => {
+                ForwardKind::Branch(..) | ForwardKind::Registration(_) => {
                     let r = self.random();
                     format!(
                         "{BRANCH_PREFIX}{:016x}.{:012x}",
@@ -1304,6 +1322,26 @@ impl Proxy {
                 self.stats.forwarded_requests += 1;
                 self.push_transmit(peer, bytes, None);
             }
+            ForwardKind::Registration(r) => {
+                let machine = ClientMachine::NonInvite(ClientNonInvite::new(
+                    now,
+                    bytes.clone(),
+                    transport.is_reliable(),
+                    self.cfg.timers,
+                ));
+                let key = self.keys.client(branch.as_bytes(), false);
+                let ck = self.client_txns.insert(ClientTxn {
+                    key,
+                    machine,
+                    peer: peer.clone(),
+                    owner: Some(Owner::Registration(r)),
+                    expire: None,
+                    armed: None,
+                });
+                self.clients.insert(key, ck);
+                self.push_transmit(peer, bytes, Some(SendTag(ck)));
+                self.arm_client(ck);
+            }
             ForwardKind::Branch(ctx, i) => {
                 let Some(c) = self.contexts.get(ctx) else {
                     return;
@@ -1329,7 +1367,7 @@ impl Proxy {
                     key,
                     machine,
                     peer: peer.clone(),
-                    owner: Some((ctx, i)),
+                    owner: Some(Owner::Branch(ctx, i)),
                     expire: None,
                     armed: None,
                 });
@@ -1419,8 +1457,14 @@ impl Proxy {
         status: u16,
         reason: Cow<'static, str>,
     ) {
-        if let ForwardKind::Branch(ctx, i) = kind {
-            self.branch_final(now, ctx, i, Final::Local { status, reason });
+        match kind {
+            ForwardKind::Branch(ctx, i) => {
+                self.branch_final(now, ctx, i, Final::Local { status, reason });
+            }
+            ForwardKind::Registration(r) => {
+                self.registration_failed(now, r, format!("{status} {reason}"));
+            }
+            ForwardKind::Stateless => {}
         }
     }
 
@@ -1516,7 +1560,17 @@ impl Proxy {
         if let Some(bytes) = step.send {
             self.push_transmit(peer, bytes, None);
         }
-        if let (Some(event), Some((ctx, i))) = (step.event, owner) {
+        if let (Some(event), Some(Owner::Registration(r))) = (&step.event, owner) {
+            match event {
+                TuEvent::Response(resp) => self.registration_response(now, r, resp),
+                TuEvent::Timeout => self.registration_failed(now, r, "no answer (timeout)".into()),
+                TuEvent::TransportError => {
+                    self.registration_failed(now, r, "the registrar is unreachable".into());
+                }
+                TuEvent::AckTimeout => {}
+            }
+        }
+        if let (Some(event), Some(Owner::Branch(ctx, i))) = (step.event, owner) {
             match event {
                 TuEvent::Response(resp) => self.branch_response(now, ctx, i, resp),
                 TuEvent::Timeout => self.branch_final(
@@ -2140,6 +2194,136 @@ impl Proxy {
         };
         let at = c.poll_timeout();
         schedule(&mut self.timers, &mut c.armed, at, TimerRef::Context(k));
+    }
+
+    // ----- upstream registrations (see `registration`) ---------------------------
+
+    /// Starts the configured upstream registrations: each sends its first
+    /// REGISTER now. Call once, after [`Proxy::new`].
+    pub fn start_registrations(&mut self, now: Instant) {
+        let configs = self.cfg.registrations.clone();
+        for cfg in configs {
+            let random = self.random();
+            self.registrations
+                .push((Registration::new(cfg, now, random), None));
+            self.arm_registration(self.registrations.len() - 1);
+        }
+    }
+
+    /// Where each upstream registration stands.
+    pub fn registrations(&self, now: Instant) -> Vec<RegistrationStatus> {
+        self.registrations
+            .iter()
+            .map(|(r, _)| r.status(now))
+            .collect()
+    }
+
+    fn arm_registration(&mut self, i: usize) {
+        if let Some((r, armed)) = self.registrations.get_mut(i) {
+            schedule(
+                &mut self.timers,
+                armed,
+                r.poll_timeout(),
+                TimerRef::Registration(i),
+            );
+        }
+    }
+
+    fn registration_timer(&mut self, now: Instant, i: usize) {
+        let contact = match self.registrations.get(i) {
+            Some((r, _)) => self.default_contact(r.config()),
+            None => return,
+        };
+        let Some((r, armed)) = self.registrations.get_mut(i) else {
+            return;
+        };
+        *armed = None;
+        if let Some(msg) = r.poll_request(now, &contact) {
+            self.send_registration(now, i, msg);
+        }
+        self.registration_news(i);
+        self.arm_registration(i);
+    }
+
+    fn registration_response(&mut self, now: Instant, i: usize, resp: &Message) {
+        let cnonce = format!("{:016x}", self.random());
+        let Some((r, _)) = self.registrations.get_mut(i) else {
+            return;
+        };
+        if let Some(msg) = r.handle_response(now, resp, &cnonce) {
+            self.send_registration(now, i, msg);
+        }
+        self.registration_news(i);
+        self.arm_registration(i);
+    }
+
+    fn registration_failed(&mut self, now: Instant, i: usize, why: String) {
+        if let Some((r, _)) = self.registrations.get_mut(i) {
+            r.handle_failure(now, why);
+        }
+        self.registration_news(i);
+        self.arm_registration(i);
+    }
+
+    fn registration_news(&mut self, i: usize) {
+        if let Some((r, _)) = self.registrations.get_mut(i) {
+            if let Some((registered, detail)) = r.take_news() {
+                self.events.push_back(Event::Registration {
+                    name: r.config().name.clone(),
+                    registered,
+                    detail,
+                });
+            }
+        }
+    }
+
+    /// Sends a REGISTER like a forwarded request: to the registrar URI, with
+    /// this proxy's Via and Max-Forwards added.
+    fn send_registration(&mut self, now: Instant, i: usize, msg: Message) {
+        let uri = String::from_utf8_lossy(msg.request_uri_bytes()).into_owned();
+        let loop_hash = self.random();
+        let forward = Forward {
+            request: Arc::new(msg),
+            plan: RoutePlan::default(),
+            uri,
+            inbound: 0,
+            record_route: false,
+            loop_hash,
+            top_via: Vec::new(),
+            kind: ForwardKind::Registration(i),
+            cseq: None,
+            auth: None,
+        };
+        self.start_forward(now, forward);
+    }
+
+    /// `sip:USER@LISTENER` for the registrar's transport (the AOR's user; the
+    /// listener as written in Via, with `transport=` unless UDP).
+    fn default_contact(&self, cfg: &RegistrationConfig) -> String {
+        let user = match Uri::parse(&cfg.aor) {
+            Ok(Uri::Sip(u)) => u.user.map(|u| u.to_string()),
+            _ => None,
+        };
+        let transport = next_hop(&cfg.registrar)
+            .map(|hop| self.pick_transport(&hop, 0))
+            .unwrap_or(Transport::Udp);
+        let listener = self
+            .cfg
+            .listeners
+            .iter()
+            .find(|l| l.transport == transport)
+            .or(self.cfg.listeners.first());
+        let Some(l) = listener else {
+            return String::new();
+        };
+        let at = match user {
+            Some(u) => format!("{u}@{}", l.sent_by()),
+            None => l.sent_by(),
+        };
+        match l.transport {
+            Transport::Udp => format!("sip:{at}"),
+            t => format!("sip:{at};transport={}", t.param()),
+        }
     }
 
     // ----- helpers ----------------------------------------------------------------

@@ -12,6 +12,7 @@ mod caller_auth;
 mod core;
 mod dialog_map;
 mod identity;
+mod registration;
 mod upstream_auth;
 mod validate;
 
@@ -23,7 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use self::core::Proxy;
-pub use caller_auth::{DigestSettings, StoredUser};
+pub use caller_auth::{DigestSettings, ProvisionedUsers, StoredUser};
+pub use registration::{RegistrationConfig, RegistrationStatus};
 pub use upstream_auth::ClientCredential;
 pub use validate::Rejection;
 
@@ -120,6 +122,13 @@ pub enum Event {
         port: u16,
         transport: Transport,
     },
+    /// An upstream registration was made or renewed (`registered`), or failed
+    /// (it is retried later); `detail` says with what answer.
+    Registration {
+        name: String,
+        registered: bool,
+        detail: String,
+    },
     /// `ip` failed authentication too often: its requests are dropped, unanswered,
     /// for `for_`.
     SourceBanned {
@@ -207,6 +216,9 @@ pub struct ProxyConfig {
     pub accept_from: Option<Vec<ipnet::IpNet>>,
     /// How callers are challenged when a router decides [`Decision::Challenge`].
     pub digest: DigestSettings,
+    /// Addresses-of-record to keep registered with upstream registrars
+    /// (started by [`Proxy::start_registrations`]).
+    pub registrations: Vec<RegistrationConfig>,
 }
 
 impl ProxyConfig {
@@ -225,6 +237,7 @@ impl ProxyConfig {
             credentials: HashMap::new(),
             accept_from: None,
             digest: DigestSettings::default(),
+            registrations: Vec::new(),
         }
     }
 }

@@ -1518,3 +1518,109 @@ fn a_failed_call_leaves_no_rewritten_dialog_behind() {
     assert_eq!(sim.proxy.stats().rewritten_dialogs, 0);
     sim.assert_idle();
 }
+
+#[test]
+fn s10_2_upstream_registration_is_answered_refreshed_and_retried() {
+    const REGISTRAR: &str = "127.0.0.1:5099";
+    let mut sim = Sim::with(
+        |cfg| {
+            cfg.credentials.insert(
+                "carrier".into(),
+                ClientCredential {
+                    username: "weir".into(),
+                    password: "pw".into(),
+                },
+            );
+            cfg.registrations.push(RegistrationConfig {
+                name: "carrier".into(),
+                registrar: format!("sip:{REGISTRAR}"),
+                aor: "sip:+14155550100@carrier.example".into(),
+                contact: None,
+                credential: cfg.credentials.get("carrier").cloned(),
+                expires: Duration::from_secs(600),
+            });
+        },
+        Box::new(FallbackRouter(Fallback::RequestUri)),
+    );
+    assert!(sim.out().is_empty(), "nothing before start");
+    sim.proxy.start_registrations(sim.clock.now());
+    sim.advance(Duration::ZERO);
+    let first = sim.one(REGISTRAR);
+    assert_eq!(first.method(), Some(Method::Register));
+    // Our Via and Max-Forwards, our Contact at the UDP listener.
+    assert!(branch_of(&first).starts_with("z9hG4bKw"), "{first:?}");
+    assert_eq!(header(&first, "Max-Forwards"), ["70"]);
+    assert_eq!(
+        header(&first, "Contact"),
+        ["<sip:+14155550100@127.0.0.1:5060>"]
+    );
+    // Retransmitted over UDP like any non-INVITE (Timer E).
+    sim.advance(Duration::from_millis(500));
+    assert_eq!(branch_of(&sim.one(REGISTRAR)), branch_of(&first));
+
+    sim.udp(
+        REGISTRAR,
+        &answer(
+            &first,
+            401,
+            "Unauthorized",
+            "r1",
+            "WWW-Authenticate: Digest realm=\"carrier.example\", nonce=\"n1\", qop=\"auth\"\r\n",
+        ),
+    );
+    let second = sim.one(REGISTRAR);
+    assert_ne!(branch_of(&second), branch_of(&first), "a new transaction");
+    assert_eq!(header(&second, "CSeq"), ["2 REGISTER"]);
+    assert!(header(&second, "Authorization")[0].contains("username=\"weir\""));
+    sim.udp(
+        REGISTRAR,
+        &answer(&second, 200, "OK", "r2", "Expires: 120\r\n"),
+    );
+    assert!(sim.out().is_empty());
+    let Some(Event::Registration {
+        name,
+        registered: true,
+        detail,
+    }) = sim.proxy.poll_event()
+    else {
+        panic!("no news of the registration");
+    };
+    assert_eq!(
+        (name.as_str(), detail.as_str()),
+        ("carrier", "200 OK, for 120 s")
+    );
+    let st = &sim.proxy.registrations(sim.clock.now())[0];
+    assert_eq!((st.state, st.expires_in), ("registered", Some(120)));
+
+    // Refreshed 12 s before the 120 s run out.
+    sim.advance(Duration::from_secs(107));
+    assert!(sim.out().is_empty());
+    sim.advance(Duration::from_secs(1));
+    let refresh = sim.one(REGISTRAR);
+    assert_eq!(header(&refresh, "CSeq"), ["3 REGISTER"]);
+    assert_eq!(header(&refresh, "Call-ID"), header(&first, "Call-ID"));
+    // The binding holds while its refresh is under way.
+    assert_eq!(
+        sim.proxy.registrations(sim.clock.now())[0].state,
+        "registered"
+    );
+    // No answer at all: Timer F (64·T1) ends it; retried 30 s later.
+    sim.advance(Duration::from_secs(32));
+    sim.out();
+    let Some(Event::Registration {
+        registered: false,
+        detail,
+        ..
+    }) = sim.proxy.poll_event()
+    else {
+        panic!("no news of the failure");
+    };
+    assert_eq!(detail, "no answer (timeout)");
+    // By then (140 s) the 120 s binding has run out.
+    let st = &sim.proxy.registrations(sim.clock.now())[0];
+    assert_eq!((st.state, st.failures), ("failed", 1));
+    sim.advance(Duration::from_secs(29));
+    assert!(sim.out().is_empty());
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(header(&sim.one(REGISTRAR), "CSeq"), ["4 REGISTER"]);
+}
