@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use weir_sdk::records::NumberEntry;
 use weir_sdk::sip::{e164, Cidr, Uri};
 use weir_sdk::{
     export_plugin, Config, Decision, Forward, Host, Plugin, Reply, Request, Target, Transport,
@@ -14,6 +15,9 @@ pub struct CarrierTrunk {
     agent_ranges: Vec<Cidr>,
     default_country: String,
     termination: Option<Termination>,
+    /// Named terminations (`trunks.NAME`): an imported number whose entry
+    /// names a trunk calls out through it.
+    trunks: Vec<(String, Termination)>,
     caller_id: Option<String>,
     /// Per agent (From user) caller IDs, checked E.164.
     caller_ids: Vec<(String, String)>,
@@ -64,6 +68,7 @@ impl Plugin for CarrierTrunk {
             "carrier_acls",
             "agent_acls",
             "assert_identity",
+            "trunks",
         ])?;
         let carrier_ranges = ranges(config, "carrier_ranges")?;
         let carrier_acls = acl_names(config, host, "carrier_acls")?;
@@ -73,32 +78,19 @@ impl Plugin for CarrierTrunk {
                     .into(),
             );
         }
-        let termination = match config.str("termination_uri")? {
-            None => None,
-            Some(t) => {
-                let uri = Uri::parse(&t)
-                    .filter(|u| u.scheme != "tel")
-                    .ok_or_else(|| {
-                        format!("config key termination_uri: {t:?} is not a sip: URI")
-                    })?;
-                let transport = match config.str("transport")?.as_deref() {
-                    None => None,
-                    Some("udp") => Some(Transport::Udp),
-                    Some("tcp") => Some(Transport::Tcp),
-                    Some("tls") => Some(Transport::Tls),
-                    Some(other) => {
-                        return Err(format!(
-                            "config key transport: {other:?} is not udp, tcp or tls"
-                        ))
-                    }
-                };
-                Some(Termination {
-                    uri,
-                    credential: config.str("credential")?,
-                    transport,
-                })
-            }
-        };
+        let termination = parse_termination(config, "")?;
+        let table = config.table("trunks")?;
+        let mut trunks = Vec::new();
+        for name in table.keys() {
+            let t = table.table(name)?;
+            let prefix = format!("trunks.{name}.");
+            t.deny_unknown(&["termination_uri", "credential", "transport"])
+                .map_err(|e| format!("{prefix}: {e}"))?;
+            let Some(term) = parse_termination(&t, &prefix)? else {
+                return Err(format!("config key {prefix}termination_uri: is required"));
+            };
+            trunks.push((name.to_string(), term));
+        }
         let caller_id = match config.str("caller_id")? {
             Some(c) => Some(e164_of("caller_id", &c)?),
             None => None,
@@ -117,6 +109,7 @@ impl Plugin for CarrierTrunk {
             agent_ranges: ranges(config, "agent_ranges")?,
             default_country: config.str_or("default_country", "1")?,
             termination,
+            trunks,
             caller_id,
             caller_ids,
             carrier_acls,
@@ -173,11 +166,11 @@ impl CarrierTrunk {
 
     /// From an agent: to the carrier's termination URI, with a verified caller ID.
     fn outbound(&self, req: &Request, host: &Host) -> Decision {
-        let Some(term) = &self.termination else {
+        if self.termination.is_none() && self.trunks.is_empty() {
             return Reply::new(403)
                 .reason("Outbound Calling Not Configured")
                 .into();
-        };
+        }
         let Some(dialled) = req.request_user() else {
             return Reply::new(484).reason("No Number Dialled").into();
         };
@@ -188,8 +181,24 @@ impl CarrierTrunk {
         // A caller ID the carrier will accept: the agent's own, else a number
         // the agent already uses that is imported (`PUT /v1/numbers`), else
         // the default.
-        let imported = e164::normalize(agent, &self.default_country)
-            .filter(|n| host.registry_get(&format!("num:{n}")).is_some());
+        let imported_entry = e164::normalize(agent, &self.default_country).and_then(|n| {
+            let entry = NumberEntry::parse(&host.registry_get(&format!("num:{n}"))?)?;
+            Some((n, entry))
+        });
+        // The imported number's trunk, when it names one this plugin knows;
+        // else the default termination.
+        let term = imported_entry
+            .as_ref()
+            .and_then(|(_, e)| e.trunk.as_deref())
+            .and_then(|name| self.trunks.iter().find(|(n, _)| n == name))
+            .map(|(_, t)| t)
+            .or(self.termination.as_ref());
+        let Some(term) = term else {
+            return Reply::new(403)
+                .reason("No Trunk For This Caller (set its number's trunk or termination_uri)")
+                .into();
+        };
+        let imported = imported_entry.map(|(n, _)| n);
         let caller = self
             .caller_ids
             .iter()
@@ -229,6 +238,33 @@ impl CarrierTrunk {
         }
         Forward::to(target).into()
     }
+}
+
+/// `termination_uri`, `credential` and `transport` of `config` (keys named
+/// with `prefix` in errors); None without a termination URI.
+fn parse_termination(config: &Config, prefix: &str) -> Result<Option<Termination>, String> {
+    let Some(t) = config.str("termination_uri")? else {
+        return Ok(None);
+    };
+    let uri = Uri::parse(&t)
+        .filter(|u| u.scheme != "tel")
+        .ok_or_else(|| format!("config key {prefix}termination_uri: {t:?} is not a sip: URI"))?;
+    let transport = match config.str("transport")?.as_deref() {
+        None => None,
+        Some("udp") => Some(Transport::Udp),
+        Some("tcp") => Some(Transport::Tcp),
+        Some("tls") => Some(Transport::Tls),
+        Some(other) => {
+            return Err(format!(
+                "config key {prefix}transport: {other:?} is not udp, tcp or tls"
+            ))
+        }
+    };
+    Ok(Some(Termination {
+        uri,
+        credential: config.str("credential")?,
+        transport,
+    }))
 }
 
 /// The `[acl]` list names under `key`, each checked to exist.
@@ -401,6 +437,73 @@ mod tests {
         ] {
             let e = CarrierTrunk::init(&Config::parse(json).unwrap(), &host).unwrap_err();
             assert!(e.contains(key), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_imported_numbers_trunk_carries_its_outbound_calls() {
+        let mock = MockHost::new();
+        let host = mock.host();
+        mock.registry_set("num:+14155550177", r#"{"agent":"sales","trunk":"eu"}"#, 0)
+            .unwrap();
+        mock.registry_set("num:+14155550188", r#"{"agent":"ops","trunk":"gone"}"#, 0)
+            .unwrap();
+        let config = CONFIG.replacen(
+            '{',
+            r#"{"trunks":{"eu":{"termination_uri":"sip:eu.pstn.example.net","credential":"eu-trunk","transport":"tcp"}},"#,
+            1,
+        );
+        let mut p = CarrierTrunk::init(&Config::parse(&config).unwrap(), &host).unwrap();
+        let expected: Decision = Forward::to(
+            Target::new("sip:+14155550123@eu.pstn.example.net")
+                .credential("eu-trunk")
+                .transport(Transport::Tcp),
+        )
+        .into();
+        let r = req(
+            "sip:4155550123@weir.example.com",
+            "+14155550177",
+            "10.1.2.3",
+        );
+        assert_eq!(p.on_request(&r, &host), expected);
+        // A trunk this plugin does not know, or none: the default termination.
+        let default: Decision = Forward::to(
+            Target::new("sip:+14155550123@acme.pstn.example.com;transport=tls")
+                .credential("acme-trunk"),
+        )
+        .into();
+        let r = req(
+            "sip:4155550123@weir.example.com",
+            "+14155550188",
+            "10.1.2.3",
+        );
+        assert_eq!(p.on_request(&r, &host), default);
+        // Only trunks, no default: a caller without one is told why.
+        let only = r#"{"carrier_ranges":["1.2.3.0/24"],"agent_ranges":["10.0.0.0/8"],
+            "trunks":{"eu":{"termination_uri":"sip:eu.pstn.example.net"}}}"#;
+        let mut p = CarrierTrunk::init(&Config::parse(only).unwrap(), &host).unwrap();
+        let r = req("sip:4155550123@weir.example.com", "bot", "10.1.2.3");
+        assert!(matches!(
+            p.on_request(&r, &host),
+            Decision::Reply(Reply { status: 403, .. })
+        ));
+        // Bad trunk tables are named.
+        for (bad, key) in [
+            (
+                r#"{"carrier_ranges":["1.2.3.0/24"],"trunks":{"x":{}}}"#,
+                "trunks.x.termination_uri",
+            ),
+            (
+                r#"{"carrier_ranges":["1.2.3.0/24"],"trunks":{"x":{"termination_uri":"tel:+1"}}}"#,
+                "trunks.x.termination_uri",
+            ),
+            (
+                r#"{"carrier_ranges":["1.2.3.0/24"],"trunks":{"x":{"termination_uri":"sip:a","port":1}}}"#,
+                "port",
+            ),
+        ] {
+            let e = CarrierTrunk::init(&Config::parse(bad).unwrap(), &host).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
         }
     }
 }
