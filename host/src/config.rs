@@ -844,8 +844,17 @@ fn registrations(
         else {
             continue;
         };
+        let name = r.name.clone().unwrap_or_else(|| aor.clone());
+        if out.iter().any(|o: &RegistrationConfig| o.name == name) {
+            c.err(
+                &format!("{key} name"),
+                spanned,
+                format!("{name:?} names another registration too (logs, metrics and the API need one each)"),
+            );
+            continue;
+        }
         out.push(RegistrationConfig {
-            name: r.name.clone().unwrap_or_else(|| aor.clone()),
+            name,
             registrar,
             aor,
             contact,
@@ -1352,7 +1361,9 @@ mod tests {
         assert_eq!(cfg.proxy_config().registrations.len(), 1);
         let errs = parse(
             "[[registrations]]\nregistrar = \"http://x\"\naor = \"sip:a@b\"\ncredential = \"nope\"\n\
-             [[registrations]]\naor = \"sip:a@b\"\nexpires = \"2d\"\n",
+             [[registrations]]\naor = \"sip:a@b\"\nexpires = \"2d\"\n\
+             [[registrations]]\nregistrar = \"sip:r\"\naor = \"sip:a@b\"\n\
+             [[registrations]]\nregistrar = \"sip:r2\"\naor = \"sip:a@b\"\n",
         )
         .unwrap_err();
         let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
@@ -1362,7 +1373,8 @@ mod tests {
                 "[[registrations]] #1 registrar",
                 "[[registrations]] #1 credential",
                 "[[registrations]] #2 registrar",
-                "[[registrations]] #2 expires"
+                "[[registrations]] #2 expires",
+                "[[registrations]] #4 name"
             ],
             "{errs:?}"
         );

@@ -396,10 +396,20 @@ impl Shell {
                 }
             }
             Transport::Tcp | Transport::Tls => {
+                // A request for a hop named by a domain goes only on a
+                // connection whose certificate was checked for that name
+                // (not an inbound one, not one opened for another name).
+                let fits = |h: &ConnHandle| match &t.server_name {
+                    Some(name) if t.transport == Transport::Tls => {
+                        h.verified_name.as_deref() == Some(&**name)
+                    }
+                    _ => true,
+                };
                 let id = t
                     .conn
                     .filter(|id| conns.by_id.contains_key(id))
-                    .or_else(|| conns.by_remote.get(&(t.transport, t.remote)).copied());
+                    .or_else(|| conns.by_remote.get(&(t.transport, t.remote)).copied())
+                    .filter(|id| conns.by_id.get(id).is_some_and(fits));
                 let out = Out {
                     bytes: t.bytes,
                     tag: t.on_error,
@@ -416,11 +426,22 @@ impl Shell {
                     Transport::Tls => {
                         // The domain the hop was named by, else its address
                         // (RFC 5922 §4: the certificate must name what we dialled).
-                        let name = t
-                            .server_name
-                            .as_deref()
-                            .and_then(|n| ServerName::try_from(n.to_string()).ok())
-                            .unwrap_or(ServerName::IpAddress(t.remote.ip().into()));
+                        let name = match t.server_name.as_deref() {
+                            None => ServerName::IpAddress(t.remote.ip().into()),
+                            Some(n) => match ServerName::try_from(n.to_string()) {
+                                Ok(name) => name,
+                                Err(_) => {
+                                    warn!(
+                                        name = n,
+                                        "not a name TLS can check a certificate against"
+                                    );
+                                    if let Some(tag) = out.tag {
+                                        proxy.handle_send_error(std::time::Instant::now(), tag);
+                                    }
+                                    return;
+                                }
+                            },
+                        };
                         Some(TlsClient {
                             connector: self.tls.clone(),
                             name,
@@ -434,6 +455,14 @@ impl Shell {
                     transport: t.transport,
                     local: t.local,
                     remote: t.remote,
+                    verified_name: match t.transport {
+                        Transport::Tls => Some(
+                            t.server_name
+                                .clone()
+                                .unwrap_or_else(|| t.remote.ip().to_string().into()),
+                        ),
+                        _ => None,
+                    },
                     tx: out_tx,
                 };
                 let _ = handle.tx.send(out);

@@ -53,6 +53,9 @@ pub struct ConnHandle {
     pub id: ConnId,
     /// TCP or TLS.
     pub transport: Transport,
+    /// For a TLS connection this proxy opened: the name (or address) the
+    /// peer's certificate was checked against. None for inbound connections.
+    pub verified_name: Option<Arc<str>>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub tx: mpsc::UnboundedSender<Out>,
@@ -212,6 +215,7 @@ pub async fn stream_acceptor(
             },
             local,
             remote,
+            verified_name: None,
             tx: out_tx,
         };
         let Some(acceptor) = tls.clone() else {
@@ -396,9 +400,11 @@ async fn connection<S: AsyncRead + AsyncWrite + LocalAddr + Unpin>(
                             }
                         }
                         Ok(Some(StreamItem::Ping)) => {
-                            if stream.write_all(PONG).await.is_err()
-                                || stream.flush().await.is_err()
-                            {
+                            let pong = async {
+                                stream.write_all(PONG).await?;
+                                stream.flush().await
+                            };
+                            if !matches!(tokio::time::timeout(s.idle_timeout, pong).await, Ok(Ok(()))) {
                                 close = true;
                                 break;
                             }
@@ -418,8 +424,13 @@ async fn connection<S: AsyncRead + AsyncWrite + LocalAddr + Unpin>(
             out = out_rx.recv() => {
                 let Some(out) = out else { break };
                 idle.as_mut().reset(tokio::time::Instant::now() + s.idle_timeout);
-                // TLS buffers records until flushed (a no-op for plain TCP).
-                if stream.write_all(&out.bytes).await.is_err() || stream.flush().await.is_err() {
+                // TLS buffers records until flushed (a no-op for plain TCP). A
+                // peer that stops reading must not hold the connection forever.
+                let write = async {
+                    stream.write_all(&out.bytes).await?;
+                    stream.flush().await
+                };
+                if !matches!(tokio::time::timeout(s.idle_timeout, write).await, Ok(Ok(()))) {
                     failed.extend(out.tag);
                     break;
                 }

@@ -349,4 +349,11 @@ fn users_provisioned_through_the_api_register_and_are_locked_out_when_removed() 
         "a removed user registered\n{}",
         tail(&out)
     );
+    // It did try, and was refused (its quick retries soon get it banned).
+    assert!(
+        out.contains("401 Unauthorized")
+            || out.contains("403 Forbidden (too many failed authentications)"),
+        "{}",
+        tail(&out)
+    );
 }

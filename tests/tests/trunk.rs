@@ -340,8 +340,21 @@ fn weir_registers_with_the_carrier_refreshes_and_receives_calls_for_the_number()
         "no refresh:\n{}",
         tail(&carrier.log_text())
     );
+    let field = |line: &str, name: &str| -> String {
+        line.split(&format!("{name} "))
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let call_id = field(&accepted[0], "Call-ID");
+    let mut last_cseq = 0;
     for line in &accepted {
         assert!(line.contains("Expires 10"), "{line}");
+        assert_eq!(field(line, "Call-ID"), call_id, "{line}");
+        let cseq: u32 = field(line, "CSeq").parse().unwrap();
+        assert!(cseq > last_cseq, "CSeq must rise: {accepted:?}");
+        last_cseq = cseq;
     }
     let log = carrier.log_text();
     assert!(

@@ -181,24 +181,8 @@ impl CarrierTrunk {
         // A caller ID the carrier will accept: the agent's own, else a number
         // the agent already uses that is imported (`PUT /v1/numbers`), else
         // the default.
-        let imported_entry = e164::normalize(agent, &self.default_country).and_then(|n| {
-            let entry = NumberEntry::parse(&host.registry_get(&format!("num:{n}"))?)?;
-            Some((n, entry))
-        });
-        // The imported number's trunk, when it names one this plugin knows;
-        // else the default termination.
-        let term = imported_entry
-            .as_ref()
-            .and_then(|(_, e)| e.trunk.as_deref())
-            .and_then(|name| self.trunks.iter().find(|(n, _)| n == name))
-            .map(|(_, t)| t)
-            .or(self.termination.as_ref());
-        let Some(term) = term else {
-            return Reply::new(403)
-                .reason("No Trunk For This Caller (set its number's trunk or termination_uri)")
-                .into();
-        };
-        let imported = imported_entry.map(|(n, _)| n);
+        let imported = e164::normalize(agent, &self.default_country)
+            .filter(|n| host.registry_get(&format!("num:{n}")).is_some());
         let caller = self
             .caller_ids
             .iter()
@@ -206,6 +190,32 @@ impl CarrierTrunk {
             .map(|(_, n)| n.clone())
             .or(imported)
             .or_else(|| self.caller_id.clone());
+        // The trunk the caller ID's number is imported on, if it names one;
+        // else the default termination. A trunk this plugin does not know is
+        // refused: sending the number out through another carrier would fail
+        // there, or worse, succeed with a number that carrier does not own.
+        let trunk = caller
+            .as_ref()
+            .and_then(|c| host.registry_get(&format!("num:{c}")))
+            .and_then(|v| NumberEntry::parse(&v))
+            .and_then(|e| e.trunk);
+        let term = match &trunk {
+            Some(name) => match self.trunks.iter().find(|(n, _)| n == name) {
+                Some((_, t)) => Some(t),
+                None => {
+                    host.count("unknown_trunk", 1);
+                    return Reply::new(403)
+                        .reason(format!("Trunk {name} Not Configured"))
+                        .into();
+                }
+            },
+            None => self.termination.as_ref(),
+        };
+        let Some(term) = term else {
+            return Reply::new(403)
+                .reason("No Trunk For This Caller (set its number's trunk or termination_uri)")
+                .into();
+        };
         if let Some(c) = &caller {
             if c != agent {
                 if let Err(e) = req.set_from_user(c) {
@@ -466,18 +476,32 @@ mod tests {
             "10.1.2.3",
         );
         assert_eq!(p.on_request(&r, &host), expected);
-        // A trunk this plugin does not know, or none: the default termination.
+        // The caller ID decides, not the agent's From: an agent whose
+        // configured caller ID is the eu number goes out through eu too.
+        let r = req("sip:4155550123@weir.example.com", "bot", "10.1.2.3");
+        let via_caller_id = config.replace(
+            r#""caller_id": "+14155550100""#,
+            r#""caller_id": "+14155550177""#,
+        );
+        let mut q = CarrierTrunk::init(&Config::parse(&via_caller_id).unwrap(), &host).unwrap();
+        assert_eq!(q.on_request(&r, &host), expected);
+        // A caller ID without a trunk: the default termination.
         let default: Decision = Forward::to(
             Target::new("sip:+14155550123@acme.pstn.example.com;transport=tls")
                 .credential("acme-trunk"),
         )
         .into();
+        assert_eq!(p.on_request(&r, &host), default);
+        // A trunk this plugin does not know: refused, saying which.
         let r = req(
             "sip:4155550123@weir.example.com",
             "+14155550188",
             "10.1.2.3",
         );
-        assert_eq!(p.on_request(&r, &host), default);
+        assert!(matches!(
+            p.on_request(&r, &host),
+            Decision::Reply(Reply { status: 403, ref reason, .. }) if reason == "Trunk gone Not Configured"
+        ));
         // Only trunks, no default: a caller without one is told why.
         let only = r#"{"carrier_ranges":["1.2.3.0/24"],"agent_ranges":["10.0.0.0/8"],
             "trunks":{"eu":{"termination_uri":"sip:eu.pstn.example.net"}}}"#;

@@ -283,12 +283,17 @@ impl CallerAuth {
         let stored = match self.settings.users.get(&key) {
             Some(u) => u.ha1(creds.algorithm),
             None => {
-                provisioned = self.settings.provisioned.read().ok().and_then(|users| {
-                    users
-                        .get(&key)
-                        .and_then(|u| u.ha1(creds.algorithm))
-                        .map(str::to_string)
-                });
+                // A writer that panicked cannot have left a half-written user
+                // (one HashMap insert or remove): read on.
+                let users = self
+                    .settings
+                    .provisioned
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                provisioned = users
+                    .get(&key)
+                    .and_then(|u| u.ha1(creds.algorithm))
+                    .map(str::to_string);
                 provisioned.as_deref()
             }
         };

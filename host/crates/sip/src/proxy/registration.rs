@@ -84,8 +84,13 @@ pub(crate) struct Registration {
     until: Option<Instant>,
     /// The REGISTER in flight (to answer a challenge to it).
     sent: Option<Message>,
-    /// A challenge was answered in this round: a second one is a failure.
+    /// A challenge was answered in this round: a second one is a failure
+    /// (unless it says the nonce was only stale).
     answered: bool,
+    /// A stale nonce was answered again in this round (once is enough).
+    answered_stale: bool,
+    /// The lifetime was raised after a 423 in this round (once per round).
+    raised: bool,
     failures: u32,
     last: Option<String>,
     /// The Contact of the REGISTERs of this round.
@@ -110,6 +115,8 @@ impl Registration {
             until: None,
             sent: None,
             answered: false,
+            answered_stale: false,
+            raised: false,
             failures: 0,
             last: None,
             sent_contact: String::new(),
@@ -141,6 +148,8 @@ impl Registration {
             _ => return None,
         }
         self.answered = false;
+        self.answered_stale = false;
+        self.raised = false;
         let msg = self.build(contact, None);
         self.state = State::Sending;
         self.sent = msg.clone();
@@ -190,7 +199,10 @@ impl Registration {
                 };
                 None
             }
-            401 | 407 if !self.answered => {
+            401 | 407 if !self.answered || (!self.answered_stale && is_stale(resp)) => {
+                if self.answered {
+                    self.answered_stale = true;
+                }
                 let answer = self
                     .cfg
                     .credential
@@ -214,8 +226,9 @@ impl Registration {
                     .next()
                     .and_then(|f| crate::registrar::parse_seconds(resp.value(f)));
                 match min {
-                    Some(m) if m > self.expires => {
+                    Some(m) if m > self.expires && !self.raised => {
                         self.expires = m;
+                        self.raised = true;
                         // The registrar may challenge the new request again.
                         self.answered = false;
                         self.retry_now(now, None)
@@ -277,9 +290,16 @@ impl Registration {
     fn fail(&mut self, now: Instant, why: String) {
         self.failures = self.failures.saturating_add(1);
         self.news = Some((false, why));
-        let backoff = RETRY_FIRST
+        let mut backoff = RETRY_FIRST
             .saturating_mul(1 << self.failures.saturating_sub(1).min(8))
             .min(RETRY_MAX);
+        // A binding that still holds is retried within half of what is left,
+        // so that one lost refresh does not cost it.
+        if let Some(left) = self.until.map(|u| u.saturating_duration_since(now)) {
+            if !left.is_zero() {
+                backoff = backoff.min(left / 2).max(Duration::from_secs(1));
+            }
+        }
         self.state = State::Waiting {
             due: now + backoff,
             failed: true,
@@ -336,6 +356,17 @@ impl Registration {
         self.sent_contact = contact;
         Message::parse(text.into(), Framing::Datagram).ok()
     }
+}
+
+/// True when the response's challenge says only that the nonce was stale.
+fn is_stale(resp: &Message) -> bool {
+    let header = match resp.status() {
+        Some(401) => "WWW-Authenticate",
+        _ => "Proxy-Authenticate",
+    };
+    resp.fields_named(header)
+        .filter_map(|f| crate::digest::Challenge::parse(resp.value(f)).ok())
+        .any(|c| c.stale)
 }
 
 /// When to refresh a binding granted for `secs`: comfortably before it ends
@@ -521,6 +552,35 @@ mod tests {
             .handle_response(t1, &answer(&req, 200, "OK", "Expires: 0\r\n"), "c")
             .is_none());
         assert_eq!(r.status(t1).state, "failed");
+    }
+
+    #[test]
+    fn a_stale_nonce_is_answered_again_and_a_holding_binding_is_retried_in_time() {
+        let t0 = Instant::now();
+        let mut r = Registration::new(config(true), t0, 3);
+        let first = r.poll_request(t0, "sip:u@h").unwrap();
+        let answered = r
+            .handle_response(t0, &answer(&first, 401, "Unauthorized", CHALLENGE), "c")
+            .unwrap();
+        let stale = CHALLENGE.replace("qop=", "stale=true, qop=");
+        let again = r
+            .handle_response(t0, &answer(&answered, 401, "Unauthorized", &stale), "c")
+            .expect("a stale nonce is answered once more");
+        assert!(r
+            .handle_response(t0, &answer(&again, 401, "Unauthorized", &stale), "c")
+            .is_none());
+        assert_eq!(r.status(t0).state, "failed");
+        // Registered for 60 s; its refresh (at 54 s) is refused: retried within
+        // half of the 6 s left, not after the 30 s backoff.
+        let t1 = r.poll_timeout().unwrap();
+        let req = r.poll_request(t1, "sip:u@h").unwrap();
+        r.handle_response(t1, &answer(&req, 200, "OK", "Expires: 60\r\n"), "c");
+        let t2 = r.poll_timeout().unwrap();
+        assert_eq!(t2, t1 + Duration::from_secs(54));
+        let req = r.poll_request(t2, "sip:u@h").unwrap();
+        r.handle_response(t2, &answer(&req, 503, "Service Unavailable", ""), "c");
+        assert_eq!(r.poll_timeout(), Some(t2 + Duration::from_secs(3)));
+        assert_eq!(r.status(t2).state, "registered");
     }
 
     #[test]
