@@ -1,0 +1,309 @@
+//! SDP for a relayed call (RFC 8866 syntax, RFC 3264 offer/answer): what a
+//! description asks for, and the description rewritten so the party it goes
+//! to sends its media to the relay.
+//!
+//! The rewrite touches only the connection addresses (`c=`), the ports of
+//! active media lines (`m=`) and `a=rtcp` (RFC 3605); codecs, `telephone-event`
+//! (RFC 4733), `a=crypto` (RFC 4568), directions and everything unknown pass
+//! as they were. A disabled stream (port 0) stays disabled.
+
+use std::net::IpAddr;
+
+use sdp_types::{Attribute, Connection, Session};
+
+/// Why a description cannot be relayed (answered 488 with the reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("malformed SDP: {0}")]
+    Malformed(String),
+    #[error("media line {0} has no connection address (c=)")]
+    NoConnection(usize),
+    #[error("connection address {0:?} is not an IP address")]
+    NotAnAddress(String),
+    #[error("{needed} relay ports needed, {given} given")]
+    Ports { needed: usize, given: usize },
+}
+
+/// One media line as the description states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaLine {
+    /// `audio`, `video`…
+    pub kind: String,
+    /// The address to send to (the line's `c=`, else the session's).
+    pub address: IpAddr,
+    /// 0: the stream is disabled.
+    pub port: u16,
+    /// `a=rtcp` when given; otherwise RTCP is on `port + 1` (or muxed).
+    pub rtcp_port: Option<u16>,
+    /// `a=rtcp-mux` (RFC 5761): RTCP shares the RTP port.
+    pub rtcp_mux: bool,
+    /// SRTP offered: an `RTP/SAVP`-family profile or `a=crypto` lines.
+    pub srtp: bool,
+    /// The `telephone-event` payload type, if any (RFC 4733 DTMF).
+    pub telephone_event: Option<u8>,
+}
+
+/// What a description says, for the relay to expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description {
+    pub media: Vec<MediaLine>,
+    /// Addresses that cannot be reached from the public side: RFC 1918,
+    /// RFC 6598 (carrier-grade NAT) and IPv6 unique-local (fc00::/7).
+    pub private: Vec<IpAddr>,
+}
+
+impl Description {
+    /// Media lines that carry media (port not 0).
+    pub fn active(&self) -> usize {
+        self.media.iter().filter(|m| m.port != 0).count()
+    }
+}
+
+/// True for an address a party elsewhere cannot send to.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private() || (o[0] == 100 && (64..128).contains(&o[1]))
+        }
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+fn parse(sdp: &[u8]) -> Result<Session, SdpError> {
+    Session::parse(sdp).map_err(|e| SdpError::Malformed(e.to_string()))
+}
+
+fn address(c: &Connection) -> Result<IpAddr, SdpError> {
+    // Multicast forms carry `/ttl[/count]`; a relay only does unicast, but
+    // the address is still read so the caller can refuse it precisely.
+    let text = c.connection_address.split('/').next().unwrap_or_default();
+    text.parse()
+        .map_err(|_| SdpError::NotAnAddress(c.connection_address.clone()))
+}
+
+fn attribute<'a>(attrs: &'a [Attribute], name: &str) -> impl Iterator<Item = Option<&'a str>> + 'a {
+    let name = name.to_string();
+    attrs
+        .iter()
+        .filter(move |a| a.attribute.eq_ignore_ascii_case(&name))
+        .map(|a| a.value.as_deref())
+}
+
+/// Reads a description.
+pub fn inspect(sdp: &[u8]) -> Result<Description, SdpError> {
+    let s = parse(sdp)?;
+    let session_addr = s.connection.as_ref().map(address).transpose()?;
+    let mut media = Vec::new();
+    let mut private = Vec::new();
+    if let Some(a) = session_addr.filter(|a| is_private(*a)) {
+        private.push(a);
+    }
+    for (i, m) in s.medias.iter().enumerate() {
+        let own = m.connections.first().map(address).transpose()?;
+        let Some(address) = own.or(session_addr) else {
+            return Err(SdpError::NoConnection(i + 1));
+        };
+        if own.is_some() && is_private(address) && !private.contains(&address) {
+            private.push(address);
+        }
+        let rtcp_port = attribute(&m.attributes, "rtcp")
+            .flatten()
+            .next()
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|p| p.parse().ok());
+        let telephone_event = attribute(&m.attributes, "rtpmap").flatten().find_map(|v| {
+            let (pt, codec) = v.split_once(' ')?;
+            codec
+                .to_ascii_lowercase()
+                .starts_with("telephone-event/")
+                .then(|| pt.trim().parse().ok())
+                .flatten()
+        });
+        media.push(MediaLine {
+            kind: m.media.clone(),
+            address,
+            port: m.port,
+            rtcp_port,
+            rtcp_mux: attribute(&m.attributes, "rtcp-mux").next().is_some(),
+            srtp: m.proto.to_ascii_uppercase().contains("SAVP")
+                || attribute(&m.attributes, "crypto").next().is_some(),
+            telephone_event,
+        });
+    }
+    Ok(Description { media, private })
+}
+
+/// The description with every active media line pointed at `relay`, the
+/// n-th active line on `ports[n]` (RTCP on the next port unless muxed).
+pub fn rewrite(sdp: &[u8], relay: IpAddr, ports: &[u16]) -> Result<Vec<u8>, SdpError> {
+    let mut s = parse(sdp)?;
+    let needed = s.medias.iter().filter(|m| m.port != 0).count();
+    if ports.len() < needed {
+        return Err(SdpError::Ports {
+            needed,
+            given: ports.len(),
+        });
+    }
+    let addrtype = if relay.is_ipv4() { "IP4" } else { "IP6" };
+    let relay_connection = Connection {
+        nettype: "IN".into(),
+        addrtype: addrtype.into(),
+        connection_address: relay.to_string(),
+    };
+    let had_session_connection = s.connection.is_some();
+    if had_session_connection {
+        s.connection = Some(relay_connection.clone());
+    }
+    let mut next = ports.iter();
+    for (i, m) in s.medias.iter_mut().enumerate() {
+        if m.port == 0 {
+            continue;
+        }
+        if m.connections.is_empty() && !had_session_connection {
+            return Err(SdpError::NoConnection(i + 1));
+        }
+        let Some(&port) = next.next() else {
+            break;
+        };
+        m.port = port;
+        for c in &mut m.connections {
+            *c = relay_connection.clone();
+        }
+        let mux = m
+            .attributes
+            .iter()
+            .any(|a| a.attribute.eq_ignore_ascii_case("rtcp-mux"));
+        for a in &mut m.attributes {
+            if a.attribute.eq_ignore_ascii_case("rtcp") {
+                let rtcp = if mux { port } else { port.saturating_add(1) };
+                a.value = Some(format!("{rtcp} IN {addrtype} {relay}"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    s.write(&mut out)
+        .map_err(|e| SdpError::Malformed(e.to_string()))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const AGENT_OFFER: &str = "v=0\r\n\
+o=agent 2890844526 2890844527 IN IP4 10.0.0.5\r\n\
+s=call\r\n\
+c=IN IP4 10.0.0.5\r\n\
+t=0 0\r\n\
+m=audio 49170 RTP/AVP 0 8 101\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-16\r\n\
+a=rtcp:49171\r\n\
+a=x-unknown:kept as is\r\n\
+a=sendrecv\r\n\
+m=video 0 RTP/AVP 96\r\n\
+a=rtpmap:96 VP8/90000\r\n";
+
+    #[test]
+    fn an_offer_is_read_with_its_private_address_and_dtmf() {
+        let d = inspect(AGENT_OFFER.as_bytes()).unwrap();
+        assert_eq!(d.private, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(d.active(), 1);
+        let audio = &d.media[0];
+        assert_eq!(
+            (
+                audio.port,
+                audio.rtcp_port,
+                audio.telephone_event,
+                audio.srtp,
+                audio.rtcp_mux
+            ),
+            (49170, Some(49171), Some(101), false, false)
+        );
+        assert_eq!(d.media[1].port, 0);
+    }
+
+    #[test]
+    fn the_rewrite_moves_addresses_and_ports_and_keeps_everything_else() {
+        let relay: IpAddr = "203.0.113.7".parse().unwrap();
+        let out = rewrite(AGENT_OFFER.as_bytes(), relay, &[30000]).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        let expected = AGENT_OFFER
+            .replace("c=IN IP4 10.0.0.5", "c=IN IP4 203.0.113.7")
+            .replace("m=audio 49170", "m=audio 30000")
+            .replace("a=rtcp:49171", "a=rtcp:30001 IN IP4 203.0.113.7");
+        assert_eq!(text, expected, "only c=, m= ports and a=rtcp change");
+        let again = inspect(&out).unwrap();
+        assert!(again.private.is_empty());
+        assert_eq!(again.media[0].address, relay);
+        assert_eq!(again.media[1].port, 0, "a disabled stream stays disabled");
+    }
+
+    #[test]
+    fn srtp_and_mux_are_seen_and_crypto_passes_untouched() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n\
+m=audio 5004 RTP/SAVP 0\r\nc=IN IP4 192.0.2.1\r\n\
+a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\n\
+a=rtcp-mux\r\na=rtcp:5004\r\n";
+        let d = inspect(offer.as_bytes()).unwrap();
+        assert!(d.media[0].srtp && d.media[0].rtcp_mux);
+        assert!(d.private.is_empty());
+        let out = String::from_utf8(
+            rewrite(offer.as_bytes(), "198.51.100.2".parse().unwrap(), &[40000]).unwrap(),
+        )
+        .unwrap();
+        assert!(out.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\r\n"), "{out}");
+        assert!(
+            out.contains("a=rtcp:40000 IN IP4 198.51.100.2\r\n"),
+            "muxed RTCP stays on the RTP port: {out}"
+        );
+        assert!(out.contains("c=IN IP4 198.51.100.2\r\n"), "{out}");
+    }
+
+    #[test]
+    fn bad_descriptions_say_why() {
+        assert!(matches!(inspect(b"hello"), Err(SdpError::Malformed(_))));
+        let no_c = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n";
+        assert_eq!(
+            inspect(no_c.as_bytes()).unwrap_err(),
+            SdpError::NoConnection(1)
+        );
+        assert_eq!(
+            rewrite(no_c.as_bytes(), "192.0.2.9".parse().unwrap(), &[30000]).unwrap_err(),
+            SdpError::NoConnection(1)
+        );
+        let named = no_c.replace("m=audio", "c=IN IP4 media.example.com\r\nm=audio");
+        assert!(matches!(
+            inspect(named.as_bytes()),
+            Err(SdpError::NotAnAddress(_))
+        ));
+        assert_eq!(
+            rewrite(AGENT_OFFER.as_bytes(), "192.0.2.9".parse().unwrap(), &[]).unwrap_err(),
+            SdpError::Ports {
+                needed: 1,
+                given: 0
+            }
+        );
+    }
+
+    #[test]
+    fn private_ranges() {
+        for ip in [
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "100.127.255.254",
+            "fd00::1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["100.128.0.1", "8.8.8.8", "192.0.2.1", "2001:db8::1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}
