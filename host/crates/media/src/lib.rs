@@ -9,8 +9,14 @@
 //!   description said (addresses, ports, private addresses, SRTP) for the
 //!   relay to expect.
 //!
-//! Forwarding (latching, strict source), SRTP contexts and the relay session
-//! tied to a dialog come next (issue: media relay).
+//! - [`rtp`]: RTP and RTCP told apart and checked (RFC 3550, RFC 5761), so
+//!   malformed packets are dropped and counted, never forwarded.
+//! - [`latch`]: symmetric RTP latching, then strict source (no injection).
+//!
+//! SRTP contexts, the relay session tied to a dialog and the socket shell
+//! come next (issue: media relay).
 
+pub mod latch;
 pub mod ports;
+pub mod rtp;
 pub mod sdp;
