@@ -12,11 +12,14 @@
 //! - [`rtp`]: RTP and RTCP told apart and checked (RFC 3550, RFC 5761), so
 //!   malformed packets are dropped and counted, never forwarded.
 //! - [`latch`]: symmetric RTP latching, then strict source (no injection).
+//! - [`relay`]: one call's ports, SDP for both parties, and where each packet
+//!   goes.
 //!
-//! SRTP contexts, the relay session tied to a dialog and the socket shell
+//! SRTP contexts, binding sessions to dialogs, timeouts and the socket shell
 //! come next (issue: media relay).
 
 pub mod latch;
 pub mod ports;
+pub mod relay;
 pub mod rtp;
 pub mod sdp;

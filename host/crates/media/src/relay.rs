@@ -1,0 +1,386 @@
+//! One relayed call's media, sans-IO: the ports it holds, the SDP both
+//! parties see, and where each packet goes.
+//!
+//! ```text
+//!   offer from A ──▶ Offered ──answer from B──▶ Active ──(re-)offer from either──▶ Offered
+//!      │                │                          │
+//!      └── error: nothing held            release (BYE, CANCEL, failure, timeout): every port back
+//! ```
+//!
+//! Per active media line the relay holds two port pairs: one facing A (in the
+//! answer A gets, A sends there) and one facing B (in the offer B gets). A
+//! packet that arrives on the A-facing port from A's latched source leaves
+//! from the B-facing port towards B, and the other way round.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::latch::{Latch, Verdict};
+use crate::ports::PortPool;
+use crate::sdp::{self, Description, SdpError};
+
+/// Why a session could not be set up or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// 488 Not Acceptable Here, with the reason.
+    #[error("{0}")]
+    Sdp(#[from] SdpError),
+    /// 503: the port range is used up.
+    #[error("no relay ports left")]
+    NoPorts,
+    /// An answer or a packet for a session that has no offer yet.
+    #[error("no offer to answer")]
+    NoOffer,
+}
+
+/// Which party.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller (sent the initial offer).
+    A,
+    /// The callee.
+    B,
+}
+
+#[derive(Debug)]
+struct Stream {
+    /// RTP port facing A (A sends here) and facing B.
+    facing_a: u16,
+    facing_b: u16,
+    /// Where each party said to send its media (RTP).
+    a_sdp: Option<SocketAddr>,
+    b_sdp: Option<SocketAddr>,
+    from_a: Latch,
+    from_b: Latch,
+}
+
+/// Where a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The relay port to send from.
+    pub from_port: u16,
+    pub to: SocketAddr,
+}
+
+/// One call's relay state.
+#[derive(Debug)]
+pub struct Session {
+    relay: IpAddr,
+    streams: Vec<Stream>,
+    /// An answer was seen (the call's media is set up both ways).
+    pub answered: bool,
+    /// Packets dropped: from a wrong source, or before the other side's
+    /// address is known.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(relay: IpAddr) -> Session {
+        Session {
+            relay,
+            streams: Vec::new(),
+            answered: false,
+            dropped: 0,
+        }
+    }
+
+    /// The ports this session holds (RTP ports; RTCP is each + 1).
+    pub fn ports(&self) -> Vec<u16> {
+        self.streams
+            .iter()
+            .flat_map(|s| [s.facing_a, s.facing_b])
+            .collect()
+    }
+
+    /// An offer from `side` (the initial INVITE's from A; a re-INVITE's from
+    /// either): returns the SDP to pass on to the other side. Ports are taken
+    /// for media lines that are new; on an error nothing changes.
+    pub fn offer(
+        &mut self,
+        pool: &mut PortPool,
+        side: Side,
+        sdp_bytes: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
+        let d = sdp::inspect(sdp_bytes)?;
+        let active = d.media.iter().filter(|m| m.port != 0).count();
+        let mut taken = Vec::new();
+        while self.streams.len() + taken.len() / 2 < active {
+            match (pool.allocate(), pool.allocate()) {
+                (Some(a), Some(b)) => taken.extend([a, b]),
+                (a, b) => {
+                    for p in a.into_iter().chain(b).chain(taken) {
+                        pool.release(p);
+                    }
+                    return Err(SessionError::NoPorts);
+                }
+            }
+        }
+        let facing_other: Vec<u16> = self
+            .streams
+            .iter()
+            .map(|s| {
+                if side == Side::A {
+                    s.facing_b
+                } else {
+                    s.facing_a
+                }
+            })
+            .chain(
+                taken
+                    .chunks(2)
+                    .map(|p| if side == Side::A { p[1] } else { p[0] }),
+            )
+            .collect();
+        let out = match sdp::rewrite(sdp_bytes, self.relay, &facing_other) {
+            Ok(out) => out,
+            Err(e) => {
+                for p in taken {
+                    pool.release(p);
+                }
+                return Err(e.into());
+            }
+        };
+        for pair in taken.chunks(2) {
+            self.streams.push(Stream {
+                facing_a: pair[0],
+                facing_b: pair[1],
+                a_sdp: None,
+                b_sdp: None,
+                from_a: Latch::default(),
+                from_b: Latch::default(),
+            });
+        }
+        self.learn(side, &d);
+        Ok(out)
+    }
+
+    /// The answer from `side` to the last offer: returns the SDP for the
+    /// offerer, pointing it at the ports facing it.
+    pub fn answer(&mut self, side: Side, sdp_bytes: &[u8]) -> Result<Vec<u8>, SessionError> {
+        if self.streams.is_empty() {
+            return Err(SessionError::NoOffer);
+        }
+        let d = sdp::inspect(sdp_bytes)?;
+        let facing_offerer: Vec<u16> = self
+            .streams
+            .iter()
+            .map(|s| {
+                if side == Side::B {
+                    s.facing_a
+                } else {
+                    s.facing_b
+                }
+            })
+            .collect();
+        let out = sdp::rewrite(sdp_bytes, self.relay, &facing_offerer)?;
+        self.learn(side, &d);
+        self.answered = true;
+        Ok(out)
+    }
+
+    /// Gives every port back (BYE, CANCEL, a failed call, a media timeout).
+    pub fn release(&mut self, pool: &mut PortPool) {
+        for p in self.ports() {
+            pool.release(p);
+        }
+        self.streams.clear();
+    }
+
+    /// A well-formed packet arrived on relay port `port` from `from`: where it
+    /// goes, or None (dropped and counted).
+    pub fn route(&mut self, port: u16, from: SocketAddr) -> Option<Route> {
+        let rtcp = port % 2 == 1;
+        let rtp_port = port - u16::from(rtcp);
+        let Some(s) = self
+            .streams
+            .iter_mut()
+            .find(|s| s.facing_a == rtp_port || s.facing_b == rtp_port)
+        else {
+            self.dropped += 1;
+            return None;
+        };
+        let (latch, to, out_port) = if s.facing_a == rtp_port {
+            (&mut s.from_a, s.from_b.source().or(s.b_sdp), s.facing_b)
+        } else {
+            (&mut s.from_b, s.from_a.source().or(s.a_sdp), s.facing_a)
+        };
+        // RTCP (RTP port + 1) is taken only from the host RTP latched onto.
+        let verdict = if rtcp {
+            match latch.source() {
+                Some(s) if s.ip() == from.ip() => Verdict::Accept,
+                _ => Verdict::Drop,
+            }
+        } else {
+            latch.check(from)
+        };
+        let Some(to) = to.filter(|_| verdict != Verdict::Drop) else {
+            self.dropped += 1;
+            return None;
+        };
+        let to = if rtcp {
+            SocketAddr::new(to.ip(), to.port().saturating_add(1))
+        } else {
+            to
+        };
+        Some(Route {
+            from_port: out_port + u16::from(rtcp),
+            to,
+        })
+    }
+
+    /// Records what `side`'s description says and opens its latches again
+    /// (its media may have moved).
+    fn learn(&mut self, side: Side, d: &Description) {
+        let active = d.media.iter().filter(|m| m.port != 0);
+        for (s, m) in self.streams.iter_mut().zip(active) {
+            // A private address is no destination until that party is heard
+            // (it would send a call's audio into whatever network the relay
+            // sits in); a public one is used until the latch learns better.
+            let addr = (!sdp::is_private(m.address)).then(|| SocketAddr::new(m.address, m.port));
+            match side {
+                Side::A => {
+                    s.a_sdp = addr;
+                    s.from_a = Latch::new(m.address);
+                }
+                Side::B => {
+                    s.b_sdp = addr;
+                    s.from_b = Latch::new(m.address);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn offer(addr: &str, port: u16) -> String {
+        format!(
+            "v=0\r\no=x 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
+m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+        )
+    }
+
+    fn sock(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_call_is_relayed_both_ways_and_gives_its_ports_back() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let relay: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut s = Session::new(relay);
+        // The agent (A) is behind NAT: its SDP names 10.0.0.5.
+        let to_b = s
+            .offer(&mut pool, Side::A, offer("10.0.0.5", 4000).as_bytes())
+            .unwrap();
+        let to_b = sdp::inspect(&to_b).unwrap();
+        assert_eq!(to_b.media[0].address, relay);
+        let (facing_a, facing_b) = (s.ports()[0], s.ports()[1]);
+        assert_eq!(to_b.media[0].port, facing_b);
+        assert_eq!(to_b.media[0].telephone_event, Some(101), "codecs untouched");
+        let to_a = s
+            .answer(Side::B, offer("198.51.100.20", 5000).as_bytes())
+            .unwrap();
+        assert_eq!(sdp::inspect(&to_a).unwrap().media[0].port, facing_a);
+        assert!(s.answered);
+        assert_eq!(pool.in_use(), 2);
+
+        // B (public) sends first: A's SDP address is private, so nothing
+        // goes anywhere until A is heard.
+        let b = sock("198.51.100.20:5000");
+        assert_eq!(s.route(facing_b, b), None);
+        // A's packets come from its NAT: latched, and B's now go there.
+        let nat = sock("192.0.2.50:61000");
+        assert_eq!(
+            s.route(facing_a, nat),
+            Some(Route {
+                from_port: facing_b,
+                to: b
+            })
+        );
+        assert_eq!(
+            s.route(facing_b, b),
+            Some(Route {
+                from_port: facing_a,
+                to: nat
+            })
+        );
+        // RTCP follows on the odd ports, from the latched hosts only.
+        assert_eq!(
+            s.route(facing_a + 1, sock("192.0.2.50:61001")),
+            Some(Route {
+                from_port: facing_b + 1,
+                to: sock("198.51.100.20:5001")
+            })
+        );
+        assert_eq!(s.route(facing_a + 1, sock("203.0.113.66:9")), None);
+        // Injection on either side: dropped.
+        for _ in 0..100 {
+            assert_eq!(s.route(facing_a, sock("203.0.113.66:4000")), None);
+            assert_eq!(s.route(facing_b, sock("198.51.100.21:5000")), None);
+        }
+        assert_eq!(s.route(40000, b), None, "not this session's port");
+        assert_eq!(s.dropped, 203);
+
+        s.release(&mut pool);
+        s.release(&mut pool);
+        assert_eq!((pool.in_use(), pool.available()), (0, 50));
+    }
+
+    #[test]
+    fn a_re_invite_moves_media_and_relatches() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.offer(&mut pool, Side::A, offer("198.51.100.1", 4000).as_bytes())
+            .unwrap();
+        s.answer(Side::B, offer("198.51.100.2", 5000).as_bytes())
+            .unwrap();
+        let (facing_a, facing_b) = (s.ports()[0], s.ports()[1]);
+        assert!(s.route(facing_b, sock("198.51.100.2:5000")).is_some());
+        // B re-INVITEs from a new host: same relay ports, A is offered them.
+        let to_a = s
+            .offer(&mut pool, Side::B, offer("198.51.100.9", 6000).as_bytes())
+            .unwrap();
+        assert_eq!(sdp::inspect(&to_a).unwrap().media[0].port, facing_a);
+        assert_eq!(pool.in_use(), 2, "no new ports for the same streams");
+        assert_eq!(
+            s.route(facing_b, sock("198.51.100.2:5000")),
+            None,
+            "the old host is gone"
+        );
+        assert_eq!(
+            s.route(facing_b, sock("198.51.100.9:6000")),
+            Some(Route {
+                from_port: facing_a,
+                to: sock("198.51.100.1:4000")
+            })
+        );
+    }
+
+    #[test]
+    fn exhaustion_and_bad_sdp_hold_nothing() {
+        let mut pool = PortPool::new(30000, 30003).unwrap();
+        let mut first = Session::new("203.0.113.7".parse().unwrap());
+        first
+            .offer(&mut pool, Side::A, offer("198.51.100.1", 4000).as_bytes())
+            .unwrap();
+        let mut second = Session::new("203.0.113.7".parse().unwrap());
+        assert_eq!(
+            second.offer(&mut pool, Side::A, offer("198.51.100.1", 4002).as_bytes()),
+            Err(SessionError::NoPorts)
+        );
+        assert!(matches!(
+            second.offer(&mut pool, Side::A, b"garbage"),
+            Err(SessionError::Sdp(_))
+        ));
+        assert_eq!(
+            second.answer(Side::B, offer("198.51.100.2", 5000).as_bytes()),
+            Err(SessionError::NoOffer)
+        );
+        assert_eq!(pool.in_use(), 2);
+        first.release(&mut pool);
+        assert_eq!(pool.available(), 2);
+    }
+}
