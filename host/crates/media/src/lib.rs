@@ -11,6 +11,7 @@
 //!
 //! - [`rtp`]: RTP and RTCP told apart and checked (RFC 3550, RFC 5761), so
 //!   malformed packets are dropped and counted, never forwarded.
+//! - [`crypto`]: SDES `a=crypto` keys (RFC 4568) read and generated.
 //! - [`latch`]: symmetric RTP latching, then strict source (no injection).
 //! - [`relay`]: one call's ports, SDP for both parties, and where each packet
 //!   goes.
@@ -18,6 +19,7 @@
 //! SRTP contexts, binding sessions to dialogs, timeouts and the socket shell
 //! come next (issue: media relay).
 
+pub mod crypto;
 pub mod latch;
 pub mod ports;
 pub mod relay;
