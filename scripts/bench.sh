@@ -92,13 +92,17 @@ EOF
   echo $!
 }
 
-# tls_run LABEL PROXY_PID DIR TLS_PORT: one search through stunnel to the proxy's TLS port.
+# tls_run LABEL PROXY_PID DIR TLS_PORT: one search through stunnel to the proxy's TLS
+# port, then the proxy is stopped.
 tls_run() {
+  trap "kill $2 2>/dev/null || true" EXIT
+  sleep 1
   local front; front=$(tls_front "$3" "$4")
   sleep 1
   TRANSPORT=tcp ROUTE_BY=ruri LABEL="$1" PROXY_PID="$2" "$BENCH/sip-cps.sh" 127.0.0.1:5090 || true
-  kill "$front" 2>/dev/null || true
-  wait "$front" 2>/dev/null || true
+  kill "$front" "$2" 2>/dev/null || true
+  wait "$front" "$2" 2>/dev/null || true
+  trap - EXIT
 }
 
 # kamailio_tls DIR: Kamailio `ruri` (2 children, TLSF) with a TLS listener on :5061.
@@ -118,13 +122,7 @@ EOF
       "$BENCH/kamailio/proxy.cfg" > "$d/kamailio.cfg"
   /usr/sbin/kamailio -f "$d/kamailio.cfg" -A WITH_RURI -A KAM_CHILDREN=2 -A "CTL_SOCK=\"unix:$d/ctl\"" \
       -x tlsf -m 256 -M 16 -DD -E -u root -g root -Y "$d" >"$d/kamailio.log" 2>&1 </dev/null &
-  local pid=$!
-  trap "kill $pid 2>/dev/null || true" EXIT
-  sleep 1.5
-  tls_run kamailio-tls "$pid" "$d" 5061
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  trap - EXIT
+  tls_run kamailio-tls $! "$d" 5061
   sleep 1
 }
 
@@ -142,13 +140,7 @@ private_key = "$d/key.pem"
 level = "warn"
 EOF
   target/release/weir run -c "$d/weir.toml" &
-  local pid=$!
-  trap "kill $pid 2>/dev/null || true" EXIT
-  sleep 1
-  tls_run weir-tls "$pid" "$d" 5071
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  trap - EXIT
+  tls_run weir-tls $! "$d" 5071
 }
 
 if [[ "$what" == tls ]]; then

@@ -205,6 +205,8 @@ pub async fn stream_acceptor(
             }
         };
         let _ = stream.set_nodelay(true);
+        // The address this connection arrived on (a wildcard listener's is 0.0.0.0).
+        let here = stream.local_addr().unwrap_or(local);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let handle = ConnHandle {
             id: limits.next_id(),
@@ -224,6 +226,7 @@ pub async fn stream_acceptor(
             }
             tokio::spawn(connection(
                 stream,
+                here,
                 handle,
                 out_rx,
                 tx.clone(),
@@ -251,7 +254,7 @@ pub async fn stream_acceptor(
             if tx.send(Input::ConnOpened(handle.clone())).await.is_err() {
                 return;
             }
-            connection(stream, handle, out_rx, tx, s, slot).await;
+            connection(stream, here, handle, out_rx, tx, s, slot).await;
         });
     }
 }
@@ -283,8 +286,9 @@ pub fn connect(
                 return;
             }
         };
+        let here = stream.local_addr().unwrap_or(handle.local);
         let Some(tls) = tls else {
-            connection(stream, handle, out_rx, tx, s, slot).await;
+            connection(stream, here, handle, out_rx, tx, s, slot).await;
             return;
         };
         let handshake = tls.connector.connect(tls.name.clone(), stream);
@@ -303,7 +307,7 @@ pub fn connect(
                 return;
             }
         };
-        connection(stream, handle, out_rx, tx, s, slot).await;
+        connection(stream, here, handle, out_rx, tx, s, slot).await;
     });
 }
 
@@ -338,33 +342,11 @@ async fn fail_all(id: ConnId, mut out_rx: mpsc::UnboundedReceiver<Out>, tx: mpsc
     let _ = tx.send(Input::ConnClosed { id, failed }).await;
 }
 
-/// The local address of a connection, whether or not TLS runs on it.
-trait LocalAddr {
-    fn local_addr(&self) -> std::io::Result<SocketAddr>;
-}
-
-impl LocalAddr for TcpStream {
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        TcpStream::local_addr(self)
-    }
-}
-
-impl LocalAddr for tokio_rustls::server::TlsStream<TcpStream> {
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.get_ref().0.local_addr()
-    }
-}
-
-impl LocalAddr for tokio_rustls::client::TlsStream<TcpStream> {
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.get_ref().0.local_addr()
-    }
-}
-
 /// Reads and frames one connection, writes what the proxy sends on it, and
 /// closes it when idle, broken or unframeable.
-async fn connection<S: AsyncRead + AsyncWrite + LocalAddr + Unpin>(
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
+    local: SocketAddr,
     handle: ConnHandle,
     mut out_rx: mpsc::UnboundedReceiver<Out>,
     tx: mpsc::Sender<Input>,
@@ -373,7 +355,7 @@ async fn connection<S: AsyncRead + AsyncWrite + LocalAddr + Unpin>(
 ) {
     let flow = Flow {
         transport: handle.transport,
-        local: stream.local_addr().unwrap_or(handle.local),
+        local,
         remote: handle.remote,
         conn: Some(handle.id),
     };

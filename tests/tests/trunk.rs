@@ -13,7 +13,7 @@ use weir_e2e::{free_port, http, plugin_wasm, Kamailio};
 
 mod common;
 
-use common::{check, setup, setup_with, tail, uac, uas, uas_filled};
+use common::{check, setup, setup_with, tail, uac, uac_to, uas, uas_filled};
 
 #[test]
 fn outbound_calls_answer_the_carriers_digest_challenge() {
@@ -291,25 +291,14 @@ fn weir_registers_with_the_carrier_refreshes_and_receives_calls_for_the_number()
         Duration::from_secs(30),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let uac_file = weir_e2e::scenario(s.dir.path(), "call-uac.xml", &[]);
-    let pstn = weir_e2e::Sipp::spawn_for(
-        s.dir.path(),
-        "pstn",
-        &[
-            "-sf".into(),
-            uac_file.display().to_string(),
-            "-s".into(),
-            "+14155550100".into(),
-            "-i".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            free_port().to_string(),
-            format!("127.0.0.1:{registrar_port}"),
-            "-m".into(),
-            "3".into(),
-            "-r".into(),
-            "3".into(),
-        ],
+    let pstn = uac_to(
+        &s,
+        &format!("127.0.0.1:{registrar_port}"),
+        "call-uac.xml",
+        &[],
+        "+14155550100",
+        3,
+        3,
         Duration::from_secs(30),
     );
     check(

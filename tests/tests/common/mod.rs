@@ -94,6 +94,30 @@ pub fn uac(
     rate: u32,
     limit: Duration,
 ) -> Sipp {
+    uac_to(
+        s,
+        &format!("127.0.0.1:{}", s.proxy),
+        file,
+        fill,
+        user,
+        calls,
+        rate,
+        limit,
+    )
+}
+
+/// A UAC calling `sip:USER@TARGET` (another peer than weir: a carrier…).
+#[allow(clippy::too_many_arguments)]
+pub fn uac_to(
+    s: &Setup,
+    target: &str,
+    file: &str,
+    fill: &[(&str, &str)],
+    user: &str,
+    calls: u32,
+    rate: u32,
+    limit: Duration,
+) -> Sipp {
     let f = scenario(s.dir.path(), file, fill);
     let port = free_port();
     let args = vec![
@@ -105,7 +129,7 @@ pub fn uac(
         "127.0.0.1".into(),
         "-p".into(),
         port.to_string(),
-        format!("127.0.0.1:{}", s.proxy),
+        target.into(),
         "-m".into(),
         calls.to_string(),
         "-r".into(),

@@ -41,6 +41,15 @@ pub enum Side {
     B,
 }
 
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Stream {
     /// RTP port facing A (A sends here) and facing B.
@@ -51,6 +60,19 @@ struct Stream {
     b_sdp: Option<SocketAddr>,
     from_a: Latch,
     from_b: Latch,
+}
+
+impl Stream {
+    fn new(facing_a: u16, facing_b: u16) -> Stream {
+        Stream {
+            facing_a,
+            facing_b,
+            a_sdp: None,
+            b_sdp: None,
+            from_a: Latch::default(),
+            from_b: Latch::default(),
+        }
+    }
 }
 
 /// Where a packet goes.
@@ -102,53 +124,29 @@ impl Session {
     ) -> Result<Vec<u8>, SessionError> {
         let d = sdp::inspect(sdp_bytes)?;
         let active = d.media.iter().filter(|m| m.port != 0).count();
-        let mut taken = Vec::new();
-        while self.streams.len() + taken.len() / 2 < active {
+        // New media lines get their port pairs first; on any error they are
+        // given back and the session is as it was.
+        let before = self.streams.len();
+        while self.streams.len() < active {
             match (pool.allocate(), pool.allocate()) {
-                (Some(a), Some(b)) => taken.extend([a, b]),
+                (Some(a), Some(b)) => self.streams.push(Stream::new(a, b)),
                 (a, b) => {
-                    for p in a.into_iter().chain(b).chain(taken) {
+                    for p in a.into_iter().chain(b) {
                         pool.release(p);
                     }
+                    self.forget_from(before, pool);
                     return Err(SessionError::NoPorts);
                 }
             }
         }
-        let facing_other: Vec<u16> = self
-            .streams
-            .iter()
-            .map(|s| {
-                if side == Side::A {
-                    s.facing_b
-                } else {
-                    s.facing_a
-                }
-            })
-            .chain(
-                taken
-                    .chunks(2)
-                    .map(|p| if side == Side::A { p[1] } else { p[0] }),
-            )
-            .collect();
+        let facing_other = self.facing(side.other());
         let out = match sdp::rewrite(sdp_bytes, self.relay, &facing_other) {
             Ok(out) => out,
             Err(e) => {
-                for p in taken {
-                    pool.release(p);
-                }
+                self.forget_from(before, pool);
                 return Err(e.into());
             }
         };
-        for pair in taken.chunks(2) {
-            self.streams.push(Stream {
-                facing_a: pair[0],
-                facing_b: pair[1],
-                a_sdp: None,
-                b_sdp: None,
-                from_a: Latch::default(),
-                from_b: Latch::default(),
-            });
-        }
         self.learn(side, &d);
         Ok(out)
     }
@@ -160,18 +158,7 @@ impl Session {
             return Err(SessionError::NoOffer);
         }
         let d = sdp::inspect(sdp_bytes)?;
-        let facing_offerer: Vec<u16> = self
-            .streams
-            .iter()
-            .map(|s| {
-                if side == Side::B {
-                    s.facing_a
-                } else {
-                    s.facing_b
-                }
-            })
-            .collect();
-        let out = sdp::rewrite(sdp_bytes, self.relay, &facing_offerer)?;
+        let out = sdp::rewrite(sdp_bytes, self.relay, &self.facing(side.other()))?;
         self.learn(side, &d);
         self.answered = true;
         Ok(out)
@@ -225,6 +212,25 @@ impl Session {
             from_port: out_port + u16::from(rtcp),
             to,
         })
+    }
+
+    /// The relay's RTP port facing `side` on each media line.
+    fn facing(&self, side: Side) -> Vec<u16> {
+        self.streams
+            .iter()
+            .map(|s| match side {
+                Side::A => s.facing_a,
+                Side::B => s.facing_b,
+            })
+            .collect()
+    }
+
+    /// Gives back the ports of the media lines from index `from` on.
+    fn forget_from(&mut self, from: usize, pool: &mut PortPool) {
+        for s in self.streams.drain(from..) {
+            pool.release(s.facing_a);
+            pool.release(s.facing_b);
+        }
     }
 
     /// Records what `side`'s description says and opens its latches again

@@ -1323,55 +1323,17 @@ impl Proxy {
                 self.push_transmit(peer, bytes, None);
             }
             ForwardKind::Registration(r) => {
-                let machine = ClientMachine::NonInvite(ClientNonInvite::new(
-                    now,
-                    bytes.clone(),
-                    transport.is_reliable(),
-                    self.cfg.timers,
-                ));
-                let key = self.keys.client(branch.as_bytes(), false);
-                let ck = self.client_txns.insert(ClientTxn {
-                    key,
-                    machine,
-                    peer: peer.clone(),
-                    owner: Some(Owner::Registration(r)),
-                    expire: None,
-                    armed: None,
-                });
-                self.clients.insert(key, ck);
-                self.push_transmit(peer, bytes, Some(SendTag(ck)));
+                let ck =
+                    self.start_client(now, false, bytes, &branch, peer, Owner::Registration(r));
                 self.arm_client(ck);
             }
             ForwardKind::Branch(ctx, i) => {
                 let Some(c) = self.contexts.get(ctx) else {
                     return;
                 };
-                let reliable = transport.is_reliable();
-                let machine = if c.method == Method::Invite {
-                    ClientMachine::Invite(ClientInvite::new(
-                        now,
-                        bytes.clone(),
-                        reliable,
-                        self.cfg.timers,
-                    ))
-                } else {
-                    ClientMachine::NonInvite(ClientNonInvite::new(
-                        now,
-                        bytes.clone(),
-                        reliable,
-                        self.cfg.timers,
-                    ))
-                };
-                let key = self.keys.client(branch.as_bytes(), false);
-                let ck = self.client_txns.insert(ClientTxn {
-                    key,
-                    machine,
-                    peer: peer.clone(),
-                    owner: Some(Owner::Branch(ctx, i)),
-                    expire: None,
-                    armed: None,
-                });
-                self.clients.insert(key, ck);
+                let invite = c.method == Method::Invite;
+                let ck =
+                    self.start_client(now, invite, bytes, &branch, peer, Owner::Branch(ctx, i));
                 if let Some(b) = self
                     .contexts
                     .get_mut(ctx)
@@ -1380,10 +1342,50 @@ impl Proxy {
                     b.client = Some(ck);
                 }
                 self.stats.forwarded_requests += 1;
-                self.push_transmit(peer, bytes, Some(SendTag(ck)));
                 self.arm_client(ck);
             }
         }
+    }
+
+    /// A client transaction (§17.1) for `bytes` sent to `peer` under
+    /// `branch`, working for `owner`: registered and sent, not yet armed.
+    fn start_client(
+        &mut self,
+        now: Instant,
+        invite: bool,
+        bytes: Bytes,
+        branch: &str,
+        peer: Peer,
+        owner: Owner,
+    ) -> Key {
+        let reliable = peer.transport.is_reliable();
+        let machine = if invite {
+            ClientMachine::Invite(ClientInvite::new(
+                now,
+                bytes.clone(),
+                reliable,
+                self.cfg.timers,
+            ))
+        } else {
+            ClientMachine::NonInvite(ClientNonInvite::new(
+                now,
+                bytes.clone(),
+                reliable,
+                self.cfg.timers,
+            ))
+        };
+        let key = self.keys.client(branch.as_bytes(), false);
+        let ck = self.client_txns.insert(ClientTxn {
+            key,
+            machine,
+            peer: peer.clone(),
+            owner: Some(owner),
+            expire: None,
+            armed: None,
+        });
+        self.clients.insert(key, ck);
+        self.push_transmit(peer, bytes, Some(SendTag(ck)));
+        ck
     }
 
     /// §16.6 steps 1–8: copy, Request-URI, Max-Forwards, Record-Route, routes, Via.
@@ -2206,7 +2208,7 @@ impl Proxy {
             let random = self.random();
             self.registrations
                 .push((Registration::new(cfg, now, random), None));
-            self.arm_registration(self.registrations.len() - 1);
+            self.after_registration(self.registrations.len() - 1);
         }
     }
 
@@ -2216,17 +2218,6 @@ impl Proxy {
             .iter()
             .map(|(r, _)| r.status(now))
             .collect()
-    }
-
-    fn arm_registration(&mut self, i: usize) {
-        if let Some((r, armed)) = self.registrations.get_mut(i) {
-            schedule(
-                &mut self.timers,
-                armed,
-                r.poll_timeout(),
-                TimerRef::Registration(i),
-            );
-        }
     }
 
     fn registration_timer(&mut self, now: Instant, i: usize) {
@@ -2241,8 +2232,7 @@ impl Proxy {
         if let Some(msg) = r.poll_request(now, &contact) {
             self.send_registration(now, i, msg);
         }
-        self.registration_news(i);
-        self.arm_registration(i);
+        self.after_registration(i);
     }
 
     fn registration_response(&mut self, now: Instant, i: usize, resp: &Message) {
@@ -2253,20 +2243,19 @@ impl Proxy {
         if let Some(msg) = r.handle_response(now, resp, &cnonce) {
             self.send_registration(now, i, msg);
         }
-        self.registration_news(i);
-        self.arm_registration(i);
+        self.after_registration(i);
     }
 
     fn registration_failed(&mut self, now: Instant, i: usize, why: String) {
         if let Some((r, _)) = self.registrations.get_mut(i) {
             r.handle_failure(now, why);
         }
-        self.registration_news(i);
-        self.arm_registration(i);
+        self.after_registration(i);
     }
 
-    fn registration_news(&mut self, i: usize) {
-        if let Some((r, _)) = self.registrations.get_mut(i) {
+    /// Reports what came of a registration's step and arms its timer.
+    fn after_registration(&mut self, i: usize) {
+        if let Some((r, armed)) = self.registrations.get_mut(i) {
             if let Some((registered, detail)) = r.take_news() {
                 self.events.push_back(Event::Registration {
                     name: r.config().name.clone(),
@@ -2274,6 +2263,8 @@ impl Proxy {
                     detail,
                 });
             }
+            let at = r.poll_timeout();
+            schedule(&mut self.timers, armed, at, TimerRef::Registration(i));
         }
     }
 

@@ -257,11 +257,12 @@ impl Registration {
 
     pub fn status(&self, now: Instant) -> RegistrationStatus {
         let registered = self.until.is_some_and(|u| u > now);
-        let state = match self.state {
-            State::Waiting { failed: true, .. } if !registered => "failed",
-            State::Sending if !registered => "registering",
-            _ if registered => "registered",
-            _ => "registering",
+        let state = if registered {
+            "registered"
+        } else if matches!(self.state, State::Waiting { failed: true, .. }) {
+            "failed"
+        } else {
+            "registering"
         };
         RegistrationStatus {
             name: self.cfg.name.clone(),
