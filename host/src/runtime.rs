@@ -356,6 +356,18 @@ impl Shell {
                         );
                         continue;
                     }
+                    Event::MediaAutoRelay { call_id, why } => {
+                        info!(%call_id, %why, "media relayed: without the relay this call would have no audio");
+                        continue;
+                    }
+                    Event::MediaFailed { call_id, why } => {
+                        warn!(%call_id, %why, "a description could not be relayed and went on unchanged");
+                        continue;
+                    }
+                    Event::MediaTimeout { call_id, byes } => {
+                        info!(%call_id, byes, "no media: call ended, BYE sent to each party");
+                        continue;
+                    }
                 };
                 let tx = self.tx.clone();
                 tokio::spawn(async move {

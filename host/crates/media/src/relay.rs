@@ -32,6 +32,20 @@ pub enum SessionError {
     NoOffer,
 }
 
+impl SessionError {
+    /// The SIP status and reason a request whose SDP met this error gets.
+    pub fn sip_status(&self) -> (u16, String) {
+        match self {
+            SessionError::Sdp(e) => (488, format!("Not Acceptable Here ({e})")),
+            SessionError::NoPorts => (503, "Service Unavailable (no relay ports left)".into()),
+            SessionError::NoOffer => (
+                488,
+                "Not Acceptable Here (an answer without an offer)".into(),
+            ),
+        }
+    }
+}
+
 /// Which party.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -60,6 +74,11 @@ struct Stream {
     b_sdp: Option<SocketAddr>,
     from_a: Latch,
     from_b: Latch,
+    /// What each party's SDP last said for this line (address, port): a
+    /// description that repeats it (a retransmitted 200, a re-INVITE for
+    /// hold) keeps the latch.
+    a_said: Option<SocketAddr>,
+    b_said: Option<SocketAddr>,
 }
 
 impl Stream {
@@ -71,6 +90,8 @@ impl Stream {
             b_sdp: None,
             from_a: Latch::default(),
             from_b: Latch::default(),
+            a_said: None,
+            b_said: None,
         }
     }
 }
@@ -90,6 +111,8 @@ pub struct Session {
     streams: Vec<Stream>,
     /// An answer was seen (the call's media is set up both ways).
     pub answered: bool,
+    /// The party whose offer awaits an answer.
+    pending_offer: Option<Side>,
     /// Packets dropped: from a wrong source, or before the other side's
     /// address is known.
     pub dropped: u64,
@@ -101,7 +124,24 @@ impl Session {
             relay,
             streams: Vec::new(),
             answered: false,
+            pending_offer: None,
             dropped: 0,
+        }
+    }
+
+    /// A description from `side`, whichever it is: the answer when the other
+    /// side's offer awaits one, else an offer. (A proxy sees bodies, not the
+    /// offer/answer roles; RFC 3264 §4 makes them follow from the order.)
+    pub fn describe(
+        &mut self,
+        pool: &mut PortPool,
+        side: Side,
+        sdp_bytes: &[u8],
+    ) -> Result<Vec<u8>, SessionError> {
+        if self.pending_offer == Some(side.other()) {
+            self.answer(side, sdp_bytes)
+        } else {
+            self.offer(pool, side, sdp_bytes)
         }
     }
 
@@ -148,6 +188,7 @@ impl Session {
             }
         };
         self.learn(side, &d);
+        self.pending_offer = Some(side);
         Ok(out)
     }
 
@@ -161,6 +202,7 @@ impl Session {
         let out = sdp::rewrite(sdp_bytes, self.relay, &self.facing(side.other()))?;
         self.learn(side, &d);
         self.answered = true;
+        self.pending_offer = None;
         Ok(out)
     }
 
@@ -242,15 +284,15 @@ impl Session {
             // (it would send a call's audio into whatever network the relay
             // sits in); a public one is used until the latch learns better.
             let addr = (!sdp::is_private(m.address)).then(|| SocketAddr::new(m.address, m.port));
-            match side {
-                Side::A => {
-                    s.a_sdp = addr;
-                    s.from_a = Latch::new(m.address);
-                }
-                Side::B => {
-                    s.b_sdp = addr;
-                    s.from_b = Latch::new(m.address);
-                }
+            let said = Some(SocketAddr::new(m.address, m.port));
+            let (sdp_addr, latch, last) = match side {
+                Side::A => (&mut s.a_sdp, &mut s.from_a, &mut s.a_said),
+                Side::B => (&mut s.b_sdp, &mut s.from_b, &mut s.b_said),
+            };
+            *sdp_addr = addr;
+            if *last != said {
+                *latch = Latch::new(m.address);
+                *last = said;
             }
         }
     }
@@ -388,5 +430,28 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         assert_eq!(pool.in_use(), 2);
         first.release(&mut pool);
         assert_eq!(pool.available(), 2);
+    }
+
+    #[test]
+    fn describe_tells_offer_from_answer_and_a_repeated_description_keeps_the_latch() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        // Late offer: the callee's 200 offers, the caller's ACK answers.
+        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes())
+            .unwrap();
+        assert!(!s.answered);
+        s.describe(&mut pool, Side::A, offer("198.51.100.1", 4000).as_bytes())
+            .unwrap();
+        assert!(s.answered);
+        let facing_b = s.ports()[1];
+        let nat = sock("192.0.2.9:7000");
+        assert!(s.route(facing_b, nat).is_some(), "the private side latches");
+        // A retransmitted 200 (or a hold re-INVITE naming the same address)
+        // must not reopen the latch to whoever sends first.
+        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes())
+            .unwrap();
+        assert_eq!(s.route(facing_b, sock("203.0.113.66:7000")), None);
+        assert!(s.route(facing_b, nat).is_some());
+        assert_eq!(pool.in_use(), 2);
     }
 }

@@ -189,11 +189,12 @@ impl Router for Chain {
                 Verdict::Forward {
                     targets,
                     record_route,
-                    media: _,
+                    media,
                 } => Routed {
                     decision: Decision::Forward(targets),
                     edited,
                     record_route,
+                    media,
                     reply_headers: Vec::new(),
                     pin: Some(Pin(Arc::new(Pinned {
                         version: v.clone(),

@@ -36,13 +36,7 @@ pub enum Verdict {
 }
 
 /// The media mode a forward asked for (carried out by the media relay).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MediaMode {
-    Pass,
-    Relay,
-    RelaySrtpCaller,
-    RelaySrtpCallee,
-}
+pub use weir_sip::proxy::MediaMode;
 
 /// Checks an `on-request` answer for a request of `method`.
 pub fn check_decision(d: types::Decision, method: Method) -> Result<Verdict, String> {

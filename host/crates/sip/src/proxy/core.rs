@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use super::caller_auth::{self, CallerAuth};
 use super::identity::{self, CallerIdentities};
+use super::media::{MediaRelay, NoRelay, Party, RelayedDialogs};
 use super::registration::Registration;
 use super::upstream_auth::{self, Answer, CseqShifts};
 use super::validate::{check_request, check_response, Checked, Rejection};
@@ -30,6 +31,8 @@ use crate::transaction::{
     ClientInvite, ClientNonInvite, ServerInvite, ServerNonInvite, Step, TuEvent,
 };
 use crate::uri::{Host, Scheme, SipUri, Uri};
+
+mod relaying;
 
 /// Prefix of every branch this proxy writes: the RFC 3261 magic cookie and a
 /// marker, then the loop-detection hash (16 hex digits), a dot and a random part.
@@ -68,6 +71,10 @@ pub struct Proxy {
     caller_auth: CallerAuth,
     /// Upstream registrations, and when each one's timer is armed.
     registrations: Vec<(Registration, Option<Instant>)>,
+    /// The host's media relay and the dialogs whose media it carries.
+    media: Box<dyn MediaRelay>,
+    relayed: RelayedDialogs,
+    next_media: u64,
     stats: Stats,
 }
 
@@ -292,6 +299,9 @@ enum Owner {
     Branch(Key, usize),
     /// An upstream registration (its index).
     Registration(usize),
+    /// A request of the proxy's own whose answer changes nothing (the BYE
+    /// that ends a call whose media stopped).
+    Local,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -303,6 +313,8 @@ enum ForwardKind {
     Stateless,
     /// A REGISTER of an upstream registration (its index).
     Registration(usize),
+    /// A request of the proxy's own (see [`Owner::Local`]).
+    Local,
 }
 
 #[derive(Debug)]
@@ -373,6 +385,8 @@ struct Context {
     /// From/To values the request had when it arrived, where it went out with
     /// others: its responses go upstream with these again.
     echo: Vec<(HeaderName, Bytes)>,
+    /// A relayed dialog's request: its relay id and who answers it.
+    media: Option<(u64, Party)>,
     branches: Vec<Branch>,
     finals: Vec<Final>,
     answered: bool,
@@ -436,6 +450,9 @@ impl Proxy {
             // calls last (Twilio: 4 h).
             shifts: CseqShifts::new(std::time::Duration::from_secs(24 * 3600), 100_000),
             identities: CallerIdentities::new(std::time::Duration::from_secs(24 * 3600), 100_000),
+            media: Box::new(NoRelay),
+            relayed: RelayedDialogs::default(),
+            next_media: 1,
             stats: Stats::default(),
         }
     }
@@ -449,8 +466,14 @@ impl Proxy {
         self.router = router;
     }
 
+    /// Sets the media relay that relayed calls' SDP goes through.
+    pub fn set_media(&mut self, media: Box<dyn MediaRelay>) {
+        self.media = media;
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
+            relayed_dialogs: self.relayed.len(),
             live_server_transactions: self.server_txns.len(),
             live_client_transactions: self.client_txns.len(),
             live_contexts: self.contexts.len(),
@@ -668,6 +691,11 @@ impl Proxy {
                 }
                 None => msg,
             };
+            let msg = if method == Method::Ack && in_dialog {
+                self.media_ack(msg)
+            } else {
+                msg
+            };
             let stateless = Forward {
                 uri: effective_ruri(&msg, &plan),
                 request: Arc::new(msg),
@@ -793,6 +821,24 @@ impl Proxy {
                     None
                 };
                 let (request, echo) = self.identity_out(now, &received, request, in_dialog, method);
+                let (request, media) = match self.media_out(
+                    &received,
+                    request,
+                    in_dialog,
+                    method,
+                    shifted,
+                    routed.media,
+                    &targets,
+                ) {
+                    Ok(m) => m,
+                    Err(rej) => {
+                        self.respond_local(now, skey, rej.status, &rej.reason, &[]);
+                        return;
+                    }
+                };
+                // A relayed dialog's later requests must pass here: they
+                // move its media, and its BYE releases it.
+                let record_route = record_route || (media.is_some() && !in_dialog);
                 let ctx = self.contexts.insert(Context {
                     server: skey,
                     request,
@@ -805,6 +851,7 @@ impl Proxy {
                     pin: routed.pin.take(),
                     reply_headers: Vec::new(),
                     echo,
+                    media,
                     inbound,
                     loop_hash,
                     record_route,
@@ -1270,7 +1317,7 @@ impl Proxy {
                 return;
             };
             branch = match forward.kind {
-                ForwardKind::Branch(..) | ForwardKind::Registration(_) => {
+                ForwardKind::Branch(..) | ForwardKind::Registration(_) | ForwardKind::Local => {
                     let r = self.random();
                     format!(
                         "{BRANCH_PREFIX}{:016x}.{:012x}",
@@ -1325,6 +1372,10 @@ impl Proxy {
             ForwardKind::Registration(r) => {
                 let ck =
                     self.start_client(now, false, bytes, &branch, peer, Owner::Registration(r));
+                self.arm_client(ck);
+            }
+            ForwardKind::Local => {
+                let ck = self.start_client(now, false, bytes, &branch, peer, Owner::Local);
                 self.arm_client(ck);
             }
             ForwardKind::Branch(ctx, i) => {
@@ -1466,7 +1517,7 @@ impl Proxy {
             ForwardKind::Registration(r) => {
                 self.registration_failed(now, r, format!("{status} {reason}"));
             }
-            ForwardKind::Stateless => {}
+            ForwardKind::Stateless | ForwardKind::Local => {}
         }
     }
 
@@ -1536,6 +1587,9 @@ impl Proxy {
         // …and with the caller's own From in a rewritten one.
         if let Some(from) = self.identities.caller_from(&msg) {
             identity::set_header_value(&mut rw, &msg, HeaderName::From, &from);
+        }
+        if let Some(body) = self.media_stray(&msg) {
+            rw.set_body(body);
         }
         let bytes = rw.finish();
         self.stats.stray_responses_forwarded += 1;
@@ -1844,6 +1898,18 @@ impl Proxy {
             return;
         }
         c.answered = true;
+        let initial = c.method == Method::Invite
+            && c.request
+                .to()
+                .and_then(Result::ok)
+                .is_some_and(|t| t.tag().is_none());
+        if let (Some((id, _)), true) = (c.media, initial) {
+            // The call failed: its relay goes too.
+            self.release_media(id);
+        }
+        let Some(c) = self.contexts.get_mut(ctx) else {
+            return;
+        };
         if c.method == Method::Invite && (c.challenged || !c.echo.is_empty()) {
             // The call failed: no dialog goes on with the shifted numbering or
             // the rewritten caller-ID (a failed re-INVITE leaves its dialog be).
@@ -1909,11 +1975,17 @@ impl Proxy {
     /// Via removed (§16.7 steps 7–9).
     fn forward_response_as(&mut self, now: Instant, ctx: Key, resp: &Message, status: Option<u16>) {
         // Only a request sent with another CSeq number has its own to restore.
-        let Some((server, original, echo)) = self.contexts.get(ctx).map(|c| {
+        let Some((server, original, echo, media, initial)) = self.contexts.get(ctx).map(|c| {
             (
                 c.server,
                 c.cseq.and_then(|_| cseq_number(&c.request)),
                 c.echo.clone(),
+                c.media,
+                c.method == Method::Invite
+                    && c.request
+                        .to()
+                        .and_then(Result::ok)
+                        .is_some_and(|t| t.tag().is_none()),
             )
         }) else {
             return;
@@ -1936,8 +2008,17 @@ impl Proxy {
         if let Some(s) = status {
             rw.set_start_line(format!("SIP/2.0 {s} Server Internal Error").as_bytes());
         }
+        let relayed = media.filter(|_| status.is_none());
+        if let Some((id, responder)) = relayed {
+            if let Some(body) = self.media_response(id, responder, resp, initial) {
+                rw.set_body(body);
+            }
+        }
         let bytes = rw.finish();
         let code = status.or(resp.status()).unwrap_or(500);
+        if let (Some((id, _)), true, true) = (relayed, initial, (200..300).contains(&code)) {
+            self.media_confirmed(id, &bytes);
+        }
         self.stats.forwarded_responses += 1;
         self.server_send(now, server, code, bytes);
     }

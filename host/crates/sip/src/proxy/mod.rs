@@ -12,6 +12,7 @@ mod caller_auth;
 mod core;
 mod dialog_map;
 mod identity;
+mod media;
 mod registration;
 mod upstream_auth;
 mod validate;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 pub use self::core::Proxy;
 pub use caller_auth::{DigestSettings, ProvisionedUsers, StoredUser};
+pub use media::{MediaCall, MediaMode, MediaPolicy, MediaRefusal, MediaRelay, NoRelay, Party};
 pub use registration::{RegistrationConfig, RegistrationStatus};
 pub use upstream_auth::ClientCredential;
 pub use validate::Rejection;
@@ -136,6 +138,14 @@ pub enum Event {
         failures: u32,
         for_: Duration,
     },
+    /// A call's media is relayed without a router asking: `why` names the
+    /// private address that would have left it without audio.
+    MediaAutoRelay { call_id: String, why: String },
+    /// A description of a relayed call could not be relayed and went on
+    /// unchanged (a response or an ACK cannot be refused).
+    MediaFailed { call_id: String, why: String },
+    /// A relayed call's media stopped: BYE sent to `byes` parties, relay released.
+    MediaTimeout { call_id: String, byes: usize },
 }
 
 /// A socket the proxy listens on and how it names itself there.
@@ -219,6 +229,10 @@ pub struct ProxyConfig {
     /// Addresses-of-record to keep registered with upstream registrars
     /// (started by [`Proxy::start_registrations`]).
     pub registrations: Vec<RegistrationConfig>,
+    /// When an INVITE's media is relayed besides a router asking for it.
+    pub media_policy: MediaPolicy,
+    /// Relayed dialogs at most (new relayed calls beyond get 503).
+    pub media_max_dialogs: usize,
 }
 
 impl ProxyConfig {
@@ -238,6 +252,8 @@ impl ProxyConfig {
             accept_from: None,
             digest: DigestSettings::default(),
             registrations: Vec::new(),
+            media_policy: MediaPolicy::AsRouted,
+            media_max_dialogs: 100_000,
         }
     }
 }
@@ -301,6 +317,8 @@ pub struct Routed {
     pub reply_headers: Vec<String>,
     /// Handed back to [`Router::on_failure`] for this request.
     pub pin: Option<Pin>,
+    /// What happens to an INVITE's media.
+    pub media: MediaMode,
 }
 
 impl From<Decision> for Routed {
@@ -311,6 +329,7 @@ impl From<Decision> for Routed {
             record_route: None,
             reply_headers: Vec::new(),
             pin: None,
+            media: MediaMode::Pass,
         }
     }
 }
@@ -418,6 +437,10 @@ pub struct Stats {
     /// Dialogs whose caller-ID a router rewrote (kept consistent both ways).
     pub rewritten_dialogs: usize,
     pub loops_detected: u64,
+    /// Dialogs whose media is relayed, now.
+    pub relayed_dialogs: usize,
+    /// Relayed calls ended because their media stopped.
+    pub media_timeouts: u64,
     pub live_server_transactions: usize,
     pub live_client_transactions: usize,
     pub live_contexts: usize,

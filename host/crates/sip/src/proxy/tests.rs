@@ -902,6 +902,7 @@ impl Router for Deciding {
             record_route: Some(false),
             reply_headers: Vec::new(),
             pin: Some(Pin(Arc::new(7u32))),
+            media: MediaMode::Pass,
         }
     }
 
@@ -1624,3 +1625,5 @@ fn s10_2_upstream_registration_is_answered_refreshed_and_retried() {
     sim.advance(Duration::from_secs(1));
     assert_eq!(header(&sim.one(REGISTRAR), "CSeq"), ["4 REGISTER"]);
 }
+
+mod media;

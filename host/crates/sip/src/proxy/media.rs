@@ -1,0 +1,259 @@
+//! Relayed media as the proxy core sees it: which dialogs' SDP goes through
+//! the relay the host provides ([`MediaRelay`]), and what it takes to end a
+//! relayed call whose media stopped (a BYE to each party, as if from the
+//! other).
+//!
+//! ```text
+//!  INVITE (offer or none) ──▶ relayed ──2xx──▶ confirmed ──BYE──▶ released
+//!          │                    │                 │
+//!          │                    └─ final failure, CANCEL ─▶ released
+//!          └─ 488 / 503 from the relay: the INVITE is refused, nothing held
+//!                                    confirmed ──media timeout──▶ BYE both ways, released
+//! ```
+//!
+//! Every SDP body of a relayed dialog, in a request or a response, either
+//! way, goes through [`MediaRelay::describe`]; the relay tells offers from
+//! answers by their order (RFC 3264), as a proxy cannot see the roles.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::dialog_map::{dialog_key, DialogKey};
+use crate::headers::{HeaderName, NameAddr};
+use crate::message::Message;
+
+/// What happens to a forwarded INVITE's media (the plugin contract's
+/// `media-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MediaMode {
+    /// SDP untouched; media flows end to end.
+    #[default]
+    Pass,
+    /// Both parties send their media to the relay.
+    Relay,
+    /// Relay, terminating SRTP on the caller's leg (RTP on the callee's).
+    RelaySrtpCaller,
+    /// Relay, terminating SRTP on the callee's leg (RTP on the caller's).
+    RelaySrtpCallee,
+}
+
+/// When the proxy relays an INVITE's media that its router left to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MediaPolicy {
+    /// Never: the router's mode stands.
+    #[default]
+    AsRouted,
+    /// When the offer names a private address (RFC 1918, RFC 6598, ULA) or
+    /// the target is one: the "connected but no audio" calls.
+    Auto,
+    /// Every INVITE.
+    Always,
+}
+
+/// A party of a dialog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// Sent the initial INVITE.
+    Caller,
+    Callee,
+}
+
+impl Party {
+    pub fn other(self) -> Party {
+        match self {
+            Party::Caller => Party::Callee,
+            Party::Callee => Party::Caller,
+        }
+    }
+}
+
+/// One SDP body of a relayed dialog, for [`MediaRelay::describe`].
+#[derive(Debug, Clone, Copy)]
+pub struct MediaCall<'a> {
+    /// The relayed dialog (the first description opens the session).
+    pub id: u64,
+    pub call_id: &'a [u8],
+    /// Who wrote the description.
+    pub from: Party,
+    pub mode: MediaMode,
+}
+
+/// Why the relay would not take a description: the status and reason the
+/// request gets (488 for SDP it cannot relay, 503 when out of ports or
+/// sessions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRefusal {
+    pub status: u16,
+    pub reason: String,
+}
+
+/// The media relay, provided by the host (sockets live there). Called from
+/// the proxy core as bodies pass.
+pub trait MediaRelay: Send {
+    /// `sdp` from `call.from`: the description to pass on in its place
+    /// (pointing the other party at the relay).
+    fn describe(&mut self, call: &MediaCall<'_>, sdp: &[u8]) -> Result<Vec<u8>, MediaRefusal>;
+    /// The dialog ended: every port back. Unknown ids are ignored.
+    fn release(&mut self, id: u64);
+}
+
+/// No relay configured: a router asking for one gets a 500 naming it.
+#[derive(Debug, Default)]
+pub struct NoRelay;
+
+impl MediaRelay for NoRelay {
+    fn describe(&mut self, _: &MediaCall<'_>, _: &[u8]) -> Result<Vec<u8>, MediaRefusal> {
+        Err(MediaRefusal {
+            status: 500,
+            reason: "Server Internal Error (media relay not configured)".into(),
+        })
+    }
+
+    fn release(&mut self, _: u64) {}
+}
+
+/// What a BYE to one party needs: where it goes and the dialog as that party
+/// knows it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Leg {
+    /// The party's Contact URI (the Request-URI of requests to it).
+    pub target: String,
+    /// Route set towards it from this proxy, nearest first.
+    pub routes: Vec<String>,
+    /// From and To of a request to this party (the other party's view
+    /// swapped); empty until the dialog is confirmed.
+    pub from: Bytes,
+    pub to: Bytes,
+    /// The highest CSeq number this party has seen from the other one.
+    pub cseq: u32,
+}
+
+impl Leg {
+    fn ready(&self) -> bool {
+        !self.target.is_empty() && !self.from.is_empty() && !self.to.is_empty()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RelayedDialog {
+    pub id: u64,
+    pub mode: MediaMode,
+    pub call_id: Bytes,
+    pub to_caller: Leg,
+    pub to_callee: Leg,
+}
+
+impl RelayedDialog {
+    pub fn leg_to(&mut self, party: Party) -> &mut Leg {
+        match party {
+            Party::Caller => &mut self.to_caller,
+            Party::Callee => &mut self.to_callee,
+        }
+    }
+
+    /// The legs a BYE can be built for (a dialog confirmed by a 2xx).
+    pub fn ready_legs(&self) -> impl Iterator<Item = &Leg> {
+        [&self.to_caller, &self.to_callee]
+            .into_iter()
+            .filter(|l| l.ready())
+    }
+}
+
+/// Relayed dialogs by (Call-ID, caller's tag) and by relay id. No idle
+/// expiry: an entry ends with its dialog (BYE, failure, media timeout), so
+/// its ports are always given back.
+#[derive(Debug, Default)]
+pub(crate) struct RelayedDialogs {
+    by_key: HashMap<DialogKey, RelayedDialog>,
+    by_id: HashMap<u64, DialogKey>,
+}
+
+impl RelayedDialogs {
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Adds the dialog of initial request `msg`; returns the entry it replaced
+    /// (the same Call-ID and tag tried again), whose relay must be released.
+    pub fn insert(&mut self, msg: &Message, d: RelayedDialog) -> Option<RelayedDialog> {
+        let key = dialog_key(msg, true)?;
+        self.by_id.insert(d.id, key.clone());
+        let old = self.by_key.insert(key, d)?;
+        self.by_id.remove(&old.id);
+        Some(old)
+    }
+
+    /// The relayed dialog `msg` belongs to and who sent it (for a response:
+    /// who sent its request).
+    pub fn find(&mut self, msg: &Message) -> Option<(&mut RelayedDialog, Party)> {
+        if self.by_key.is_empty() {
+            return None;
+        }
+        for (from_side, party) in [(true, Party::Caller), (false, Party::Callee)] {
+            let Some(key) = dialog_key(msg, from_side) else {
+                continue;
+            };
+            if self.by_key.contains_key(&key) {
+                return self.by_key.get_mut(&key).map(|d| (d, party));
+            }
+        }
+        None
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut RelayedDialog> {
+        let key = self.by_id.get(&id)?;
+        self.by_key.get_mut(key)
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<RelayedDialog> {
+        let key = self.by_id.remove(&id)?;
+        self.by_key.remove(&key)
+    }
+}
+
+/// True when `msg` carries an SDP body (Content-Type `application/sdp`).
+pub(crate) fn has_sdp(msg: &Message) -> bool {
+    !msg.body().is_empty()
+        && msg.content_type().is_some_and(|t| {
+            let media = t.split(|&b| b == b';').next().unwrap_or_default();
+            crate::text::trim(media).eq_ignore_ascii_case(b"application/sdp")
+        })
+}
+
+/// The URI of `msg`'s first Contact.
+pub(crate) fn contact_uri(msg: &Message) -> Option<String> {
+    let (_, v) = msg.list(HeaderName::Contact).next()?;
+    NameAddr::parse(v).ok().map(|n| n.uri_text.to_string())
+}
+
+/// The URIs of `msg`'s Record-Route values, top first.
+pub(crate) fn record_routes(msg: &Message) -> Vec<String> {
+    msg.list(HeaderName::RecordRoute)
+        .filter_map(|(_, v)| NameAddr::parse(v).ok().map(|n| n.uri_text.to_string()))
+        .collect()
+}
+
+/// A BYE to `leg` of dialog `call_id`, without Via (the proxy adds its own
+/// when it sends it).
+pub(crate) fn bye(leg: &Leg, call_id: &[u8], server: Option<&str>) -> Vec<u8> {
+    let mut m = Vec::with_capacity(512);
+    m.extend_from_slice(format!("BYE {} SIP/2.0\r\n", leg.target).as_bytes());
+    for r in &leg.routes {
+        m.extend_from_slice(format!("Route: <{r}>\r\n").as_bytes());
+    }
+    m.extend_from_slice(b"Max-Forwards: 70\r\nFrom: ");
+    m.extend_from_slice(&leg.from);
+    m.extend_from_slice(b"\r\nTo: ");
+    m.extend_from_slice(&leg.to);
+    m.extend_from_slice(b"\r\nCall-ID: ");
+    m.extend_from_slice(call_id);
+    m.extend_from_slice(format!("\r\nCSeq: {} BYE\r\n", leg.cseq.wrapping_add(1)).as_bytes());
+    // RFC 3326: why the call ended.
+    m.extend_from_slice(b"Reason: SIP;cause=408;text=\"media timeout\"\r\n");
+    if let Some(s) = server {
+        m.extend_from_slice(format!("User-Agent: {s}\r\n").as_bytes());
+    }
+    m.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    m
+}

@@ -1,0 +1,323 @@
+//! Relayed media through the core: SDP both ways, the dialog's end, the
+//! relay's refusals, the BYEs of a media timeout (a sans-IO relay from
+//! `weir-media` stands in for the host's sockets).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use weir_media::ports::PortPool;
+use weir_media::relay::{Session, Side};
+use weir_media::sdp;
+
+use super::*;
+
+const RELAY: &str = "203.0.113.7";
+
+#[derive(Default)]
+struct State {
+    pool: Option<PortPool>,
+    sessions: HashMap<u64, Session>,
+    released: Vec<u64>,
+}
+
+/// The media core's sessions without sockets, shared with the test.
+#[derive(Clone)]
+struct TestRelay(Arc<Mutex<State>>);
+
+impl TestRelay {
+    fn new(first: u16, last: u16) -> TestRelay {
+        TestRelay(Arc::new(Mutex::new(State {
+            pool: Some(PortPool::new(first, last).unwrap()),
+            ..State::default()
+        })))
+    }
+
+    fn in_use(&self) -> usize {
+        self.0.lock().unwrap().pool.as_ref().unwrap().in_use()
+    }
+}
+
+impl MediaRelay for TestRelay {
+    fn describe(&mut self, call: &MediaCall<'_>, sdp: &[u8]) -> Result<Vec<u8>, MediaRefusal> {
+        let mut st = self.0.lock().unwrap();
+        let State { pool, sessions, .. } = &mut *st;
+        let session = sessions
+            .entry(call.id)
+            .or_insert_with(|| Session::new(RELAY.parse().unwrap()));
+        let side = match call.from {
+            Party::Caller => Side::A,
+            Party::Callee => Side::B,
+        };
+        session
+            .describe(pool.as_mut().unwrap(), side, sdp)
+            .map_err(|e| {
+                let (status, reason) = e.sip_status();
+                MediaRefusal { status, reason }
+            })
+    }
+
+    fn release(&mut self, id: u64) {
+        let mut st = self.0.lock().unwrap();
+        let State {
+            pool,
+            sessions,
+            released,
+        } = &mut *st;
+        if let Some(mut s) = sessions.remove(&id) {
+            s.release(pool.as_mut().unwrap());
+        }
+        released.push(id);
+    }
+}
+
+/// Forwards every initial request to Bob with `mode`.
+struct MediaRouter(MediaMode);
+
+impl Router for MediaRouter {
+    fn route(&mut self, _: &Arc<Message>, _: &Flow, _: Option<&str>) -> Routed {
+        Routed {
+            media: self.0,
+            ..Decision::Forward(vec![Target::new("sip:bob@127.0.0.1:5080")]).into()
+        }
+    }
+}
+
+fn sdp_at(ip: &str, port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    )
+}
+
+/// `msg` (ending in an empty line) with `body` as application/sdp.
+fn with_body(msg: &str, body: &str) -> String {
+    let head = msg.trim_end_matches("Content-Length: 0\r\n\r\n");
+    format!(
+        "{head}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn invite_with(branch: &str, body: &str) -> String {
+    let head = format!(
+        "INVITE sip:bob@127.0.0.1:5080 SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport\r
+Max-Forwards: 70\r
+From: <sip:alice@a.example>;tag=fa\r
+To: <sip:bob@b.example>\r
+Call-ID: media-{branch}\r
+CSeq: 1 INVITE\r
+Contact: <sip:alice@127.0.0.1:5070>\r
+Content-Length: 0\r
+\r
+"
+    );
+    with_body(&head, body)
+}
+
+fn relayed_sim(mode: MediaMode, relay: &TestRelay, edit: impl FnOnce(&mut ProxyConfig)) -> Sim {
+    let mut sim = Sim::with(edit, Box::new(MediaRouter(mode)));
+    sim.proxy.set_media(Box::new(relay.clone()));
+    sim
+}
+
+fn media_of(m: &Message) -> sdp::MediaLine {
+    sdp::inspect(m.body()).unwrap().media[0].clone()
+}
+
+#[test]
+fn a_relayed_call_sees_the_relay_both_ways_and_its_bye_gives_the_ports_back() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    sim.udp(ALICE, &invite_with("z9hG4bK-m1", &sdp_at("10.0.0.5", 4000)));
+    let fwd = sim.sent_to(BOB);
+    let to_bob = media_of(&fwd);
+    assert_eq!(to_bob.address.to_string(), RELAY);
+    assert_eq!(to_bob.telephone_event, Some(101), "codecs pass untouched");
+    assert_eq!(
+        header(&fwd, "Record-Route").len(),
+        1,
+        "a relayed dialog is record-routed"
+    );
+    assert_eq!(relay.in_use(), 2);
+
+    let ok = with_body(
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            "tb",
+            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+        ),
+        &sdp_at("198.51.100.2", 5000),
+    );
+    sim.udp(BOB, &ok);
+    let to_alice = media_of(&sim.one(ALICE));
+    assert_eq!(to_alice.address.to_string(), RELAY);
+    assert_ne!(
+        to_alice.port, to_bob.port,
+        "each party has its own relay port"
+    );
+    // The 2xx retransmitted after its transaction ended: rewritten the same.
+    sim.advance(Duration::from_secs(40));
+    sim.out();
+    sim.udp(BOB, &ok);
+    assert_eq!(media_of(&sim.one(ALICE)), to_alice);
+
+    // Bob moves (re-INVITE): Alice is offered the same relay port.
+    let reinvite = with_body(
+        "INVITE sip:alice@127.0.0.1:5070 SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-m1r;rport\r
+Route: <sip:127.0.0.1:5060;lr>\r
+Max-Forwards: 70\r
+From: <sip:bob@b.example>;tag=tb\r
+To: <sip:alice@a.example>;tag=fa\r
+Call-ID: media-z9hG4bK-m1\r
+CSeq: 7 INVITE\r
+Content-Length: 0\r
+\r
+",
+        &sdp_at("198.51.100.9", 6000),
+    );
+    sim.udp(BOB, &reinvite);
+    let re = sim.sent_to(ALICE);
+    assert_eq!(media_of(&re).port, to_alice.port);
+    assert_eq!(relay.in_use(), 2, "no new ports for the same stream");
+
+    sim.udp(
+        ALICE,
+        "BYE sip:bob@127.0.0.1:5080 SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-m1b;rport\r
+Route: <sip:127.0.0.1:5060;lr>\r
+Max-Forwards: 70\r
+From: <sip:alice@a.example>;tag=fa\r
+To: <sip:bob@b.example>;tag=tb\r
+Call-ID: media-z9hG4bK-m1\r
+CSeq: 2 BYE\r
+Content-Length: 0\r
+\r
+",
+    );
+    assert_eq!(sim.sent_to(BOB).method(), Some(Method::Bye));
+    assert_eq!(relay.in_use(), 0);
+    assert_eq!(sim.proxy.stats().relayed_dialogs, 0);
+}
+
+#[test]
+fn a_failed_or_refused_relayed_invite_holds_nothing() {
+    let relay = TestRelay::new(30000, 30003);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m2", &sdp_at("198.51.100.1", 4000)),
+    );
+    let fwd = sim.sent_to(BOB);
+    assert_eq!(relay.in_use(), 2);
+    sim.udp(BOB, &answer(&fwd, 486, "Busy Here", "tb", ""));
+    assert_eq!(sim.last_to(ALICE).status(), Some(486));
+    assert_eq!(relay.in_use(), 0, "a failed call gives its ports back");
+
+    // SDP the relay cannot read: 488 naming why; nothing forwarded.
+    sim.udp(ALICE, &invite_with("z9hG4bK-m3", "v=0\r\nm=audio x\r\n"));
+    let refused = sim.last_to(ALICE);
+    assert_eq!(refused.status(), Some(488));
+    assert!(
+        String::from_utf8_lossy(refused.reason()).starts_with("Not Acceptable Here ("),
+        "{:?}",
+        String::from_utf8_lossy(refused.reason())
+    );
+    // The range holds one call: the second concurrent one gets 503 at once.
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m4", &sdp_at("198.51.100.1", 4000)),
+    );
+    sim.sent_to(BOB);
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m5", &sdp_at("198.51.100.1", 4002)),
+    );
+    let full = sim.last_to(ALICE);
+    assert_eq!(full.status(), Some(503));
+    assert_eq!(full.reason(), b"Service Unavailable (no relay ports left)");
+    assert_eq!(relay.in_use(), 2);
+    assert_eq!(sim.proxy.stats().relayed_dialogs, 1);
+}
+
+#[test]
+fn a_media_timeout_sends_a_bye_to_each_party_as_if_from_the_other() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m6", &sdp_at("198.51.100.1", 4000)),
+    );
+    let fwd = sim.sent_to(BOB);
+    sim.udp(
+        BOB,
+        &with_body(
+            &answer(
+                &fwd,
+                200,
+                "OK",
+                "tb",
+                "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+            ),
+            &sdp_at("198.51.100.2", 5000),
+        ),
+    );
+    sim.one(ALICE);
+    let now = sim.clock.now();
+    sim.proxy.handle_media_timeout(now, 1);
+    let out = sim.out();
+    let byes: Vec<&Message> = out.iter().map(|o| &o.2).collect();
+    assert_eq!(out.len(), 2, "{byes:?}");
+    let to_alice = &out.iter().find(|o| o.0 == addr(ALICE)).unwrap().2;
+    let to_bob = &out.iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    assert_eq!(to_alice.request_uri_bytes(), b"sip:alice@127.0.0.1:5070");
+    assert_eq!(header(to_alice, "From"), ["<sip:bob@b.example>;tag=tb"]);
+    assert_eq!(header(to_alice, "To"), ["<sip:alice@a.example>;tag=fa"]);
+    assert_eq!(header(to_bob, "From"), ["<sip:alice@a.example>;tag=fa"]);
+    assert_eq!(header(to_bob, "To"), ["<sip:bob@b.example>;tag=tb"]);
+    assert_eq!(header(to_bob, "CSeq"), ["2 BYE"], "above the INVITE's 1");
+    assert_eq!(header(to_bob, "Call-ID"), ["media-z9hG4bK-m6"]);
+    assert!(header(to_bob, "Reason")[0].contains("media timeout"));
+    assert_eq!(relay.in_use(), 0);
+    let events: Vec<Event> = std::iter::from_fn(|| sim.proxy.poll_event()).collect();
+    assert!(
+        events.contains(&Event::MediaTimeout {
+            call_id: "media-z9hG4bK-m6".into(),
+            byes: 2
+        }),
+        "{events:?}"
+    );
+    // Their 200s are absorbed; nothing is left behind.
+    sim.udp(BOB, &answer(to_bob, 200, "OK", "tb", ""));
+    sim.udp(ALICE, &answer(to_alice, 200, "OK", "fa", ""));
+    assert!(sim.out().is_empty());
+    sim.assert_idle();
+}
+
+#[test]
+fn auto_mode_relays_a_private_offer_and_passes_a_public_one() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Pass, &relay, |c| {
+        c.media_policy = MediaPolicy::Auto
+    });
+    let public = sdp_at("198.51.100.1", 4000);
+    sim.udp(ALICE, &invite_with("z9hG4bK-m7", &public));
+    assert_eq!(sim.sent_to(BOB).body(), public.as_bytes(), "untouched");
+    assert_eq!(relay.in_use(), 0);
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m8", &sdp_at("192.168.1.20", 4000)),
+    );
+    assert_eq!(media_of(&sim.sent_to(BOB)).address.to_string(), RELAY);
+    let events: Vec<Event> = std::iter::from_fn(|| sim.proxy.poll_event()).collect();
+    assert!(
+        events.contains(&Event::MediaAutoRelay {
+            call_id: "media-z9hG4bK-m8".into(),
+            why: "the offer names private address 192.168.1.20".into()
+        }),
+        "{events:?}"
+    );
+}
