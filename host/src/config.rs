@@ -19,6 +19,9 @@ use weir_sip::proxy::{
 use weir_sip::registrar::RegistrarSettings;
 use weir_sip::transaction::Timers;
 
+mod media;
+pub use media::MediaSettings;
+
 /// The configuration used when `weir run` is given no file.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../weir.example.toml");
 
@@ -81,6 +84,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[[registrations]]`: addresses-of-record kept registered upstream.
     pub registrations: Vec<RegistrationConfig>,
+    /// `[media]`: the RTP relay; None when it is off.
+    pub media: Option<MediaSettings>,
 }
 
 /// `[tls]`, checked: the files named load (a pair that matches, a CA file
@@ -177,6 +182,10 @@ impl Config {
         cfg.credentials = self.credentials.clone();
         cfg.accept_from = self.accept_from.clone();
         cfg.registrations = self.registrations.clone();
+        if let Some(m) = &self.media {
+            cfg.media_policy = m.policy;
+            cfg.media_max_dialogs = m.max_sessions;
+        }
         cfg.digest = DigestSettings {
             secret: rand::random(),
             ..self.digest.clone()
@@ -200,6 +209,7 @@ struct Raw {
     registrar: RawRegistrar,
     tls: Option<Spanned<RawTls>>,
     registrations: Vec<Spanned<RawRegistration>>,
+    media: Option<Spanned<media::RawMedia>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -603,6 +613,12 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let tls = tls_config(&mut c, raw.tls.as_ref(), &raw.sip.listen, &listen);
     let registrations = registrations(&mut c, &raw.registrations, &credentials);
     let acls = acls(&mut c, &raw.acl);
+    let media = media::media_settings(
+        &mut c,
+        raw.media.as_ref(),
+        &listen,
+        advertise.as_ref().map(|(h, _)| h.as_str()),
+    );
     let accept_from = raw.sip.accept_from.as_ref().map(|names| {
         let mut nets = Vec::new();
         for (i, name) in names.get_ref().iter().enumerate() {
@@ -632,6 +648,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         registrar,
         tls,
         registrations,
+        media,
         listen,
         advertise,
         aliases,

@@ -39,11 +39,14 @@ pub type SharedStats = Arc<std::sync::Mutex<Published>>;
 pub struct Published {
     pub stats: weir_sip::proxy::Stats,
     pub registrations: Vec<weir_sip::proxy::RegistrationStatus>,
+    /// None when the relay is off.
+    pub media: Option<crate::media::MediaStats>,
 }
 
 pub async fn run(
     cfg: Config,
     router: Box<dyn Router>,
+    media_rt: Option<tokio::runtime::Handle>,
     stats_out: SharedStats,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
@@ -106,6 +109,24 @@ pub async fn run(
     }
     let seed = rand::random::<u64>();
     let mut proxy = Proxy::new(cfg.proxy_config(), router, seed);
+    let relay = match (&cfg.media, media_rt) {
+        (Some(m), Some(rt)) => {
+            info!(
+                address = %m.address,
+                advertise = %m.advertise,
+                ports = %format!("{}-{}", m.port_range.0, m.port_range.1),
+                mode = ?m.policy,
+                "media relay ready"
+            );
+            let relay = crate::media::Relay::start(m.clone(), rt, tx.clone())?;
+            proxy.set_media(Box::new(relay.clone()));
+            Some(relay)
+        }
+        _ => {
+            info!("media relay off: SDP passes untouched");
+            None
+        }
+    };
     proxy.start_registrations(std::time::Instant::now());
     let mut conns = Conns::default();
     let mut shell = Shell {
@@ -148,6 +169,7 @@ pub async fn run(
             let published = Published {
                 stats: proxy.stats(),
                 registrations: proxy.registrations(last_publish),
+                media: relay.as_ref().map(crate::media::Relay::stats),
             };
             *stats_out.lock().unwrap_or_else(|p| p.into_inner()) = published;
         }
@@ -305,6 +327,7 @@ impl Shell {
         match input {
             Input::Message { flow, bytes } => proxy.handle_input(now, flow, bytes),
             Input::Resolved { id, result } => proxy.handle_resolved(now, id, result),
+            Input::MediaTimeout { id } => proxy.handle_media_timeout(now, id),
             Input::ConnOpened(h) => {
                 conns.by_remote.insert((h.transport, h.remote), h.id);
                 conns.by_id.insert(h.id, h);

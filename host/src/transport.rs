@@ -38,6 +38,10 @@ pub enum Input {
         id: ConnId,
         failed: Vec<SendTag>,
     },
+    /// Relayed call `id` had no media for too long (the relay's sweeper).
+    MediaTimeout {
+        id: u64,
+    },
 }
 
 /// Bytes for a connection to write.

@@ -348,6 +348,28 @@ impl Sipp {
         Sipp { child, out }
     }
 
+    /// Like [`Sipp::spawn_for`], inside network namespace `netns`.
+    pub fn spawn_in(
+        netns: &str,
+        dir: &Path,
+        label: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Sipp {
+        let out = dir.join(format!("{label}.out"));
+        let timeout = format!("{}s", timeout.as_secs().max(1));
+        let child = Command::new("ip")
+            .current_dir(dir)
+            .args(["netns", "exec", netns, "sipp"])
+            .args(args)
+            .args(["-nostdin", "-timeout", timeout.as_str(), "-timeout_error"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sipp in the namespace");
+        Sipp { child, out }
+    }
+
     /// Waits (at most `limit`) and reads the final statistics.
     pub fn wait(mut self, limit: Duration) -> SippRun {
         let code = wait_or_kill(&mut self.child, limit);

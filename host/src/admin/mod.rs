@@ -265,9 +265,13 @@ async fn metrics(State(a): State<Admin>) -> Response {
         "weir_registry_entries {}\n",
         a.services.registry.len(Instant::now())
     ));
-    let (st, upstream) = {
+    let (st, upstream, media) = {
         let published = a.proxy_stats.lock().unwrap_or_else(|p| p.into_inner());
-        (published.stats.clone(), published.registrations.clone())
+        (
+            published.stats.clone(),
+            published.registrations.clone(),
+            published.media,
+        )
     };
     if !upstream.is_empty() {
         out.push_str("# HELP weir_upstream_registered 1 while the registrar holds the binding\n");
@@ -373,6 +377,36 @@ async fn metrics(State(a): State<Admin>) -> Response {
     for (name, value) in gauges {
         out.push_str(&format!(
             "# TYPE weir_sip_{name} gauge\nweir_sip_{name} {value}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP weir_media_timeouts_total relayed calls ended because their media stopped\n# TYPE weir_media_timeouts_total counter\nweir_media_timeouts_total {}\n",
+        st.media_timeouts
+    ));
+    if let Some(m) = media {
+        let counters: [(&str, &str, u64); 5] = [
+            ("packets", "RTP/RTCP packets relayed", m.packets),
+            ("bytes", "RTP/RTCP bytes relayed", m.bytes),
+            (
+                "dropped_source",
+                "packets dropped: not from the latched source",
+                m.dropped_source,
+            ),
+            ("malformed", "packets dropped: not RTP or RTCP", m.malformed),
+            (
+                "send_errors",
+                "packets the relay could not send",
+                m.send_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.push_str(&format!(
+                "# HELP weir_media_{name}_total {help}\n# TYPE weir_media_{name}_total counter\nweir_media_{name}_total {value}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# TYPE weir_media_sessions gauge\nweir_media_sessions {}\n# TYPE weir_media_ports_in_use gauge\nweir_media_ports_in_use {}\n",
+            m.sessions, m.ports_in_use
         ));
     }
     for (series, value) in a.services.counters() {

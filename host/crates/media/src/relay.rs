@@ -137,11 +137,12 @@ impl Session {
         pool: &mut PortPool,
         side: Side,
         sdp_bytes: &[u8],
+        signalled_from: Option<IpAddr>,
     ) -> Result<Vec<u8>, SessionError> {
         if self.pending_offer == Some(side.other()) {
-            self.answer(side, sdp_bytes)
+            self.answer(side, sdp_bytes, signalled_from)
         } else {
-            self.offer(pool, side, sdp_bytes)
+            self.offer(pool, side, sdp_bytes, signalled_from)
         }
     }
 
@@ -156,11 +157,14 @@ impl Session {
     /// An offer from `side` (the initial INVITE's from A; a re-INVITE's from
     /// either): returns the SDP to pass on to the other side. Ports are taken
     /// for media lines that are new; on an error nothing changes.
+    /// `signalled_from`: the address the SIP message carrying it came from
+    /// (see [`Session::learn`]).
     pub fn offer(
         &mut self,
         pool: &mut PortPool,
         side: Side,
         sdp_bytes: &[u8],
+        signalled_from: Option<IpAddr>,
     ) -> Result<Vec<u8>, SessionError> {
         let d = sdp::inspect(sdp_bytes)?;
         let active = d.media.iter().filter(|m| m.port != 0).count();
@@ -187,20 +191,25 @@ impl Session {
                 return Err(e.into());
             }
         };
-        self.learn(side, &d);
+        self.learn(side, &d, signalled_from);
         self.pending_offer = Some(side);
         Ok(out)
     }
 
     /// The answer from `side` to the last offer: returns the SDP for the
     /// offerer, pointing it at the ports facing it.
-    pub fn answer(&mut self, side: Side, sdp_bytes: &[u8]) -> Result<Vec<u8>, SessionError> {
+    pub fn answer(
+        &mut self,
+        side: Side,
+        sdp_bytes: &[u8],
+        signalled_from: Option<IpAddr>,
+    ) -> Result<Vec<u8>, SessionError> {
         if self.streams.is_empty() {
             return Err(SessionError::NoOffer);
         }
         let d = sdp::inspect(sdp_bytes)?;
         let out = sdp::rewrite(sdp_bytes, self.relay, &self.facing(side.other()))?;
-        self.learn(side, &d);
+        self.learn(side, &d, signalled_from);
         self.answered = true;
         self.pending_offer = None;
         Ok(out)
@@ -277,13 +286,18 @@ impl Session {
 
     /// Records what `side`'s description says and opens its latches again
     /// (its media may have moved).
-    fn learn(&mut self, side: Side, d: &Description) {
+    ///
+    /// Where to send before the party is heard: a public address, or a
+    /// private one its own signalling came from (the relay reaches it: same
+    /// network). Any other private address is no destination until the party
+    /// is heard: behind a NAT it leads nowhere, and naming one must not make
+    /// the relay send a call's audio into whatever network it sits in. The
+    /// latch learns better in every case.
+    fn learn(&mut self, side: Side, d: &Description, signalled_from: Option<IpAddr>) {
         let active = d.media.iter().filter(|m| m.port != 0);
         for (s, m) in self.streams.iter_mut().zip(active) {
-            // A private address is no destination until that party is heard
-            // (it would send a call's audio into whatever network the relay
-            // sits in); a public one is used until the latch learns better.
-            let addr = (!sdp::is_private(m.address)).then(|| SocketAddr::new(m.address, m.port));
+            let reachable = !sdp::is_private(m.address) || signalled_from == Some(m.address);
+            let addr = reachable.then(|| SocketAddr::new(m.address, m.port));
             let said = Some(SocketAddr::new(m.address, m.port));
             let (sdp_addr, latch, last) = match side {
                 Side::A => (&mut s.a_sdp, &mut s.from_a, &mut s.a_said),
@@ -321,7 +335,7 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         let mut s = Session::new(relay);
         // The agent (A) is behind NAT: its SDP names 10.0.0.5.
         let to_b = s
-            .offer(&mut pool, Side::A, offer("10.0.0.5", 4000).as_bytes())
+            .offer(&mut pool, Side::A, offer("10.0.0.5", 4000).as_bytes(), None)
             .unwrap();
         let to_b = sdp::inspect(&to_b).unwrap();
         assert_eq!(to_b.media[0].address, relay);
@@ -329,7 +343,7 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         assert_eq!(to_b.media[0].port, facing_b);
         assert_eq!(to_b.media[0].telephone_event, Some(101), "codecs untouched");
         let to_a = s
-            .answer(Side::B, offer("198.51.100.20", 5000).as_bytes())
+            .answer(Side::B, offer("198.51.100.20", 5000).as_bytes(), None)
             .unwrap();
         assert_eq!(sdp::inspect(&to_a).unwrap().media[0].port, facing_a);
         assert!(s.answered);
@@ -381,15 +395,25 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
     fn a_re_invite_moves_media_and_relatches() {
         let mut pool = PortPool::new(30000, 30099).unwrap();
         let mut s = Session::new("203.0.113.7".parse().unwrap());
-        s.offer(&mut pool, Side::A, offer("198.51.100.1", 4000).as_bytes())
-            .unwrap();
-        s.answer(Side::B, offer("198.51.100.2", 5000).as_bytes())
+        s.offer(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+        )
+        .unwrap();
+        s.answer(Side::B, offer("198.51.100.2", 5000).as_bytes(), None)
             .unwrap();
         let (facing_a, facing_b) = (s.ports()[0], s.ports()[1]);
         assert!(s.route(facing_b, sock("198.51.100.2:5000")).is_some());
         // B re-INVITEs from a new host: same relay ports, A is offered them.
         let to_a = s
-            .offer(&mut pool, Side::B, offer("198.51.100.9", 6000).as_bytes())
+            .offer(
+                &mut pool,
+                Side::B,
+                offer("198.51.100.9", 6000).as_bytes(),
+                None,
+            )
             .unwrap();
         assert_eq!(sdp::inspect(&to_a).unwrap().media[0].port, facing_a);
         assert_eq!(pool.in_use(), 2, "no new ports for the same streams");
@@ -412,19 +436,29 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         let mut pool = PortPool::new(30000, 30003).unwrap();
         let mut first = Session::new("203.0.113.7".parse().unwrap());
         first
-            .offer(&mut pool, Side::A, offer("198.51.100.1", 4000).as_bytes())
+            .offer(
+                &mut pool,
+                Side::A,
+                offer("198.51.100.1", 4000).as_bytes(),
+                None,
+            )
             .unwrap();
         let mut second = Session::new("203.0.113.7".parse().unwrap());
         assert_eq!(
-            second.offer(&mut pool, Side::A, offer("198.51.100.1", 4002).as_bytes()),
+            second.offer(
+                &mut pool,
+                Side::A,
+                offer("198.51.100.1", 4002).as_bytes(),
+                None
+            ),
             Err(SessionError::NoPorts)
         );
         assert!(matches!(
-            second.offer(&mut pool, Side::A, b"garbage"),
+            second.offer(&mut pool, Side::A, b"garbage", None),
             Err(SessionError::Sdp(_))
         ));
         assert_eq!(
-            second.answer(Side::B, offer("198.51.100.2", 5000).as_bytes()),
+            second.answer(Side::B, offer("198.51.100.2", 5000).as_bytes(), None),
             Err(SessionError::NoOffer)
         );
         assert_eq!(pool.in_use(), 2);
@@ -437,21 +471,72 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         let mut pool = PortPool::new(30000, 30099).unwrap();
         let mut s = Session::new("203.0.113.7".parse().unwrap());
         // Late offer: the callee's 200 offers, the caller's ACK answers.
-        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes())
+        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes(), None)
             .unwrap();
         assert!(!s.answered);
-        s.describe(&mut pool, Side::A, offer("198.51.100.1", 4000).as_bytes())
-            .unwrap();
+        s.describe(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+        )
+        .unwrap();
         assert!(s.answered);
         let facing_b = s.ports()[1];
         let nat = sock("192.0.2.9:7000");
         assert!(s.route(facing_b, nat).is_some(), "the private side latches");
         // A retransmitted 200 (or a hold re-INVITE naming the same address)
         // must not reopen the latch to whoever sends first.
-        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes())
+        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes(), None)
             .unwrap();
         assert_eq!(s.route(facing_b, sock("203.0.113.66:7000")), None);
         assert!(s.route(facing_b, nat).is_some());
         assert_eq!(pool.in_use(), 2);
+    }
+
+    #[test]
+    fn a_private_address_is_a_destination_only_when_its_signalling_came_from_it() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let carrier = sock("198.51.100.1:4000");
+        // The agent's SIP came from its private address itself (the relay
+        // shares its network): the relay sends there before hearing it.
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.offer(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+        )
+        .unwrap();
+        s.answer(
+            Side::B,
+            offer("10.20.0.5", 5000).as_bytes(),
+            Some("10.20.0.5".parse().unwrap()),
+        )
+        .unwrap();
+        let (facing_a, facing_b) = (s.ports()[0], s.ports()[1]);
+        assert_eq!(
+            s.route(facing_a, carrier),
+            Some(Route {
+                from_port: facing_b,
+                to: sock("10.20.0.5:5000")
+            })
+        );
+        // Its SIP came through a NAT: nothing goes to the private address.
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.offer(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+        )
+        .unwrap();
+        s.answer(
+            Side::B,
+            offer("10.20.0.5", 5000).as_bytes(),
+            Some("192.0.2.50".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(s.route(s.ports()[0], carrier), None);
     }
 }

@@ -387,6 +387,8 @@ struct Context {
     echo: Vec<(HeaderName, Bytes)>,
     /// A relayed dialog's request: its relay id and who answers it.
     media: Option<(u64, Party)>,
+    /// Where the branch whose response is being forwarded sent it from.
+    responder_ip: Option<IpAddr>,
     branches: Vec<Branch>,
     finals: Vec<Final>,
     answered: bool,
@@ -692,7 +694,7 @@ impl Proxy {
                 None => msg,
             };
             let msg = if method == Method::Ack && in_dialog {
-                self.media_ack(msg)
+                self.media_ack(msg, flow.remote.ip())
             } else {
                 msg
             };
@@ -829,6 +831,7 @@ impl Proxy {
                     shifted,
                     routed.media,
                     &targets,
+                    flow.remote.ip(),
                 ) {
                     Ok(m) => m,
                     Err(rej) => {
@@ -852,6 +855,7 @@ impl Proxy {
                     reply_headers: Vec::new(),
                     echo,
                     media,
+                    responder_ip: None,
                     inbound,
                     loop_hash,
                     record_route,
@@ -1523,7 +1527,7 @@ impl Proxy {
 
     // ----- responses --------------------------------------------------------------
 
-    fn on_response(&mut self, now: Instant, _flow: Flow, msg: Message) {
+    fn on_response(&mut self, now: Instant, flow: Flow, msg: Message) {
         self.stats.responses_in += 1;
         if !check_response(&msg) {
             self.stats.dropped_malformed += 1;
@@ -1544,7 +1548,7 @@ impl Proxy {
         let branch = via.branch().unwrap_or_default();
         let key = self.keys.client(branch, is_cancel);
         let Some(&ck) = self.clients.get(&key) else {
-            self.forward_stray(msg);
+            self.forward_stray(msg, Some(flow.remote.ip()));
             return;
         };
         let Some(txn) = self.client_txns.get_mut(ck) else {
@@ -1558,7 +1562,7 @@ impl Proxy {
     }
 
     /// §16.11: a response no transaction knows goes to the next Via.
-    fn forward_stray(&mut self, msg: Message) {
+    fn forward_stray(&mut self, msg: Message, source: Option<IpAddr>) {
         if !self.cfg.forward_stray_responses || msg.status() == Some(100) {
             self.stats.stray_responses_dropped += 1;
             return;
@@ -1588,7 +1592,7 @@ impl Proxy {
         if let Some(from) = self.identities.caller_from(&msg) {
             identity::set_header_value(&mut rw, &msg, HeaderName::From, &from);
         }
-        if let Some(body) = self.media_stray(&msg) {
+        if let Some(body) = source.and_then(|ip| self.media_stray(&msg, ip)) {
             rw.set_body(body);
         }
         let bytes = rw.finish();
@@ -1668,11 +1672,21 @@ impl Proxy {
     /// §16.7 for one response from branch `i`.
     fn branch_response(&mut self, now: Instant, ctx: Key, i: usize, resp: Message) {
         let code = resp.status().unwrap_or(0);
+        let responder_ip = self
+            .contexts
+            .get(ctx)
+            .and_then(|c| c.branches.get(i))
+            .and_then(|b| b.client)
+            .and_then(|k| self.client_txns.get(k))
+            .map(|t| t.peer.remote.ip());
+        if let Some(c) = self.contexts.get_mut(ctx) {
+            c.responder_ip = responder_ip;
+        }
         let Some(c) = self.contexts.get_mut(ctx) else {
             // The context is gone (its server transaction ended); a late 2xx still
             // goes upstream by Via.
             if (200..300).contains(&code) {
-                self.forward_stray(resp);
+                self.forward_stray(resp, None);
             }
             return;
         };
@@ -1975,19 +1989,22 @@ impl Proxy {
     /// Via removed (§16.7 steps 7–9).
     fn forward_response_as(&mut self, now: Instant, ctx: Key, resp: &Message, status: Option<u16>) {
         // Only a request sent with another CSeq number has its own to restore.
-        let Some((server, original, echo, media, initial)) = self.contexts.get(ctx).map(|c| {
-            (
-                c.server,
-                c.cseq.and_then(|_| cseq_number(&c.request)),
-                c.echo.clone(),
-                c.media,
-                c.method == Method::Invite
-                    && c.request
-                        .to()
-                        .and_then(Result::ok)
-                        .is_some_and(|t| t.tag().is_none()),
-            )
-        }) else {
+        let Some((server, original, echo, media, initial, responder_ip)) =
+            self.contexts.get(ctx).map(|c| {
+                (
+                    c.server,
+                    c.cseq.and_then(|_| cseq_number(&c.request)),
+                    c.echo.clone(),
+                    c.media,
+                    c.method == Method::Invite
+                        && c.request
+                            .to()
+                            .and_then(Result::ok)
+                            .is_some_and(|t| t.tag().is_none()),
+                    c.responder_ip,
+                )
+            })
+        else {
             return;
         };
         let Some((via_line, _)) = resp.list(HeaderName::Via).next() else {
@@ -2010,7 +2027,7 @@ impl Proxy {
         }
         let relayed = media.filter(|_| status.is_none());
         if let Some((id, responder)) = relayed {
-            if let Some(body) = self.media_response(id, responder, resp, initial) {
+            if let Some(body) = self.media_response(id, responder, resp, initial, responder_ip) {
                 rw.set_body(body);
             }
         }

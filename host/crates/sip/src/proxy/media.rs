@@ -77,6 +77,9 @@ pub struct MediaCall<'a> {
     /// Who wrote the description.
     pub from: Party,
     pub mode: MediaMode,
+    /// Where the message carrying it came from, when known: a private SDP
+    /// address equal to it is reachable from here.
+    pub signalled_from: Option<std::net::IpAddr>,
 }
 
 /// Why the relay would not take a description: the status and reason the

@@ -2,6 +2,7 @@
 //! through the relay as they pass, the dialog remembered for the BYEs of a
 //! media timeout, the relay released when the dialog ends.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,9 +39,10 @@ impl Proxy {
         sent_cseq: Option<u32>,
         mode: MediaMode,
         targets: &[Target],
+        source: IpAddr,
     ) -> Result<Relayed, Rejection> {
         if in_dialog {
-            return self.media_in_dialog(request, method, sent_cseq);
+            return self.media_in_dialog(request, method, sent_cseq, source);
         }
         if method != Method::Invite {
             return Ok((request, None));
@@ -93,7 +95,7 @@ impl Proxy {
         if let Some(old) = self.relayed.insert(&request, dialog) {
             self.media.release(old.id);
         }
-        match self.relay_sdp(id, Party::Caller, mode, &request) {
+        match self.relay_sdp(id, Party::Caller, mode, &request, Some(source)) {
             Ok(Some(sent)) => Ok((Arc::new(sent), Some((id, Party::Callee)))),
             Ok(None) => Ok((request, Some((id, Party::Callee)))),
             Err(r) => {
@@ -108,6 +110,7 @@ impl Proxy {
         request: Arc<Message>,
         method: Method,
         sent_cseq: Option<u32>,
+        source: IpAddr,
     ) -> Result<Relayed, Rejection> {
         let Some((d, from)) = self.relayed.find(&request) else {
             return Ok((request, None));
@@ -122,7 +125,7 @@ impl Proxy {
             self.release_media(id);
             return Ok((request, None));
         }
-        match self.relay_sdp(id, from, mode, &request) {
+        match self.relay_sdp(id, from, mode, &request, Some(source)) {
             Ok(Some(sent)) => Ok((Arc::new(sent), Some((id, from.other())))),
             Ok(None) => Ok((request, Some((id, from.other())))),
             Err(r) => Err(Rejection::new(r.status, r.reason)),
@@ -132,12 +135,12 @@ impl Proxy {
     /// An ACK of a relayed dialog carrying SDP (the answer to an offer in a
     /// 2xx): relayed like the rest; one that cannot be goes on unchanged
     /// (an ACK has no answer to refuse it with).
-    pub(super) fn media_ack(&mut self, msg: Message) -> Message {
+    pub(super) fn media_ack(&mut self, msg: Message, source: IpAddr) -> Message {
         let Some((d, from)) = self.relayed.find(&msg) else {
             return msg;
         };
         let (id, mode) = (d.id, d.mode);
-        match self.relay_sdp(id, from, mode, &msg) {
+        match self.relay_sdp(id, from, mode, &msg, Some(source)) {
             Ok(Some(sent)) => sent,
             Ok(None) => msg,
             Err(r) => {
@@ -159,6 +162,7 @@ impl Proxy {
         responder: Party,
         resp: &Message,
         initial: bool,
+        source: Option<IpAddr>,
     ) -> Option<Bytes> {
         let confirms = initial && resp.status().is_some_and(|s| (200..300).contains(&s));
         let mut routes = Vec::new();
@@ -184,7 +188,7 @@ impl Proxy {
             leg.to = Bytes::copy_from_slice(resp.header(HeaderName::To).unwrap_or_default());
             leg.cseq = leg.cseq.max(seq);
         }
-        match self.relay_sdp(id, responder, mode, resp) {
+        match self.relay_sdp(id, responder, mode, resp, source) {
             Ok(sent) => sent.map(|m| m.body_bytes()),
             Err(r) => {
                 self.events.push_back(Event::MediaFailed {
@@ -211,10 +215,10 @@ impl Proxy {
 
     /// A response no transaction knows (a 2xx retransmission): its SDP goes
     /// through the relay like the first one's did.
-    pub(super) fn media_stray(&mut self, msg: &Message) -> Option<Bytes> {
+    pub(super) fn media_stray(&mut self, msg: &Message, source: IpAddr) -> Option<Bytes> {
         let (d, asked_by) = self.relayed.find(msg)?;
         let (id, mode) = (d.id, d.mode);
-        match self.relay_sdp(id, asked_by.other(), mode, msg) {
+        match self.relay_sdp(id, asked_by.other(), mode, msg, Some(source)) {
             Ok(sent) => sent.map(|m| m.body_bytes()),
             Err(_) => None,
         }
@@ -274,6 +278,7 @@ impl Proxy {
         from: Party,
         mode: MediaMode,
         msg: &Message,
+        signalled_from: Option<IpAddr>,
     ) -> Result<Option<Message>, MediaRefusal> {
         if !media::has_sdp(msg) {
             return Ok(None);
@@ -283,6 +288,7 @@ impl Proxy {
             call_id: msg.call_id().unwrap_or_default(),
             from,
             mode,
+            signalled_from,
         };
         let sdp = self.media.describe(&call, msg.body())?;
         let mut rw = Rewrite::new(msg);

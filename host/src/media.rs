@@ -1,0 +1,387 @@
+//! The media relay's sockets: the shell around `weir-media`'s sans-IO
+//! sessions, as the proxy loop is around the SIP core.
+//!
+//! Each relayed call holds an RTP and an RTCP socket per media line facing
+//! each party. A task per socket reads what arrives, checks it (RTP or RTCP,
+//! well formed), asks the call's session where it goes (latched source, strict
+//! afterwards) and sends it from the socket facing the other party. Tasks run
+//! on their own multi-threaded runtime (`[media] workers`), so packets never
+//! wait behind SIP work. The proxy core asks for sessions through
+//! [`MediaRelay`] from its own thread; a sweeper ends calls whose media
+//! stopped by telling the core, which sends the BYEs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::{debug, warn};
+use weir_media::ports::PortPool;
+use weir_media::relay::{Session, Side};
+use weir_media::rtp;
+use weir_sip::proxy::{MediaCall, MediaMode, MediaRefusal, MediaRelay, Party};
+
+use crate::config::MediaSettings;
+use crate::transport::Input;
+
+/// A call that never got an answer is let go after this long (the core ends
+/// every INVITE sooner: Timer C and the transaction timers).
+const UNANSWERED_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// What the relay did, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MediaStats {
+    pub sessions: usize,
+    pub ports_in_use: usize,
+    pub packets: u64,
+    pub bytes: u64,
+    /// From a source other than the latched one (or before the other party's
+    /// address was known).
+    pub dropped_source: u64,
+    /// Not RTP or RTCP.
+    pub malformed: u64,
+    pub send_errors: u64,
+}
+
+/// One call's packet counters (read by the sweeper, written by the pumps).
+#[derive(Debug, Default)]
+struct Counters {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    dropped: AtomicU64,
+    malformed: AtomicU64,
+    send_errors: AtomicU64,
+}
+
+impl Counters {
+    fn add_to(&self, s: &mut MediaStats) {
+        s.packets += self.packets.load(Relaxed);
+        s.bytes += self.bytes.load(Relaxed);
+        s.dropped_source += self.dropped.load(Relaxed);
+        s.malformed += self.malformed.load(Relaxed);
+        s.send_errors += self.send_errors.load(Relaxed);
+    }
+}
+
+struct Call {
+    state: Mutex<CallState>,
+    counters: Counters,
+}
+
+struct CallState {
+    session: Session,
+    sockets: HashMap<u16, Arc<UdpSocket>>,
+    tasks: Vec<AbortHandle>,
+    created: Instant,
+    answered_at: Option<Instant>,
+    /// Packets counted at the last sweep, and since when that count stood.
+    seen: u64,
+    quiet_since: Instant,
+    /// Reported to the core as timed out; its release is on the way.
+    ending: bool,
+}
+
+struct Table {
+    pool: PortPool,
+    calls: HashMap<u64, Arc<Call>>,
+    /// Counters of calls already released.
+    retired: MediaStats,
+}
+
+struct Shared {
+    settings: MediaSettings,
+    rt: Handle,
+    table: Mutex<Table>,
+}
+
+/// The relay the proxy core uses (see the module doc).
+#[derive(Clone)]
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn refusal(status: u16, reason: impl Into<String>) -> MediaRefusal {
+    MediaRefusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+impl Relay {
+    /// A relay whose packets move on `rt`; calls whose media stops are
+    /// reported on `timeouts`.
+    pub fn start(
+        settings: MediaSettings,
+        rt: Handle,
+        timeouts: mpsc::Sender<Input>,
+    ) -> Result<Relay, String> {
+        let (first, last) = settings.port_range;
+        let pool = PortPool::new(first, last).map_err(|e| format!("[media] port_range: {e}"))?;
+        let shared = Arc::new(Shared {
+            settings,
+            rt: rt.clone(),
+            table: Mutex::new(Table {
+                pool,
+                calls: HashMap::new(),
+                retired: MediaStats::default(),
+            }),
+        });
+        rt.spawn(sweep(Arc::downgrade(&shared), timeouts));
+        Ok(Relay { shared })
+    }
+
+    /// Totals so far and what is live now.
+    pub fn stats(&self) -> MediaStats {
+        let (mut s, calls) = {
+            let t = lock(&self.shared.table);
+            let mut s = t.retired;
+            s.sessions = t.calls.len();
+            s.ports_in_use = t.pool.in_use() * 2;
+            (s, t.calls.values().cloned().collect::<Vec<_>>())
+        };
+        for c in calls {
+            c.counters.add_to(&mut s);
+        }
+        s
+    }
+
+    /// Binds relay port `port` and starts its pump.
+    fn open(&self, call: &Arc<Call>, st: &mut CallState, port: u16) -> std::io::Result<()> {
+        let std_sock =
+            std::net::UdpSocket::bind(SocketAddr::new(self.shared.settings.address, port))?;
+        std_sock.set_nonblocking(true)?;
+        let _in_runtime = self.shared.rt.enter();
+        let sock = Arc::new(UdpSocket::from_std(std_sock)?);
+        let task = self
+            .shared
+            .rt
+            .spawn(pump(sock.clone(), port, Arc::downgrade(call)));
+        st.sockets.insert(port, sock);
+        st.tasks.push(task.abort_handle());
+        Ok(())
+    }
+}
+
+impl MediaRelay for Relay {
+    fn describe(&mut self, call: &MediaCall<'_>, sdp: &[u8]) -> Result<Vec<u8>, MediaRefusal> {
+        if matches!(
+            call.mode,
+            MediaMode::RelaySrtpCaller | MediaMode::RelaySrtpCallee
+        ) {
+            return Err(refusal(
+                500,
+                "Server Internal Error (SRTP termination is not available in this version)",
+            ));
+        }
+        let side = match call.from {
+            Party::Caller => Side::A,
+            Party::Callee => Side::B,
+        };
+        let mut table = lock(&self.shared.table);
+        let (entry, new) = match table.calls.get(&call.id) {
+            Some(c) => (c.clone(), false),
+            None => {
+                if table.calls.len() >= self.shared.settings.max_sessions {
+                    return Err(refusal(
+                        503,
+                        "Service Unavailable (relayed calls at their limit)",
+                    ));
+                }
+                let now = Instant::now();
+                let c = Arc::new(Call {
+                    state: Mutex::new(CallState {
+                        session: Session::new(self.shared.settings.advertise),
+                        sockets: HashMap::new(),
+                        tasks: Vec::new(),
+                        created: now,
+                        answered_at: None,
+                        seen: 0,
+                        quiet_since: now,
+                        ending: false,
+                    }),
+                    counters: Counters::default(),
+                });
+                (c, true)
+            }
+        };
+        let mut st = lock(&entry.state);
+        let before = st.session.ports();
+        let out = st
+            .session
+            .describe(&mut table.pool, side, sdp, call.signalled_from)
+            .map_err(|e| {
+                let (status, reason) = e.sip_status();
+                refusal(status, reason)
+            })?;
+        let fresh: Vec<u16> = st
+            .session
+            .ports()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        for rtp_port in fresh {
+            for port in [rtp_port, rtp_port + 1] {
+                if let Err(e) = self.open(&entry, &mut st, port) {
+                    warn!(port, error = %e, "relay port cannot be bound");
+                    if new {
+                        st.session.release(&mut table.pool);
+                        for t in st.tasks.drain(..) {
+                            t.abort();
+                        }
+                    }
+                    return Err(refusal(
+                        503,
+                        format!("Service Unavailable (relay port {port}: {e})"),
+                    ));
+                }
+            }
+        }
+        if st.session.answered && st.answered_at.is_none() {
+            st.answered_at = Some(Instant::now());
+        }
+        drop(st);
+        if new {
+            table.calls.insert(call.id, entry);
+        }
+        Ok(out)
+    }
+
+    fn release(&mut self, id: u64) {
+        let mut table = lock(&self.shared.table);
+        let Some(call) = table.calls.remove(&id) else {
+            return;
+        };
+        let mut st = lock(&call.state);
+        st.session.release(&mut table.pool);
+        for t in st.tasks.drain(..) {
+            t.abort();
+        }
+        st.sockets.clear();
+        drop(st);
+        call.counters.add_to(&mut table.retired);
+    }
+}
+
+thread_local! {
+    /// One receive buffer per worker thread, not per socket: a call's pumps
+    /// hold no buffer while they wait.
+    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
+}
+
+/// Moves what arrives on relay port `port` until the call is released.
+async fn pump(sock: Arc<UdpSocket>, port: u16, call: std::sync::Weak<Call>) {
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        let Some(call) = call.upgrade() else {
+            return;
+        };
+        // Drain what is queued, a bounded batch at a time.
+        for _ in 0..64 {
+            let more = BUF.with_borrow_mut(|buf| match sock.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    forward(&call, port, &buf[..n], from);
+                    true
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                // ICMP errors of earlier sends surface here.
+                Err(e) => {
+                    debug!(port, error = %e, "relay receive error");
+                    true
+                }
+            });
+            if !more {
+                break;
+            }
+        }
+    }
+}
+
+fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr) {
+    let c = &call.counters;
+    if rtp::classify(packet).is_err() {
+        c.malformed.fetch_add(1, Relaxed);
+        return;
+    }
+    let (route, out) = {
+        let mut st = lock(&call.state);
+        let Some(route) = st.session.route(port, from) else {
+            drop(st);
+            c.dropped.fetch_add(1, Relaxed);
+            return;
+        };
+        let out = st.sockets.get(&route.from_port).cloned();
+        (route, out)
+    };
+    let Some(out) = out else {
+        c.send_errors.fetch_add(1, Relaxed);
+        return;
+    };
+    match out.try_send_to(packet, route.to) {
+        Ok(_) => {
+            c.packets.fetch_add(1, Relaxed);
+            c.bytes.fetch_add(packet.len() as u64, Relaxed);
+        }
+        Err(_) => {
+            c.send_errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Once a second: calls whose media stopped (answered, no packet for
+/// `[media] timeout`) or that were never answered are reported to the core.
+async fn sweep(shared: std::sync::Weak<Shared>, timeouts: mpsc::Sender<Input>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let timeout = shared.settings.timeout;
+        let calls: Vec<(u64, Arc<Call>)> = lock(&shared.table)
+            .calls
+            .iter()
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        drop(shared);
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        for (id, call) in calls {
+            // Relayed packets only: injected ones must not keep a call alive.
+            let n = call.counters.packets.load(Relaxed);
+            let mut st = lock(&call.state);
+            if n != st.seen {
+                st.seen = n;
+                st.quiet_since = now;
+            }
+            if st.ending {
+                continue;
+            }
+            let over = match st.answered_at {
+                Some(at) => now.saturating_duration_since(st.quiet_since.max(at)) >= timeout,
+                None => now.saturating_duration_since(st.created) >= UNANSWERED_LIMIT,
+            };
+            if over {
+                st.ending = true;
+                ended.push(id);
+            }
+        }
+        for id in ended {
+            if timeouts.send(Input::MediaTimeout { id }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
