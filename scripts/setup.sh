@@ -3,8 +3,8 @@
 #   setup.sh run    the Rust toolchain only (to build and run weir)
 #   setup.sh test   plus the real SIP peers and tools the tests start (SIPp, Kamailio,
 #                   SIPVicious, baresip, iproute2, openssl)
-#   setup.sh bench  the same, plus stunnel and Kamailio's tls module (Kamailio is also the
-#                   reference proxy of the benchmarks)
+#   setup.sh bench  the same, plus stunnel, Kamailio's tls module (Kamailio is also the
+#                   reference proxy of the benchmarks) and rtpengine (the reference relay)
 set -euo pipefail
 what="${1:-run}"
 
@@ -27,6 +27,9 @@ if [[ "$what" == test || "$what" == bench ]]; then
     # The TLS benchmark: stunnel carries SIPp's TCP over TLS; Kamailio's tls module.
     command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
     [[ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so ]] || need+=(kamailio-tls-modules)
+    # The RTP benchmark's reference relay, and the compiler for its load generator.
+    command -v rtpengine >/dev/null 2>&1 || need+=(rtpengine)
+    command -v gcc >/dev/null 2>&1 || need+=(gcc)
   fi
   if ((${#need[@]})); then
     echo "setup: installing ${need[*]}" >&2

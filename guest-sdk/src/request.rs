@@ -409,6 +409,22 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// True when the body is an SDP offer of SRTP: a `RTP/SAVP`(`F`) media
+    /// line or SDES keys (`a=crypto`). Decides, for instance, whether to ask
+    /// for [`Media::RelaySrtpCaller`](crate::Media::RelaySrtpCaller).
+    pub fn offers_srtp(&self) -> bool {
+        let body = self.body();
+        let text = String::from_utf8_lossy(&body);
+        text.lines().any(|l| {
+            let l = l.trim_end();
+            (l.starts_with("m=")
+                && l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|p| p.contains("SAVP")))
+                || l.starts_with("a=crypto:")
+        })
+    }
+
     pub fn source(&self) -> Peer {
         match &self.inner {
             Inner::Wasm(r) => {

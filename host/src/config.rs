@@ -185,6 +185,7 @@ impl Config {
         if let Some(m) = &self.media {
             cfg.media_policy = m.policy;
             cfg.media_max_dialogs = m.max_sessions;
+            cfg.media_srtp_over_plain_sip = m.srtp_over_plain_sip;
         }
         cfg.digest = DigestSettings {
             secret: rand::random(),

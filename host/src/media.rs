@@ -17,13 +17,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rand::rngs::OsRng;
+use rand::RngCore;
 use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 use weir_media::ports::PortPool;
-use weir_media::relay::{Session, Side};
+use weir_media::relay::{Refused, Session, Side};
 use weir_media::rtp;
 use weir_sip::proxy::{MediaCall, MediaMode, MediaRefusal, MediaRelay, Party};
 
@@ -47,6 +49,8 @@ pub struct MediaStats {
     /// Not RTP or RTCP.
     pub malformed: u64,
     pub send_errors: u64,
+    /// SRTP/SRTCP that failed authentication or was replayed.
+    pub srtp_refused: u64,
 }
 
 /// One call's packet counters (read by the sweeper, written by the pumps).
@@ -57,6 +61,7 @@ struct Counters {
     dropped: AtomicU64,
     malformed: AtomicU64,
     send_errors: AtomicU64,
+    srtp_refused: AtomicU64,
 }
 
 impl Counters {
@@ -66,6 +71,7 @@ impl Counters {
         s.dropped_source += self.dropped.load(Relaxed);
         s.malformed += self.malformed.load(Relaxed);
         s.send_errors += self.send_errors.load(Relaxed);
+        s.srtp_refused += self.srtp_refused.load(Relaxed);
     }
 }
 
@@ -174,15 +180,6 @@ impl Relay {
 
 impl MediaRelay for Relay {
     fn describe(&mut self, call: &MediaCall<'_>, sdp: &[u8]) -> Result<Vec<u8>, MediaRefusal> {
-        if matches!(
-            call.mode,
-            MediaMode::RelaySrtpCaller | MediaMode::RelaySrtpCallee
-        ) {
-            return Err(refusal(
-                500,
-                "Server Internal Error (SRTP termination is not available in this version)",
-            ));
-        }
         let side = match call.from {
             Party::Caller => Side::A,
             Party::Callee => Side::B,
@@ -198,9 +195,19 @@ impl MediaRelay for Relay {
                     ));
                 }
                 let now = Instant::now();
+                let mut session = Session::new(self.shared.settings.advertise);
+                let srtp_leg = match call.mode {
+                    MediaMode::RelaySrtpCaller => Some(Side::A),
+                    MediaMode::RelaySrtpCallee => Some(Side::B),
+                    MediaMode::Relay | MediaMode::Pass => None,
+                };
+                if let Some(side) = srtp_leg {
+                    // The relay's SDES keys come from the OS's CSPRNG.
+                    session.terminate_srtp(side, Box::new(|b| OsRng.fill_bytes(b)));
+                }
                 let c = Arc::new(Call {
                     state: Mutex::new(CallState {
-                        session: Session::new(self.shared.settings.advertise),
+                        session,
                         sockets: HashMap::new(),
                         tasks: Vec::new(),
                         created: now,
@@ -276,6 +283,8 @@ thread_local! {
     /// One receive buffer per worker thread, not per socket: a call's pumps
     /// hold no buffer while they wait.
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
+    /// The packet as it leaves (SRTP added or removed in place).
+    static OUT: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2048));
 }
 
 /// Moves what arrives on relay port `port` until the call is released.
@@ -314,29 +323,44 @@ fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr) {
         c.malformed.fetch_add(1, Relaxed);
         return;
     }
-    let (route, out) = {
-        let mut st = lock(&call.state);
-        let Some(route) = st.session.route(port, from) else {
-            drop(st);
-            c.dropped.fetch_add(1, Relaxed);
+    OUT.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.extend_from_slice(packet);
+        let (route, out) = {
+            let mut st = lock(&call.state);
+            match st.session.forward(port, from, buf) {
+                Ok(route) => {
+                    let out = st.sockets.get(&route.from_port).cloned();
+                    (route, out)
+                }
+                Err(Refused::Source) => {
+                    drop(st);
+                    c.dropped.fetch_add(1, Relaxed);
+                    return;
+                }
+                Err(Refused::Srtp(e)) => {
+                    drop(st);
+                    if c.srtp_refused.fetch_add(1, Relaxed) == 0 {
+                        debug!(port, %from, error = %e, len = packet.len(), "SRTP refused (the call's first)");
+                    }
+                    return;
+                }
+            }
+        };
+        let Some(out) = out else {
+            c.send_errors.fetch_add(1, Relaxed);
             return;
         };
-        let out = st.sockets.get(&route.from_port).cloned();
-        (route, out)
-    };
-    let Some(out) = out else {
-        c.send_errors.fetch_add(1, Relaxed);
-        return;
-    };
-    match out.try_send_to(packet, route.to) {
-        Ok(_) => {
-            c.packets.fetch_add(1, Relaxed);
-            c.bytes.fetch_add(packet.len() as u64, Relaxed);
+        match out.try_send_to(buf, route.to) {
+            Ok(_) => {
+                c.packets.fetch_add(1, Relaxed);
+                c.bytes.fetch_add(buf.len() as u64, Relaxed);
+            }
+            Err(_) => {
+                c.send_errors.fetch_add(1, Relaxed);
+            }
         }
-        Err(_) => {
-            c.send_errors.fetch_add(1, Relaxed);
-        }
-    }
+    });
 }
 
 /// Once a second: calls whose media stopped (answered, no packet for

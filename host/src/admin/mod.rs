@@ -384,7 +384,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
         st.media_timeouts
     ));
     if let Some(m) = media {
-        let counters: [(&str, &str, u64); 5] = [
+        let counters: [(&str, &str, u64); 6] = [
             ("packets", "RTP/RTCP packets relayed", m.packets),
             ("bytes", "RTP/RTCP bytes relayed", m.bytes),
             (
@@ -397,6 +397,11 @@ async fn metrics(State(a): State<Admin>) -> Response {
                 "send_errors",
                 "packets the relay could not send",
                 m.send_errors,
+            ),
+            (
+                "srtp_refused",
+                "SRTP/SRTCP packets that failed authentication or were replayed",
+                m.srtp_refused,
             ),
         ];
         for (name, help, value) in counters {

@@ -20,6 +20,7 @@ pub(super) struct RawMedia {
     timeout: Option<Spanned<String>>,
     max_sessions: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
+    srtp_over_plain_sip: Option<bool>,
 }
 
 /// `[media]`, checked.
@@ -38,6 +39,8 @@ pub struct MediaSettings {
     pub max_sessions: usize,
     /// Threads forwarding packets.
     pub workers: usize,
+    /// Terminate SRTP where the leg's signalling is not TLS.
+    pub srtp_over_plain_sip: bool,
 }
 
 /// Checks `[media]`. None: no relay (`mode = "off"`, or no section and no
@@ -125,6 +128,7 @@ pub(super) fn media_settings(
         timeout,
         max_sessions,
         workers,
+        srtp_over_plain_sip: r.srtp_over_plain_sip.unwrap_or(false),
     })
 }
 

@@ -24,8 +24,10 @@ use std::net::SocketAddr;
 /// The source policy of one direction of one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Latch {
-    /// The host the SDP named, when it is public: only it may latch.
+    /// The host the SDP named, when it is public: only it (or the host the
+    /// party's signalling came from) may latch.
     expected: Option<std::net::IpAddr>,
+    signalled_from: Option<std::net::IpAddr>,
     source: Option<SocketAddr>,
     /// Packets refused because they came from elsewhere.
     pub dropped: u64,
@@ -50,6 +52,16 @@ impl Latch {
         }
     }
 
+    /// Like [`Latch::new`], also letting the host the party's SIP came from
+    /// latch (a phone whose SDP names one interface and whose packets leave
+    /// from another, as SIP did).
+    pub fn with_signalling(sdp_address: std::net::IpAddr, from: Option<std::net::IpAddr>) -> Latch {
+        Latch {
+            signalled_from: from,
+            ..Latch::new(sdp_address)
+        }
+    }
+
     /// The source latched onto, if any.
     pub fn source(&self) -> Option<SocketAddr> {
         self.source
@@ -58,7 +70,9 @@ impl Latch {
     /// Judges a well-formed packet from `from`.
     pub fn check(&mut self, from: SocketAddr) -> Verdict {
         match self.source {
-            None if self.expected.is_some_and(|ip| ip != from.ip()) => {
+            None if self.expected.is_some_and(|ip| ip != from.ip())
+                && self.signalled_from != Some(from.ip()) =>
+            {
                 self.dropped += 1;
                 Verdict::Drop
             }
@@ -120,5 +134,17 @@ mod tests {
         assert_eq!(l.check(nat), Verdict::Latched);
         assert_eq!(l.check("10.0.0.5:49170".parse().unwrap()), Verdict::Drop);
         assert_eq!(l.source(), Some(nat));
+    }
+
+    #[test]
+    fn the_host_of_the_partys_signalling_may_latch_too() {
+        // The SDP names one interface, packets leave from the one SIP did.
+        let mut l = Latch::with_signalling(
+            "192.0.2.2".parse().unwrap(),
+            Some("127.0.0.1".parse().unwrap()),
+        );
+        assert_eq!(l.check("203.0.113.66:4000".parse().unwrap()), Verdict::Drop);
+        assert_eq!(l.check("127.0.0.1:4000".parse().unwrap()), Verdict::Latched);
+        assert_eq!(l.check("192.0.2.2:4000".parse().unwrap()), Verdict::Drop);
     }
 }

@@ -12,12 +12,13 @@
 //! - [`rtp`]: RTP and RTCP told apart and checked (RFC 3550, RFC 5761), so
 //!   malformed packets are dropped and counted, never forwarded.
 //! - [`crypto`]: SDES `a=crypto` keys (RFC 4568) read and generated.
+//! - [`srtp`]: SRTP and SRTCP (RFC 3711) where the relay terminates SRTP.
 //! - [`latch`]: symmetric RTP latching, then strict source (no injection).
 //! - [`relay`]: one call's ports, SDP for both parties, and where each packet
 //!   goes.
 //!
-//! SRTP contexts, binding sessions to dialogs, timeouts and the socket shell
-//! come next (issue: media relay).
+//! Binding sessions to dialogs is the proxy core's (`weir_sip::proxy`), the
+//! sockets are the `weir` binary's.
 
 pub mod crypto;
 pub mod latch;
@@ -25,3 +26,4 @@ pub mod ports;
 pub mod relay;
 pub mod rtp;
 pub mod sdp;
+pub mod srtp;

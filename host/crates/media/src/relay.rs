@@ -14,9 +14,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::crypto::{Crypto, Suite};
 use crate::latch::{Latch, Verdict};
 use crate::ports::PortPool;
-use crate::sdp::{self, Description, SdpError};
+use crate::rtp::{self, Packet};
+use crate::sdp::{self, CryptoEdit, Description, SdpError};
+use crate::srtp::{self, SrtpError};
 
 /// Why a session could not be set up or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +33,9 @@ pub enum SessionError {
     /// An answer or a packet for a session that has no offer yet.
     #[error("no offer to answer")]
     NoOffer,
+    /// The SRTP leg's keys cannot be used (488).
+    #[error("{0}")]
+    Srtp(String),
 }
 
 impl SessionError {
@@ -42,6 +48,7 @@ impl SessionError {
                 488,
                 "Not Acceptable Here (an answer without an offer)".into(),
             ),
+            SessionError::Srtp(why) => (488, format!("Not Acceptable Here ({why})")),
         }
     }
 }
@@ -79,6 +86,19 @@ struct Stream {
     /// hold) keeps the latch.
     a_said: Option<SocketAddr>,
     b_said: Option<SocketAddr>,
+    /// Where the relay terminates SRTP: what a party sends is decrypted
+    /// (`from_*`), what it receives encrypted (`to_*`).
+    keys: Keys,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    from_a: Option<srtp::Context>,
+    to_a: Option<srtp::Context>,
+    from_b: Option<srtp::Context>,
+    to_b: Option<srtp::Context>,
+    /// The tag and suite the SRTP party offered, for the key answering it.
+    offered: Option<(u32, Suite)>,
 }
 
 impl Stream {
@@ -92,9 +112,32 @@ impl Stream {
             from_b: Latch::default(),
             a_said: None,
             b_said: None,
+            keys: Keys::default(),
         }
     }
 }
+
+/// SRTP keys to install on one stream once a description went through.
+struct KeyChange {
+    edit: CryptoEdit,
+    /// The SRTP party's own key (decrypts what it sends).
+    from_srtp: Option<srtp::Context>,
+    /// The relay's key for that party (encrypts what it receives).
+    to_srtp: Option<srtp::Context>,
+    offered: Option<(u32, Suite)>,
+}
+
+/// Why a packet was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not from the latched source, or nowhere to send it yet.
+    Source,
+    /// SRTP that failed authentication or was replayed.
+    Srtp(SrtpError),
+}
+
+/// Fills a buffer with bytes from a CSPRNG (SRTP keys).
+pub type KeyGen = Box<dyn FnMut(&mut [u8]) + Send>;
 
 /// Where a packet goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +148,6 @@ pub struct Route {
 }
 
 /// One call's relay state.
-#[derive(Debug)]
 pub struct Session {
     relay: IpAddr,
     streams: Vec<Stream>,
@@ -116,6 +158,28 @@ pub struct Session {
     /// Packets dropped: from a wrong source, or before the other side's
     /// address is known.
     pub dropped: u64,
+    /// The party whose leg speaks SRTP with the relay, and where its keys
+    /// come from.
+    terminate: Option<(Side, KeyGen)>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("relay", &self.relay)
+            .field("streams", &self.streams)
+            .field("answered", &self.answered)
+            .field("srtp_leg", &self.terminate.as_ref().map(|(s, _)| *s))
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for KeyChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyChange")
+            .field("edit", &self.edit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -126,7 +190,15 @@ impl Session {
             answered: false,
             pending_offer: None,
             dropped: 0,
+            terminate: None,
         }
+    }
+
+    /// The relay terminates SRTP (SDES) on `side`'s leg: that party's
+    /// packets are decrypted and checked, the other party gets plain RTP;
+    /// the relay's own keys come from `keygen` (a CSPRNG).
+    pub fn terminate_srtp(&mut self, side: Side, keygen: KeyGen) {
+        self.terminate = Some((side, keygen));
     }
 
     /// A description from `side`, whichever it is: the answer when the other
@@ -184,13 +256,22 @@ impl Session {
             }
         }
         let facing_other = self.facing(side.other());
-        let out = match sdp::rewrite(sdp_bytes, self.relay, &facing_other) {
+        let changes = match self.key_changes(side, &d, false) {
+            Ok(c) => c,
+            Err(e) => {
+                self.forget_from(before, pool);
+                return Err(e);
+            }
+        };
+        let edits: Vec<CryptoEdit> = changes.iter().map(|c| c.edit.clone()).collect();
+        let out = match sdp::rewrite_with(sdp_bytes, self.relay, &facing_other, &edits) {
             Ok(out) => out,
             Err(e) => {
                 self.forget_from(before, pool);
                 return Err(e.into());
             }
         };
+        self.install(side, changes);
         self.learn(side, &d, signalled_from);
         self.pending_offer = Some(side);
         Ok(out)
@@ -208,7 +289,10 @@ impl Session {
             return Err(SessionError::NoOffer);
         }
         let d = sdp::inspect(sdp_bytes)?;
-        let out = sdp::rewrite(sdp_bytes, self.relay, &self.facing(side.other()))?;
+        let changes = self.key_changes(side, &d, true)?;
+        let edits: Vec<CryptoEdit> = changes.iter().map(|c| c.edit.clone()).collect();
+        let out = sdp::rewrite_with(sdp_bytes, self.relay, &self.facing(side.other()), &edits)?;
+        self.install(side, changes);
         self.learn(side, &d, signalled_from);
         self.answered = true;
         self.pending_offer = None;
@@ -226,15 +310,69 @@ impl Session {
     /// A well-formed packet arrived on relay port `port` from `from`: where it
     /// goes, or None (dropped and counted).
     pub fn route(&mut self, port: u16, from: SocketAddr) -> Option<Route> {
+        self.route_from(port, from).map(|(_, _, r)| r)
+    }
+
+    /// Like [`Session::route`], for the packet itself: where the relay
+    /// terminates SRTP it is checked and decrypted coming from that party
+    /// and encrypted going to it, in place.
+    pub fn forward(
+        &mut self,
+        port: u16,
+        from: SocketAddr,
+        packet: &mut Vec<u8>,
+    ) -> Result<Route, Refused> {
+        let (i, sender, route) = self.route_from(port, from).ok_or(Refused::Source)?;
+        let srtp_sender = self.terminate.as_ref().is_some_and(|(s, _)| *s == sender);
+        let keys = &mut self.streams[i].keys;
+        let (rx, tx) = match sender {
+            Side::A => (&mut keys.from_a, &mut keys.to_b),
+            Side::B => (&mut keys.from_b, &mut keys.to_a),
+        };
+        if rx.is_none() && srtp_sender {
+            // SRTP whose key is not known yet: never forwarded as if plain.
+            return Err(Refused::Srtp(SrtpError::NoKey));
+        }
+        if rx.is_none() && tx.is_none() {
+            return Ok(route);
+        }
+        let rtcp = port % 2 == 1 || matches!(rtp::classify(packet), Ok(Packet::Rtcp { .. }));
+        if let Some(c) = rx {
+            let r = if rtcp {
+                c.unprotect_rtcp(packet)
+            } else {
+                c.unprotect_rtp(packet)
+            };
+            r.map_err(Refused::Srtp)?;
+        }
+        if let Some(c) = tx {
+            let r = if rtcp {
+                c.protect_rtcp(packet)
+            } else {
+                c.protect_rtp(packet)
+            };
+            r.map_err(Refused::Srtp)?;
+        }
+        Ok(route)
+    }
+
+    /// The stream, the sending side and the route of a packet.
+    fn route_from(&mut self, port: u16, from: SocketAddr) -> Option<(usize, Side, Route)> {
         let rtcp = port % 2 == 1;
         let rtp_port = port - u16::from(rtcp);
-        let Some(s) = self
+        let Some(i) = self
             .streams
-            .iter_mut()
-            .find(|s| s.facing_a == rtp_port || s.facing_b == rtp_port)
+            .iter()
+            .position(|s| s.facing_a == rtp_port || s.facing_b == rtp_port)
         else {
             self.dropped += 1;
             return None;
+        };
+        let s = &mut self.streams[i];
+        let sender = if s.facing_a == rtp_port {
+            Side::A
+        } else {
+            Side::B
         };
         let (latch, to, out_port) = if s.facing_a == rtp_port {
             (&mut s.from_a, s.from_b.source().or(s.b_sdp), s.facing_b)
@@ -259,10 +397,106 @@ impl Session {
         } else {
             to
         };
-        Some(Route {
-            from_port: out_port + u16::from(rtcp),
-            to,
-        })
+        Some((
+            i,
+            sender,
+            Route {
+                from_port: out_port + u16::from(rtcp),
+                to,
+            },
+        ))
+    }
+
+    /// What a description from `side` does to the SRTP keys of each active
+    /// line, worked out without changing anything (see `terminate_srtp`).
+    fn key_changes(
+        &mut self,
+        side: Side,
+        d: &Description,
+        answering: bool,
+    ) -> Result<Vec<KeyChange>, SessionError> {
+        let active: Vec<&sdp::MediaLine> = d.media.iter().filter(|m| m.port != 0).collect();
+        let Some((srtp_side, keygen)) = self.terminate.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let srtp_side = *srtp_side;
+        let mut out = Vec::with_capacity(active.len());
+        for (i, m) in active.iter().enumerate() {
+            if side == srtp_side {
+                // The SRTP party's key: the first suite the relay runs.
+                let mut refused = Vec::new();
+                let theirs = m.crypto.iter().find_map(|v| match Crypto::parse(v) {
+                    Ok(c) => match srtp::Context::new(&c) {
+                        Ok(ctx) => Some((c, ctx)),
+                        Err(e) => {
+                            refused.push(e.to_string());
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        refused.push(e.to_string());
+                        None
+                    }
+                });
+                let Some((c, ctx)) = theirs else {
+                    let why = if m.crypto.is_empty() {
+                        "no a=crypto on the SRTP leg".to_string()
+                    } else {
+                        format!(
+                            "no a=crypto the relay can terminate (AES_CM_128_HMAC_SHA1_80/32): {}",
+                            refused.join("; ")
+                        )
+                    };
+                    return Err(SessionError::Srtp(why));
+                };
+                out.push(KeyChange {
+                    edit: CryptoEdit::Strip,
+                    from_srtp: Some(ctx),
+                    to_srtp: None,
+                    offered: (!answering).then_some((c.tag, c.suite)),
+                });
+            } else {
+                // The relay's key for the SRTP party: a fresh one for an
+                // offer, the suite and tag it offered for an answer.
+                let (tag, suite) = if answering {
+                    self.streams
+                        .get(i)
+                        .and_then(|s| s.keys.offered)
+                        .ok_or_else(|| SessionError::Srtp("no SRTP offer to answer".into()))?
+                } else {
+                    (1, Suite::AesCm128HmacSha1_80)
+                };
+                let ours = Crypto::generate(tag, suite, |b| keygen(b));
+                let ctx =
+                    srtp::Context::new(&ours).map_err(|e| SessionError::Srtp(e.to_string()))?;
+                out.push(KeyChange {
+                    edit: CryptoEdit::Set(ours.to_value()),
+                    from_srtp: None,
+                    to_srtp: Some(ctx),
+                    offered: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs the keys of a description from `side` that went through.
+    fn install(&mut self, side: Side, changes: Vec<KeyChange>) {
+        let Some(srtp_side) = self.terminate.as_ref().map(|(s, _)| *s) else {
+            return;
+        };
+        for (s, c) in self.streams.iter_mut().zip(changes) {
+            let (from, to) = match srtp_side {
+                Side::A => (&mut s.keys.from_a, &mut s.keys.to_a),
+                Side::B => (&mut s.keys.from_b, &mut s.keys.to_b),
+            };
+            if side == srtp_side {
+                *from = c.from_srtp;
+                s.keys.offered = c.offered;
+            } else {
+                *to = c.to_srtp;
+            }
+        }
     }
 
     /// The relay's RTP port facing `side` on each media line.
@@ -305,7 +539,7 @@ impl Session {
             };
             *sdp_addr = addr;
             if *last != said {
-                *latch = Latch::new(m.address);
+                *latch = Latch::with_signalling(m.address, signalled_from);
                 *last = said;
             }
         }
@@ -538,5 +772,100 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         )
         .unwrap();
         assert_eq!(s.route(s.ports()[0], carrier), None);
+    }
+
+    #[test]
+    fn srtp_is_terminated_on_one_leg_and_plain_rtp_flows_on_the_other() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        let mut counter = 0u8;
+        s.terminate_srtp(
+            Side::A,
+            Box::new(move |b| {
+                for x in b.iter_mut() {
+                    counter = counter.wrapping_add(37);
+                    *x = counter;
+                }
+            }),
+        );
+        let a_key = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |b| b.fill(9));
+        let a_offer = format!(
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
+            a_key.to_value()
+        );
+        let to_b = s
+            .offer(&mut pool, Side::A, a_offer.as_bytes(), None)
+            .unwrap();
+        let to_b = String::from_utf8(to_b).unwrap();
+        assert!(
+            to_b.contains(" RTP/AVP 0") && !to_b.contains("crypto"),
+            "{to_b}"
+        );
+        let to_a = s
+            .answer(Side::B, offer("198.51.100.2", 5000).as_bytes(), None)
+            .unwrap();
+        let to_a = sdp::inspect(&to_a).unwrap();
+        assert_eq!(to_a.media[0].crypto.len(), 1);
+        let relay_key = Crypto::parse(&to_a.media[0].crypto[0]).unwrap();
+        assert_eq!(
+            (relay_key.tag, relay_key.suite),
+            (1, Suite::AesCm128HmacSha1_80)
+        );
+        assert_ne!(relay_key.key, a_key.key, "the relay's own key");
+        let (facing_a, facing_b) = (s.ports()[0], s.ports()[1]);
+        let (a, b) = (sock("198.51.100.1:4000"), sock("198.51.100.2:5000"));
+
+        // A → B: SRTP in, RTP out.
+        let plain = |seq: u8| {
+            let mut p = vec![0x80, 0, 0, seq, 0, 0, 0, 1, 0, 0, 0, 42];
+            p.extend_from_slice(b"twenty bytes of pcmu");
+            p
+        };
+        let mut a_tx = srtp::Context::new(&a_key).unwrap();
+        let mut p = plain(1);
+        a_tx.protect_rtp(&mut p).unwrap();
+        let sent = p.clone();
+        assert_eq!(s.forward(facing_a, a, &mut p).unwrap().to, b);
+        assert_eq!(p, plain(1));
+        // Replayed and tampered packets: refused.
+        let mut again = sent;
+        assert_eq!(
+            s.forward(facing_a, a, &mut again),
+            Err(Refused::Srtp(SrtpError::Replay))
+        );
+        let mut p = plain(2);
+        a_tx.protect_rtp(&mut p).unwrap();
+        p[13] ^= 0x80;
+        assert_eq!(
+            s.forward(facing_a, a, &mut p),
+            Err(Refused::Srtp(SrtpError::Auth))
+        );
+
+        // B → A: RTP in, SRTP out with the relay's key.
+        let mut p = plain(7);
+        assert_eq!(s.forward(facing_b, b, &mut p).unwrap().to, a);
+        assert_ne!(p, plain(7));
+        let mut a_rx = srtp::Context::new(&relay_key).unwrap();
+        a_rx.unprotect_rtp(&mut p).unwrap();
+        assert_eq!(p, plain(7));
+    }
+
+    #[test]
+    fn an_srtp_leg_without_usable_keys_is_refused() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.terminate_srtp(Side::A, Box::new(|b| b.fill(1)));
+        let e = s
+            .offer(
+                &mut pool,
+                Side::A,
+                offer("198.51.100.1", 4000).as_bytes(),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(e.sip_status().0, 488);
+        assert!(e.to_string().contains("no a=crypto"), "{e}");
+        assert_eq!(pool.in_use(), 0, "nothing held");
     }
 }

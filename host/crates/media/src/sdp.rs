@@ -41,6 +41,8 @@ pub struct MediaLine {
     pub srtp: bool,
     /// The `telephone-event` payload type, if any (RFC 4733 DTMF).
     pub telephone_event: Option<u8>,
+    /// The `a=crypto` values (RFC 4568), in order.
+    pub crypto: Vec<String>,
 }
 
 /// What a description says, for the relay to expect.
@@ -129,14 +131,42 @@ pub fn inspect(sdp: &[u8]) -> Result<Description, SdpError> {
             srtp: m.proto.to_ascii_uppercase().contains("SAVP")
                 || attribute(&m.attributes, "crypto").next().is_some(),
             telephone_event,
+            crypto: attribute(&m.attributes, "crypto")
+                .flatten()
+                .map(str::to_string)
+                .collect(),
         });
     }
     Ok(Description { media, private })
 }
 
+/// What happens to an active media line's SDES keys on their way through a
+/// relay that terminates SRTP on one leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CryptoEdit {
+    /// Untouched (RTP, or SRTP passed through end to end).
+    Keep,
+    /// Towards the plain leg: `a=crypto` removed, `RTP/SAVP` becomes `RTP/AVP`.
+    Strip,
+    /// Towards the SRTP leg: this one `a=crypto` value instead of any, and
+    /// `RTP/AVP` becomes `RTP/SAVP`.
+    Set(String),
+}
+
 /// The description with every active media line pointed at `relay`, the
 /// n-th active line on `ports[n]` (RTCP on the next port unless muxed).
 pub fn rewrite(sdp: &[u8], relay: IpAddr, ports: &[u16]) -> Result<Vec<u8>, SdpError> {
+    rewrite_with(sdp, relay, ports, &[])
+}
+
+/// Like [`rewrite`], with the n-th active line's keys edited by `crypto[n]`
+/// (missing entries: [`CryptoEdit::Keep`]).
+pub fn rewrite_with(
+    sdp: &[u8],
+    relay: IpAddr,
+    ports: &[u16],
+    crypto: &[CryptoEdit],
+) -> Result<Vec<u8>, SdpError> {
     let mut s = parse(sdp)?;
     let needed = s.medias.iter().filter(|m| m.port != 0).count();
     if ports.len() < needed {
@@ -166,6 +196,35 @@ pub fn rewrite(sdp: &[u8], relay: IpAddr, ports: &[u16]) -> Result<Vec<u8>, SdpE
         let Some(&port) = next.next() else {
             break;
         };
+        let nth = ports.len() - next.len() - 1;
+        match crypto.get(nth).unwrap_or(&CryptoEdit::Keep) {
+            CryptoEdit::Keep => {}
+            CryptoEdit::Strip => {
+                m.attributes
+                    .retain(|a| !a.attribute.eq_ignore_ascii_case("crypto"));
+                m.proto = m.proto.replace("SAVP", "AVP");
+            }
+            CryptoEdit::Set(value) => {
+                let at = m
+                    .attributes
+                    .iter()
+                    .position(|a| a.attribute.eq_ignore_ascii_case("crypto"))
+                    .unwrap_or(m.attributes.len());
+                m.attributes
+                    .retain(|a| !a.attribute.eq_ignore_ascii_case("crypto"));
+                let at = at.min(m.attributes.len());
+                m.attributes.insert(
+                    at,
+                    sdp_types::Attribute {
+                        attribute: "crypto".into(),
+                        value: Some(value.clone()),
+                    },
+                );
+                if !m.proto.contains("SAVP") {
+                    m.proto = m.proto.replace("AVP", "SAVP");
+                }
+            }
+        }
         m.port = port;
         for c in &mut m.connections {
             *c = relay_connection.clone();
@@ -305,5 +364,36 @@ a=rtcp-mux\r\na=rtcp:5004\r\n";
         for ip in ["100.128.0.1", "8.8.8.8", "192.0.2.1", "2001:db8::1"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn keys_are_stripped_towards_the_plain_leg_and_set_towards_the_srtp_leg() {
+        let srtp = "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n\
+a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\na=sendrecv\r\n";
+        let d = inspect(srtp.as_bytes()).unwrap();
+        assert_eq!(d.media[0].crypto.len(), 2);
+        let relay: IpAddr = "203.0.113.7".parse().unwrap();
+        let plain = rewrite_with(srtp.as_bytes(), relay, &[30000], &[CryptoEdit::Strip]).unwrap();
+        let plain = String::from_utf8(plain).unwrap();
+        assert!(plain.contains("m=audio 30000 RTP/AVP 0\r\n"), "{plain}");
+        assert!(!plain.contains("crypto"), "{plain}");
+        assert!(plain.contains("a=sendrecv"));
+        let back = rewrite_with(
+            plain.as_bytes(),
+            relay,
+            &[30002],
+            &[CryptoEdit::Set(
+                "1 AES_CM_128_HMAC_SHA1_80 inline:abc".into(),
+            )],
+        )
+        .unwrap();
+        let back = String::from_utf8(back).unwrap();
+        assert!(back.contains("m=audio 30002 RTP/SAVP 0\r\n"), "{back}");
+        assert!(
+            back.contains("\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:abc\r\n"),
+            "{back}"
+        );
+        assert_eq!(back.matches("a=crypto").count(), 1);
     }
 }

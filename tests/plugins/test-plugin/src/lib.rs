@@ -6,11 +6,14 @@
 //! `panic`, `loop` (never returns), `memory` (allocates until the cap), or
 //! `bad-uri` / `bad-status` / `guarded` (answers the host cannot accept).
 //! `fail_init = true` makes `init` refuse. `bench = true` reads ten headers and
-//! forwards without editing (the benchmark's plugin).
+//! forwards without editing (the benchmark's plugin). `media` (`pass`,
+//! `relay`, `relay-srtp-caller`, `relay-srtp-callee`) is the forward's media
+//! mode; with `srtp_only_if_offered = true` an SRTP mode applies only to
+//! offers of SRTP (`Request::offers_srtp`), others are relayed plainly.
 
 use std::hint::black_box;
 
-use weir_sdk::{export_plugin, Config, Decision, Forward, Host, Plugin, Reply, Request};
+use weir_sdk::{export_plugin, Config, Decision, Forward, Host, Media, Plugin, Reply, Request};
 
 /// Patched by tests: same length, so the component stays valid.
 pub static VERSION: &str = "weir-test-version-000";
@@ -22,6 +25,8 @@ pub struct TestPlugin {
     bench: bool,
     /// Headers the benchmark mode reads (up to ten).
     reads: u64,
+    media: Media,
+    srtp_only_if_offered: bool,
 }
 
 impl Plugin for TestPlugin {
@@ -34,6 +39,14 @@ impl Plugin for TestPlugin {
             fault: config.str("fault")?,
             bench: config.bool_or("bench", false)?,
             reads: config.u64_or("reads", 10)?,
+            media: match config.str_or("media", "pass")?.as_str() {
+                "pass" => Media::Pass,
+                "relay" => Media::Relay,
+                "relay-srtp-caller" => Media::RelaySrtpCaller,
+                "relay-srtp-callee" => Media::RelaySrtpCallee,
+                other => return Err(format!("media: {other:?} is not a media mode")),
+            },
+            srtp_only_if_offered: config.bool_or("srtp_only_if_offered", false)?,
         })
     }
 
@@ -54,7 +67,15 @@ impl Plugin for TestPlugin {
         let target = host
             .registry_get(&format!("call:{user}"))
             .unwrap_or_else(|| self.target.clone());
-        Forward::to(target).into()
+        let media = match self.media {
+            Media::RelaySrtpCaller | Media::RelaySrtpCallee
+                if self.srtp_only_if_offered && !req.offers_srtp() =>
+            {
+                Media::Relay
+            }
+            m => m,
+        };
+        Forward::to(target).media(media).into()
     }
 }
 

@@ -831,7 +831,7 @@ impl Proxy {
                     shifted,
                     routed.media,
                     &targets,
-                    flow.remote.ip(),
+                    &flow,
                 ) {
                     Ok(m) => m,
                     Err(rej) => {

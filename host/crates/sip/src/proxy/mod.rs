@@ -233,6 +233,9 @@ pub struct ProxyConfig {
     pub media_policy: MediaPolicy,
     /// Relayed dialogs at most (new relayed calls beyond get 503).
     pub media_max_dialogs: usize,
+    /// Terminate SRTP on a leg whose signalling is not TLS (its SDES keys
+    /// then cross the network in clear).
+    pub media_srtp_over_plain_sip: bool,
 }
 
 impl ProxyConfig {
@@ -254,6 +257,7 @@ impl ProxyConfig {
             registrations: Vec::new(),
             media_policy: MediaPolicy::AsRouted,
             media_max_dialogs: 100_000,
+            media_srtp_over_plain_sip: false,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::proxy::media::{
     self, Leg, MediaCall, MediaMode, MediaPolicy, MediaRefusal, Party, RelayedDialog,
 };
 use crate::proxy::validate::Rejection;
-use crate::proxy::{Event, Target};
+use crate::proxy::{Event, Flow, Target, Transport};
 use crate::uri::{Host, Uri};
 
 /// A request to send, and its relay id and who answers it when its
@@ -39,8 +39,9 @@ impl Proxy {
         sent_cseq: Option<u32>,
         mode: MediaMode,
         targets: &[Target],
-        source: IpAddr,
+        flow: &Flow,
     ) -> Result<Relayed, Rejection> {
+        let source = flow.remote.ip();
         if in_dialog {
             return self.media_in_dialog(request, method, sent_cseq, source);
         }
@@ -63,6 +64,23 @@ impl Proxy {
         };
         if mode == MediaMode::Pass {
             return Ok((request, None));
+        }
+        if !self.cfg.media_srtp_over_plain_sip {
+            // SDES keys travel in the SDP: on plain signalling anyone on the
+            // path could read them.
+            if mode == MediaMode::RelaySrtpCaller && flow.transport != Transport::Tls {
+                return Err(Rejection::new(
+                    488,
+                    "Not Acceptable Here (SRTP keys need TLS signalling)",
+                ));
+            }
+            if mode == MediaMode::RelaySrtpCallee && !targets.first().is_some_and(reached_over_tls)
+            {
+                return Err(Rejection::new(
+                    500,
+                    "Server Internal Error (SRTP to the callee needs a sips: or transport=tls target)",
+                ));
+            }
         }
         if self.relayed.len() >= self.cfg.media_max_dialogs {
             return Err(Rejection::new(
@@ -322,6 +340,12 @@ fn auto_relay_reason(request: &Message, targets: &[Target]) -> Option<String> {
         },
         _ => None,
     }
+}
+
+/// True when `target` is reached over TLS (`sips:` or `transport=tls`).
+fn reached_over_tls(target: &Target) -> bool {
+    let uri = target.uri.to_ascii_lowercase();
+    uri.starts_with("sips:") || uri.contains(";transport=tls")
 }
 
 fn call_id_text(msg: &Message) -> String {

@@ -321,3 +321,40 @@ fn auto_mode_relays_a_private_offer_and_passes_a_public_one() {
         "{events:?}"
     );
 }
+
+#[test]
+fn srtp_termination_needs_tls_signalling_unless_configured_otherwise() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::RelaySrtpCaller, &relay, |_| {});
+    // Alice is on UDP: her SDES keys would have crossed the network in clear.
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m9", &sdp_at("198.51.100.1", 4000)),
+    );
+    let refused = sim.last_to(ALICE);
+    assert_eq!(refused.status(), Some(488));
+    assert_eq!(
+        refused.reason(),
+        b"Not Acceptable Here (SRTP keys need TLS signalling)"
+    );
+    assert_eq!(relay.in_use(), 0);
+    let mut sim = relayed_sim(MediaMode::RelaySrtpCallee, &relay, |_| {});
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m10", &sdp_at("198.51.100.1", 4000)),
+    );
+    assert_eq!(
+        sim.last_to(ALICE).status(),
+        Some(500),
+        "bob is no TLS target"
+    );
+    // Allowed: the relay is asked (this test relay terminates nothing).
+    let mut sim = relayed_sim(MediaMode::RelaySrtpCaller, &relay, |c| {
+        c.media_srtp_over_plain_sip = true;
+    });
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m11", &sdp_at("198.51.100.1", 4000)),
+    );
+    assert_eq!(media_of(&sim.sent_to(BOB)).address.to_string(), RELAY);
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# RTP relay benchmark: rtpengine (userspace forwarding, the shared harness's
+# rtp/rtp-bench.sh) and weir's relay, one sitting, same load generator
+# (rtpload: 2 streams per call of 172-byte PCMU packets every 20 ms; loss,
+# relay latency, jitter) and the same process monitor.
+#
+#   scripts/bench-rtp.sh [CALLS ...]        (default: 250 500 1000 1500 2000 3000 4000)
+#   SKIP_RTPENGINE=1 / SKIP_WEIR=1          one side only
+#   DUR=20 STOP_LOSS_PCT=5 WORKERS=2        as in the harness; WORKERS: weir's [media] workers
+#
+# weir's calls are set up by SIP (scripts/rtp-calls.py is caller and callee;
+# weir rewrites the SDP and picks the ports) instead of rtpengine's ng
+# protocol, then torn down with BYE. Prints one line per level and relay.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH="${WEIR_BENCH:-$(cd .. && pwd)/shared/bench}"
+[[ -x "$BENCH/rtp/rtp-bench.sh" ]] || { echo "no RTP harness at $BENCH/rtp (set WEIR_BENCH)" >&2; exit 2; }
+levels=("$@"); [[ ${#levels[@]} -eq 0 ]] && levels=(250 500 1000 1500 2000 3000 4000)
+DUR="${DUR:-20}"
+STOP_LOSS_PCT="${STOP_LOSS_PCT:-5}"
+WORKERS="${WORKERS:-2}"
+OUT="${BENCH_OUT:-/tmp/weir-bench}/rtp-weir-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+scripts/setup.sh bench
+cargo build --release --locked -p weir
+ulimit -n "$(ulimit -Hn)"
+
+if [[ "${SKIP_RTPENGINE:-0}" != 1 ]]; then
+  echo "== rtpengine (userspace, $WORKERS threads)" >&2
+  RTPE_THREADS="$WORKERS" DUR="$DUR" STOP_LOSS_PCT="$STOP_LOSS_PCT" "$BENCH/rtp/rtp-bench.sh" "${levels[@]}" \
+    | sed 's/^/rtpengine: /'
+fi
+[[ "${SKIP_WEIR:-0}" == 1 ]] && exit 0
+
+echo "== weir relay ($WORKERS workers)" >&2
+gcc -O2 -Wall -o "$OUT/rtpload" "$BENCH/rtp/rtpload.c"
+cat > "$OUT/weir.toml" <<CFG
+[sip]
+listen = ["udp:127.0.0.1:5070"]
+[media]
+mode = "always"
+port_range = "30000-59999"
+max_sessions = 100000
+workers = $WORKERS
+timeout = "120s"
+[log]
+level = "warn"
+CFG
+target/release/weir run -c "$OUT/weir.toml" 2>"$OUT/weir.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+sleep 1
+source "$BENCH/lib/common.sh"
+for n in "${levels[@]}"; do
+  d="$OUT/calls-$n"; mkdir -p "$d"
+  python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" setup "$n" --out "$d/ports.txt" 2>"$d/setup.txt"
+  rss_calls=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
+  "$OUT/rtpload" -p "$d/ports.txt" -a 21000 -b 21002 -d "$DUR" -o "$d/rtpload.json" >/dev/null &
+  lp=$!
+  python3 "$BENCH/lib/procmon.py" --proxy "$pid" --uac "$lp" --until "$lp" --out "$d/mon.json" &
+  mp=$!
+  wait "$lp"; wait "$mp"
+  python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" teardown 2>"$d/teardown.txt"
+  line=$(python3 - "$d" "$n" "$rss_calls" <<'PY'
+import json, sys
+d, n, rss_calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r = json.load(open(d + "/rtpload.json")); m = json.load(open(d + "/mon.json"))
+relayed = r["received"] / r["duration_s"]
+cpu = m["proxy_cpu_cores"]
+print("calls=%s streams=%d target_pps=%d relayed_pps=%d loss=%.3f%% lat_p50=%dus p99=%dus p99.9=%dus max=%dus "
+      "jitter_avg=%.1fus relay_cpu=%.2f cores (%.1f us/pkt) tester_cpu=%.2f softirq=%.2f busy=%.2f "
+      "relay_rss=%.1fMB rss_with_calls_before_media=%.1fMB" % (
+      n, r["streams"], r["target_pps"], relayed, r["loss_pct"], r["lat_p50_us"], r["lat_p99_us"],
+      r["lat_p99.9_us"], r["lat_max_us"], r["jitter_avg_us"], cpu, cpu * 1e6 / max(relayed, 1),
+      m["uac_cpu_cores"], m["softirq_cores"], m["machine_busy_cores"], m["proxy_peak_rss_kb"] / 1024,
+      rss_calls / 1024))
+PY
+)
+  echo "weir: $line" | tee -a "$OUT/levels.txt"
+  loss=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["loss_pct"])' "$d/rtpload.json")
+  if awk -v l="$loss" -v m="$STOP_LOSS_PCT" 'BEGIN{exit !(l>m)}'; then
+    echo "loss $loss% > $STOP_LOSS_PCT%: stopping" >&2
+    break
+  fi
+  sleep 3
+done
+echo "results: $OUT" >&2
