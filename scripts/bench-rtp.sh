@@ -28,7 +28,7 @@ ulimit -n "$(ulimit -Hn)"
 if [[ "${SKIP_RTPENGINE:-0}" != 1 ]]; then
   echo "== rtpengine (userspace, $WORKERS threads)" >&2
   RTPE_THREADS="$WORKERS" DUR="$DUR" STOP_LOSS_PCT="$STOP_LOSS_PCT" "$BENCH/rtp/rtp-bench.sh" "${levels[@]}" \
-    | sed 's/^/rtpengine: /'
+    | sed 's/^/rtpengine: /' || true
 fi
 [[ "${SKIP_WEIR:-0}" == 1 ]] && exit 0
 
@@ -50,7 +50,7 @@ target/release/weir run -c "$OUT/weir.toml" 2>"$OUT/weir.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 sleep 1
-source "$BENCH/lib/common.sh"
+rss_idle=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
 for n in "${levels[@]}"; do
   d="$OUT/calls-$n"; mkdir -p "$d"
   python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" setup "$n" --out "$d/ports.txt" 2>"$d/setup.txt"
@@ -61,19 +61,19 @@ for n in "${levels[@]}"; do
   mp=$!
   wait "$lp"; wait "$mp"
   python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" teardown 2>"$d/teardown.txt"
-  line=$(python3 - "$d" "$n" "$rss_calls" <<'PY'
+  line=$(python3 - "$d" "$n" "$rss_calls" "$rss_idle" <<'PY'
 import json, sys
-d, n, rss_calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+d, n, rss_calls, rss_idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 r = json.load(open(d + "/rtpload.json")); m = json.load(open(d + "/mon.json"))
 relayed = r["received"] / r["duration_s"]
 cpu = m["proxy_cpu_cores"]
 print("calls=%s streams=%d target_pps=%d relayed_pps=%d loss=%.3f%% lat_p50=%dus p99=%dus p99.9=%dus max=%dus "
       "jitter_avg=%.1fus relay_cpu=%.2f cores (%.1f us/pkt) tester_cpu=%.2f softirq=%.2f busy=%.2f "
-      "relay_rss=%.1fMB rss_with_calls_before_media=%.1fMB" % (
+      "relay_rss=%.1fMB rss_with_calls_before_media=%.1fMB (%.1f KB/call over idle)" % (
       n, r["streams"], r["target_pps"], relayed, r["loss_pct"], r["lat_p50_us"], r["lat_p99_us"],
       r["lat_p99.9_us"], r["lat_max_us"], r["jitter_avg_us"], cpu, cpu * 1e6 / max(relayed, 1),
       m["uac_cpu_cores"], m["softirq_cores"], m["machine_busy_cores"], m["proxy_peak_rss_kb"] / 1024,
-      rss_calls / 1024))
+      rss_calls / 1024, (rss_calls - rss_idle) / int(n)))
 PY
 )
   echo "weir: $line" | tee -a "$OUT/levels.txt"

@@ -100,8 +100,12 @@ struct Table {
     retired: MediaStats,
 }
 
+/// Sockets of pairs the pool handed out, bound and waiting to be opened.
+type Bound = Arc<Mutex<HashMap<u16, (std::net::UdpSocket, std::net::UdpSocket)>>>;
+
 struct Shared {
     settings: MediaSettings,
+    bound: Bound,
     rt: Handle,
     table: Mutex<Table>,
 }
@@ -132,9 +136,34 @@ impl Relay {
         timeouts: mpsc::Sender<Input>,
     ) -> Result<Relay, String> {
         let (first, last) = settings.port_range;
-        let pool = PortPool::new(first, last).map_err(|e| format!("[media] port_range: {e}"))?;
+        let mut pool =
+            PortPool::new(first, last).map_err(|e| format!("[media] port_range: {e}"))?;
+        // A pair is handed out only once both of its sockets are bound here
+        // (another program may hold a port of the range); they wait in
+        // `bound` until the call opens them.
+        let bound: Bound = Arc::default();
+        let address = settings.address;
+        let stash = bound.clone();
+        pool.set_probe(Box::new(move |rtp_port| {
+            let mut stash = lock(&stash);
+            if stash.contains_key(&rtp_port) {
+                return true;
+            }
+            let bind = |p: u16| std::net::UdpSocket::bind(SocketAddr::new(address, p));
+            match (bind(rtp_port), bind(rtp_port + 1)) {
+                (Ok(rtp), Ok(rtcp)) => {
+                    stash.insert(rtp_port, (rtp, rtcp));
+                    true
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    debug!(port = rtp_port, error = %e, "relay port pair skipped: in use");
+                    false
+                }
+            }
+        }));
         let shared = Arc::new(Shared {
             settings,
+            bound,
             rt: rt.clone(),
             table: Mutex::new(Table {
                 pool,
@@ -161,19 +190,30 @@ impl Relay {
         s
     }
 
-    /// Binds relay port `port` and starts its pump.
-    fn open(&self, call: &Arc<Call>, st: &mut CallState, port: u16) -> std::io::Result<()> {
-        let std_sock =
-            std::net::UdpSocket::bind(SocketAddr::new(self.shared.settings.address, port))?;
-        std_sock.set_nonblocking(true)?;
+    /// Starts the pumps of the pair at `rtp_port` (its sockets were bound
+    /// when the pool handed it out).
+    fn open(&self, call: &Arc<Call>, st: &mut CallState, rtp_port: u16) -> std::io::Result<()> {
+        let pair = lock(&self.shared.bound).remove(&rtp_port);
+        let (rtp, rtcp) = match pair {
+            Some(p) => p,
+            None => {
+                let bind = |p: u16| {
+                    std::net::UdpSocket::bind(SocketAddr::new(self.shared.settings.address, p))
+                };
+                (bind(rtp_port)?, bind(rtp_port + 1)?)
+            }
+        };
         let _in_runtime = self.shared.rt.enter();
-        let sock = Arc::new(UdpSocket::from_std(std_sock)?);
-        let task = self
-            .shared
-            .rt
-            .spawn(pump(sock.clone(), port, Arc::downgrade(call)));
-        st.sockets.insert(port, sock);
-        st.tasks.push(task.abort_handle());
+        for (port, std_sock) in [(rtp_port, rtp), (rtp_port + 1, rtcp)] {
+            std_sock.set_nonblocking(true)?;
+            let sock = Arc::new(UdpSocket::from_std(std_sock)?);
+            let task = self
+                .shared
+                .rt
+                .spawn(pump(sock.clone(), port, Arc::downgrade(call)));
+            st.sockets.insert(port, sock);
+            st.tasks.push(task.abort_handle());
+        }
         Ok(())
     }
 }
@@ -236,21 +276,19 @@ impl MediaRelay for Relay {
             .into_iter()
             .filter(|p| !before.contains(p))
             .collect();
-        for rtp_port in fresh {
-            for port in [rtp_port, rtp_port + 1] {
-                if let Err(e) = self.open(&entry, &mut st, port) {
-                    warn!(port, error = %e, "relay port cannot be bound");
-                    if new {
-                        st.session.release(&mut table.pool);
-                        for t in st.tasks.drain(..) {
-                            t.abort();
-                        }
+        for port in fresh {
+            if let Err(e) = self.open(&entry, &mut st, port) {
+                warn!(port, error = %e, "relay port cannot be bound");
+                if new {
+                    st.session.release(&mut table.pool);
+                    for t in st.tasks.drain(..) {
+                        t.abort();
                     }
-                    return Err(refusal(
-                        503,
-                        format!("Service Unavailable (relay port {port}: {e})"),
-                    ));
                 }
+                return Err(refusal(
+                    503,
+                    format!("Service Unavailable (relay port {port}: {e})"),
+                ));
             }
         }
         if st.session.answered && st.answered_at.is_none() {

@@ -4,11 +4,27 @@
 
 use std::collections::{HashSet, VecDeque};
 
+/// Says whether a pair can be used now (the host binds its sockets: another
+/// program may hold a port of the range, as an ephemeral port).
+pub type Probe = Box<dyn FnMut(u16) -> bool + Send>;
+
+/// How many free pairs one allocation tries before giving up.
+const PROBES: usize = 64;
+
 /// A pool of even ports in `first..=last`; each pair is `(p, p + 1)`.
-#[derive(Debug)]
 pub struct PortPool {
     free: VecDeque<u16>,
     used: HashSet<u16>,
+    probe: Option<Probe>,
+}
+
+impl std::fmt::Debug for PortPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortPool")
+            .field("free", &self.free.len())
+            .field("used", &self.used.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a range cannot be a port pool.
@@ -39,15 +55,29 @@ impl PortPool {
         Ok(PortPool {
             free,
             used: HashSet::new(),
+            probe: None,
         })
     }
 
     /// The next free pair's RTP port (the least recently released first, so a
     /// port is not reused while stray packets for its last call may arrive).
+    /// A pair the probe refuses goes to the back of the queue; after
+    /// [`PROBES`] refusals in a row the allocation fails.
     pub fn allocate(&mut self) -> Option<u16> {
-        let p = self.free.pop_front()?;
-        self.used.insert(p);
-        Some(p)
+        for _ in 0..PROBES.min(self.free.len()) {
+            let p = self.free.pop_front()?;
+            if self.probe.as_mut().is_none_or(|probe| probe(p)) {
+                self.used.insert(p);
+                return Some(p);
+            }
+            self.free.push_back(p);
+        }
+        None
+    }
+
+    /// Checks each pair before handing it out (see [`Probe`]).
+    pub fn set_probe(&mut self, probe: Probe) {
+        self.probe = Some(probe);
     }
 
     /// Gives a pair back; a port that is not in use is ignored (releasing
@@ -105,5 +135,17 @@ mod tests {
             RangeError::NoPair(40001, 40001)
         );
         assert_eq!(PortPool::new(80, 9000).unwrap_err(), RangeError::Privileged);
+    }
+
+    #[test]
+    fn pairs_the_probe_refuses_are_skipped_not_lost() {
+        let mut pool = PortPool::new(30000, 30007).unwrap();
+        // 30002 is held by another program.
+        pool.set_probe(Box::new(|p| p != 30002));
+        assert_eq!(pool.allocate(), Some(30000));
+        assert_eq!(pool.allocate(), Some(30004));
+        assert_eq!(pool.allocate(), Some(30006));
+        assert_eq!(pool.allocate(), None, "only the refused pair is left");
+        assert_eq!((pool.in_use(), pool.available()), (3, 1));
     }
 }
