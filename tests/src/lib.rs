@@ -335,17 +335,7 @@ impl Sipp {
 
     /// Like [`Sipp::spawn`], bounded by `timeout`.
     pub fn spawn_for(dir: &Path, label: &str, args: &[String], timeout: Duration) -> Sipp {
-        let out = dir.join(format!("{label}.out"));
-        let timeout = format!("{}s", timeout.as_secs().max(1));
-        let child = Command::new("sipp")
-            .current_dir(dir)
-            .args(args)
-            .args(["-nostdin", "-timeout", timeout.as_str(), "-timeout_error"])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sipp");
-        Sipp { child, out }
+        Sipp::start(Command::new("sipp"), dir, label, args, timeout)
     }
 
     /// Like [`Sipp::spawn_for`], inside network namespace `netns`.
@@ -356,17 +346,28 @@ impl Sipp {
         args: &[String],
         timeout: Duration,
     ) -> Sipp {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, "sipp"]);
+        Sipp::start(cmd, dir, label, args, timeout)
+    }
+
+    fn start(
+        mut cmd: Command,
+        dir: &Path,
+        label: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Sipp {
         let out = dir.join(format!("{label}.out"));
         let timeout = format!("{}s", timeout.as_secs().max(1));
-        let child = Command::new("ip")
+        let child = cmd
             .current_dir(dir)
-            .args(["netns", "exec", netns, "sipp"])
             .args(args)
             .args(["-nostdin", "-timeout", timeout.as_str(), "-timeout_error"])
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start sipp in the namespace");
+            .expect("start sipp");
         Sipp { child, out }
     }
 
@@ -424,6 +425,15 @@ pub fn install_file(dir: &Path, name: &str, bytes: &[u8]) {
 /// One HTTP/1.1 request on a fresh connection: the status and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     http_with(addr, method, path, &[], body)
+}
+
+/// The value of series `series` (no labels) in weir's `/metrics` at `admin`.
+pub fn metric(admin: SocketAddr, series: &str) -> u64 {
+    let (status, body) = http(admin, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
 }
 
 /// Like [`http`], with extra request headers.

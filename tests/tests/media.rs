@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weir_e2e::{free_port, free_ports, http, require, scenario, tempdir, Sipp, SippRun, Weir};
+use weir_e2e::{free_port, free_ports, metric, require, scenario, tempdir, Sipp, SippRun, Weir};
 
 /// Packets in SIPp's g711a.pcap and dtmf_2833_1.pcap.
 const AUDIO_PACKETS: u64 = 236;
@@ -59,20 +59,11 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// The value of a `/metrics` series.
-fn metric(r: &Relayed, series: &str) -> u64 {
-    let (status, body) = http(r.admin, "GET", "/metrics", "");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
-}
-
 /// Waits (at most 5 s) until the relay holds no session and `/metrics` (published
 /// about once a second) shows it.
 fn settle(r: &Relayed) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while metric(r, "weir_media_sessions") != 0 && std::time::Instant::now() < deadline {
+    while metric(r.admin, "weir_media_sessions") != 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(1200));
@@ -179,19 +170,19 @@ fn rtp_and_dtmf_flow_both_ways_through_the_relay_with_no_loss() {
     // Every packet the caller played went to the callee through the relay and
     // every echo came back through it: nothing lost, nothing refused.
     let sent = u64::from(calls) * (AUDIO_PACKETS + DTMF_PACKETS);
-    let relayed = metric(&r, "weir_media_packets_total");
+    let relayed = metric(r.admin, "weir_media_packets_total");
     eprintln!(
         "relayed {relayed} packets for {calls} calls ({sent} each way); dropped {}, malformed {}, send errors {}",
-        metric(&r, "weir_media_dropped_source_total"),
-        metric(&r, "weir_media_malformed_total"),
-        metric(&r, "weir_media_send_errors_total")
+        metric(r.admin, "weir_media_dropped_source_total"),
+        metric(r.admin, "weir_media_malformed_total"),
+        metric(r.admin, "weir_media_send_errors_total")
     );
     assert_eq!(relayed, 2 * sent, "loss 0 both ways");
-    assert_eq!(metric(&r, "weir_media_dropped_source_total"), 0);
-    assert_eq!(metric(&r, "weir_media_malformed_total"), 0);
+    assert_eq!(metric(r.admin, "weir_media_dropped_source_total"), 0);
+    assert_eq!(metric(r.admin, "weir_media_malformed_total"), 0);
     // The BYEs gave every port back.
-    assert_eq!(metric(&r, "weir_media_sessions"), 0);
-    assert_eq!(metric(&r, "weir_media_ports_in_use"), 0);
+    assert_eq!(metric(r.admin, "weir_media_sessions"), 0);
+    assert_eq!(metric(r.admin, "weir_media_ports_in_use"), 0);
 }
 
 #[test]
@@ -215,8 +206,11 @@ fn a_call_whose_media_stops_is_ended_with_a_bye_to_each_party() {
         "not before the timeout: {took:?}"
     );
     settle(&r);
-    assert_eq!(metric(&r, "weir_media_timeouts_total"), u64::from(calls));
-    assert_eq!(metric(&r, "weir_media_ports_in_use"), 0);
+    assert_eq!(
+        metric(r.admin, "weir_media_timeouts_total"),
+        u64::from(calls)
+    );
+    assert_eq!(metric(r.admin, "weir_media_ports_in_use"), 0);
     assert!(
         r.weir
             .log_text()

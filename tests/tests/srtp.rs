@@ -12,15 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::{setup, uas_filled};
-use weir_e2e::{baresip_config, free_port, free_ports, have, http, plugin_wasm, Program};
-
-fn metric(admin: std::net::SocketAddr, series: &str) -> u64 {
-    let (status, body) = http(admin, "GET", "/metrics", "");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{body}"))
-}
+use weir_e2e::{baresip_config, free_port, free_ports, have, metric, plugin_wasm, Program};
 
 #[test]
 fn baresip_speaks_srtp_to_weir_and_the_callee_hears_plain_rtp() {

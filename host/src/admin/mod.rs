@@ -363,11 +363,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
             st.refused_banned,
         ),
     ];
-    for (name, help, value) in counters {
-        out.push_str(&format!(
-            "# HELP weir_sip_{name}_total {help}\n# TYPE weir_sip_{name}_total counter\nweir_sip_{name}_total {value}\n"
-        ));
-    }
+    push_counters(&mut out, "weir_sip", &counters);
     let gauges: [(&str, usize); 4] = [
         ("server_transactions", st.live_server_transactions),
         ("client_transactions", st.live_client_transactions),
@@ -404,11 +400,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
                 m.srtp_refused,
             ),
         ];
-        for (name, help, value) in counters {
-            out.push_str(&format!(
-                "# HELP weir_media_{name}_total {help}\n# TYPE weir_media_{name}_total counter\nweir_media_{name}_total {value}\n"
-            ));
-        }
+        push_counters(&mut out, "weir_media", &counters);
         out.push_str(&format!(
             "# TYPE weir_media_sessions gauge\nweir_media_sessions {}\n# TYPE weir_media_ports_in_use gauge\nweir_media_ports_in_use {}\n",
             m.sessions, m.ports_in_use
@@ -427,6 +419,15 @@ async fn metrics(State(a): State<Admin>) -> Response {
         }
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// `PREFIX_NAME_total` counters with their help lines (Prometheus text).
+fn push_counters(out: &mut String, prefix: &str, counters: &[(&str, &str, u64)]) {
+    for (name, help, value) in counters {
+        out.push_str(&format!(
+            "# HELP {prefix}_{name}_total {help}\n# TYPE {prefix}_{name}_total counter\n{prefix}_{name}_total {value}\n"
+        ));
+    }
 }
 
 fn check_key(key: &str) -> Result<(), ApiError> {
