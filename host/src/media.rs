@@ -402,7 +402,8 @@ fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr) {
 }
 
 /// Once a second: calls whose media stopped (answered, no packet for
-/// `[media] timeout`) or that were never answered are reported to the core.
+/// `[media] timeout`, or `hold_timeout` on hold) or that were never answered
+/// are reported to the core.
 async fn sweep(shared: std::sync::Weak<Shared>, timeouts: mpsc::Sender<Input>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,7 +412,7 @@ async fn sweep(shared: std::sync::Weak<Shared>, timeouts: mpsc::Sender<Input>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let timeout = shared.settings.timeout;
+        let (timeout, hold_timeout) = (shared.settings.timeout, shared.settings.hold_timeout);
         let calls: Vec<(u64, Arc<Call>)> = lock(&shared.table)
             .calls
             .iter()
@@ -431,8 +432,14 @@ async fn sweep(shared: std::sync::Weak<Shared>, timeouts: mpsc::Sender<Input>) {
             if st.ending {
                 continue;
             }
+            // On hold silence is expected: a longer wait.
+            let limit = if st.session.on_hold() {
+                hold_timeout
+            } else {
+                timeout
+            };
             let over = match st.answered_at {
-                Some(at) => now.saturating_duration_since(st.quiet_since.max(at)) >= timeout,
+                Some(at) => now.saturating_duration_since(st.quiet_since.max(at)) >= limit,
                 None => now.saturating_duration_since(st.created) >= UNANSWERED_LIMIT,
             };
             if over {

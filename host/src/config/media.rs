@@ -18,6 +18,7 @@ pub(super) struct RawMedia {
     address: Option<Spanned<String>>,
     advertise: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    hold_timeout: Option<Spanned<String>>,
     max_sessions: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     srtp_over_plain_sip: Option<bool>,
@@ -35,6 +36,8 @@ pub struct MediaSettings {
     pub advertise: IpAddr,
     /// No packet for this long on an answered call ends it (BYE both ways).
     pub timeout: Duration,
+    /// The same for a call on hold (sendonly, recvonly, inactive).
+    pub hold_timeout: Duration,
     /// Relayed calls at most; more get 503 at once.
     pub max_sessions: usize,
     /// Threads forwarding packets.
@@ -101,6 +104,11 @@ pub(super) fn media_settings(
         }
     }
     let timeout = c.duration("[media] timeout", &r.timeout, Duration::from_secs(60));
+    let hold_timeout = c.duration(
+        "[media] hold_timeout",
+        &r.hold_timeout,
+        Duration::from_secs(3600),
+    );
     let max_sessions = c.count(
         "[media] max_sessions",
         &r.max_sessions,
@@ -126,6 +134,7 @@ pub(super) fn media_settings(
         address,
         advertise,
         timeout,
+        hold_timeout,
         max_sessions,
         workers,
         srtp_over_plain_sip: r.srtp_over_plain_sip.unwrap_or(false),
@@ -168,6 +177,7 @@ mod tests {
         assert_eq!(m.address, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(m.advertise, m.address);
         assert_eq!(m.timeout, Duration::from_secs(60));
+        assert_eq!(m.hold_timeout, Duration::from_secs(3600));
         // A wildcard listener advertised by IP: the relay binds the wildcard
         // and writes the advertised address.
         let m = parse("[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertise = \"203.0.113.7\"\n")

@@ -89,6 +89,8 @@ struct Stream {
     /// Where the relay terminates SRTP: what a party sends is decrypted
     /// (`from_*`), what it receives encrypted (`to_*`).
     keys: Keys,
+    /// The last description from either party put this line on hold.
+    held: bool,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +115,7 @@ impl Stream {
             a_said: None,
             b_said: None,
             keys: Keys::default(),
+            held: false,
         }
     }
 }
@@ -216,6 +219,13 @@ impl Session {
         } else {
             self.offer(pool, side, sdp_bytes, signalled_from)
         }
+    }
+
+    /// True when the last description put every stream on hold
+    /// (`sendonly`, `recvonly`, `inactive`): silence is expected, and the
+    /// host's media timeout should wait longer.
+    pub fn on_hold(&self) -> bool {
+        !self.streams.is_empty() && self.streams.iter().all(|s| s.held)
     }
 
     /// The ports this session holds (RTP ports; RTCP is each + 1).
@@ -530,6 +540,7 @@ impl Session {
     fn learn(&mut self, side: Side, d: &Description, signalled_from: Option<IpAddr>) {
         let active = d.media.iter().filter(|m| m.port != 0);
         for (s, m) in self.streams.iter_mut().zip(active) {
+            s.held = m.held;
             let reachable = !sdp::is_private(m.address) || signalled_from == Some(m.address);
             let addr = reachable.then(|| SocketAddr::new(m.address, m.port));
             let said = Some(SocketAddr::new(m.address, m.port));
@@ -867,5 +878,37 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         assert_eq!(e.sip_status().0, 488);
         assert!(e.to_string().contains("no a=crypto"), "{e}");
         assert_eq!(pool.in_use(), 0, "nothing held");
+    }
+
+    #[test]
+    fn a_hold_re_invite_is_seen_and_a_resume_ends_it() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.offer(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+        )
+        .unwrap();
+        s.answer(Side::B, offer("198.51.100.2", 5000).as_bytes(), None)
+            .unwrap();
+        assert!(!s.on_hold());
+        let hold = offer("198.51.100.1", 4000).replace("m=audio", "a=inactive\r\nm=audio");
+        s.offer(&mut pool, Side::A, hold.as_bytes(), None).unwrap();
+        assert!(s.on_hold(), "session-level a=inactive");
+        let answer = format!("{}a=inactive\r\n", offer("198.51.100.2", 5000));
+        s.answer(Side::B, answer.as_bytes(), None).unwrap();
+        assert!(s.on_hold());
+        s.offer(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+        )
+        .unwrap();
+        s.answer(Side::B, offer("198.51.100.2", 5000).as_bytes(), None)
+            .unwrap();
+        assert!(!s.on_hold(), "resumed");
     }
 }

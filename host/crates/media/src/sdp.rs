@@ -43,6 +43,9 @@ pub struct MediaLine {
     pub telephone_event: Option<u8>,
     /// The `a=crypto` values (RFC 4568), in order.
     pub crypto: Vec<String>,
+    /// `a=sendonly`, `a=recvonly` or `a=inactive` (here or for the whole
+    /// session): a call on hold, where silence is expected.
+    pub held: bool,
 }
 
 /// What a description says, for the relay to expect.
@@ -92,6 +95,15 @@ fn attribute<'a>(attrs: &'a [Attribute], name: &str) -> impl Iterator<Item = Opt
         .map(|a| a.value.as_deref())
 }
 
+/// The direction attribute among `attrs`, if any.
+fn direction(attrs: &[Attribute]) -> Option<&'static str> {
+    attrs.iter().find_map(|a| {
+        ["sendrecv", "sendonly", "recvonly", "inactive"]
+            .into_iter()
+            .find(|d| a.attribute.eq_ignore_ascii_case(d))
+    })
+}
+
 /// Reads a description.
 pub fn inspect(sdp: &[u8]) -> Result<Description, SdpError> {
     let s = parse(sdp)?;
@@ -135,6 +147,9 @@ pub fn inspect(sdp: &[u8]) -> Result<Description, SdpError> {
                 .flatten()
                 .map(str::to_string)
                 .collect(),
+            held: direction(&m.attributes)
+                .or_else(|| direction(&s.attributes))
+                .is_some_and(|d| d != "sendrecv"),
         });
     }
     Ok(Description { media, private })
