@@ -427,6 +427,30 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Str
     http_with(addr, method, path, &[], body)
 }
 
+/// Fails (keeping `dir` for a look) unless `run` ended well with `calls`
+/// successful calls and none failed; the message carries SIPp's and weir's
+/// last lines.
+pub fn check_run(dir: &mut tempdir::Dir, weir: &Weir, what: &str, run: &SippRun, calls: u64) {
+    if run.code != Some(0) || run.successful != calls || run.failed != 0 {
+        let kept = std::mem::replace(dir, tempdir::Dir::new("kept")).keep();
+        panic!(
+            "{what}: exit {:?}, {} ok, {} failed, {calls} expected (kept {})\n{}\n--- weir ---\n{}",
+            run.code,
+            run.successful,
+            run.failed,
+            kept.display(),
+            tail(&run.output),
+            tail(&weir.log_text())
+        );
+    }
+}
+
+/// The last 30 non-empty lines of `s`.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 /// The value of series `series` (no labels) in weir's `/metrics` at `admin`.
 pub fn metric(admin: SocketAddr, series: &str) -> u64 {
     let (status, body) = http(admin, "GET", "/metrics", "");

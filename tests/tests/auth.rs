@@ -14,7 +14,8 @@ use weir_e2e::{
 
 mod common;
 
-use common::{setup_with, tail, Setup};
+use common::{setup_with, Setup};
+use weir_e2e::tail;
 
 const REALM: &str = "weir.test";
 

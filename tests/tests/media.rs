@@ -70,18 +70,7 @@ fn settle(r: &Relayed) {
 }
 
 fn check(r: &mut Relayed, what: &str, run: &SippRun, calls: u64) {
-    if run.code != Some(0) || run.successful != calls || run.failed != 0 {
-        let kept = std::mem::replace(&mut r.dir, tempdir::Dir::new("kept")).keep();
-        panic!(
-            "{what}: exit {:?}, {} ok, {} failed, {calls} expected (kept {})\n{}\n--- weir ---\n{}",
-            run.code,
-            run.successful,
-            run.failed,
-            kept.display(),
-            run.output,
-            r.weir.log_text()
-        );
-    }
+    weir_e2e::check_run(&mut r.dir, &r.weir, what, run, calls);
 }
 
 /// A SIPp UAS echoing RTP on its media port (media-uas.xml), and a UAC

@@ -13,7 +13,8 @@ use weir_e2e::{free_port, http, plugin_wasm, Kamailio};
 
 mod common;
 
-use common::{check, setup, setup_with, tail, uac, uac_to, uas, uas_filled};
+use common::{check, setup, setup_with, uac, uac_to, uas, uas_filled};
+use weir_e2e::tail;
 
 #[test]
 fn outbound_calls_answer_the_carriers_digest_challenge() {

@@ -139,21 +139,5 @@ pub fn uac_to(
 }
 
 pub fn check(s: &mut Setup, what: &str, run: &SippRun, calls: u64) {
-    if run.code != Some(0) || run.successful != calls || run.failed != 0 {
-        let kept = std::mem::replace(&mut s.dir, tempdir::Dir::new("kept")).keep();
-        panic!(
-            "{what}: exit {:?}, {} ok, {} failed, {calls} expected (kept {})\n{}\n--- weir ---\n{}",
-            run.code,
-            run.successful,
-            run.failed,
-            kept.display(),
-            tail(&run.output),
-            tail(&s.weir.log_text())
-        );
-    }
-}
-
-pub fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    weir_e2e::check_run(&mut s.dir, &s.weir, what, run, calls);
 }
