@@ -337,8 +337,11 @@ fn init_logging(cfg: &config::Config) -> tracing_appender::non_blocking::WorkerG
         .buffered_lines_limit(100_000)
         .thread_name("log-writer")
         .finish(std::io::stderr());
+    // Colours only on a terminal: a log file or journal gets plain text
+    // (escape codes there break grep and log shippers).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     if cfg.log_json {
         builder.json().init();

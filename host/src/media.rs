@@ -23,10 +23,10 @@ use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use weir_media::ports::PortPool;
-use weir_media::relay::{Refused, Session, Side};
-use weir_media::rtp;
+use weir_media::relay::{Refused, Session, Side, StreamReport};
+use weir_media::stats::Report;
 use weir_sip::proxy::{MediaCall, MediaMode, MediaRefusal, MediaRelay, Party};
 
 use crate::config::MediaSettings;
@@ -51,6 +51,88 @@ pub struct MediaStats {
     pub send_errors: u64,
     /// SRTP/SRTCP that failed authentication or was replayed.
     pub srtp_refused: u64,
+    /// In calls that ended (so the counts only grow: a late packet can still
+    /// lower a live call's loss): RTP packets lost on the way to the relay
+    /// (by sequence numbers), and packets whose payload type was renumbered.
+    pub lost: u64,
+    pub payload_types_mapped: u64,
+}
+
+impl MediaStats {
+    fn add_streams(&mut self, streams: &[StreamReport]) {
+        for r in streams.iter().flat_map(|s| [s.from_a, s.from_b]) {
+            self.lost += r.lost;
+            self.payload_types_mapped += r.payload_types_mapped;
+        }
+    }
+}
+
+/// One relayed call as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    /// The relayed dialog's id and its SIP Call-ID.
+    pub id: u64,
+    pub call_id: String,
+    pub answered: bool,
+    pub on_hold: bool,
+    /// The leg whose SRTP the relay terminates.
+    pub srtp_leg: Option<&'static str>,
+    pub age: Duration,
+    /// Since the last packet relayed (to within the sweeper's second).
+    pub quiet: Duration,
+    pub dropped_source: u64,
+    pub malformed: u64,
+    pub srtp_refused: u64,
+    pub streams: Vec<StreamReport>,
+}
+
+impl CallReport {
+    /// As JSON: per stream, each party's address and what it sent.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let party = |addr: Option<SocketAddr>, port: u16, r: &Report| {
+            json!({
+                "address": addr.map(|a| a.to_string()),
+                "relay_port": port,
+                "sent": {
+                    "packets": r.packets,
+                    "bytes": r.bytes,
+                    "rtcp_packets": r.rtcp_packets,
+                    "dtmf_packets": r.dtmf_packets,
+                    "ssrc": r.ssrc,
+                    "ssrc_changes": r.ssrc_changes,
+                    "expected": r.expected,
+                    "lost": r.lost,
+                    "jitter_ms": (r.jitter_ms * 1000.0).round() / 1000.0,
+                    "payload_types_mapped": r.payload_types_mapped,
+                },
+            })
+        };
+        let streams: Vec<serde_json::Value> = self
+            .streams
+            .iter()
+            .map(|s| {
+                json!({
+                    "kind": s.kind,
+                    "caller": party(s.a, s.facing_a, &s.from_a),
+                    "callee": party(s.b, s.facing_b, &s.from_b),
+                })
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "call_id": self.call_id,
+            "answered": self.answered,
+            "on_hold": self.on_hold,
+            "srtp_leg": self.srtp_leg,
+            "age_s": self.age.as_secs(),
+            "quiet_s": self.quiet.as_secs(),
+            "dropped_source": self.dropped_source,
+            "malformed": self.malformed,
+            "srtp_refused": self.srtp_refused,
+            "streams": streams,
+        })
+    }
 }
 
 /// One call's packet counters (read by the sweeper, written by the pumps).
@@ -76,6 +158,8 @@ impl Counters {
 }
 
 struct Call {
+    /// The SIP Call-ID, for logs and the admin API.
+    call_id: String,
     state: Mutex<CallState>,
     counters: Counters,
 }
@@ -114,6 +198,12 @@ struct Shared {
 #[derive(Clone)]
 pub struct Relay {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -190,6 +280,25 @@ impl Relay {
         s
     }
 
+    /// The relayed calls, oldest first (at most `limit`), or those of one
+    /// SIP Call-ID.
+    pub fn calls(&self, call_id: Option<&str>, limit: usize) -> Vec<CallReport> {
+        let calls: Vec<(u64, Arc<Call>)> = lock(&self.shared.table)
+            .calls
+            .iter()
+            .filter(|(_, c)| call_id.is_none_or(|id| c.call_id == id))
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        let now = Instant::now();
+        let mut out: Vec<CallReport> = calls
+            .into_iter()
+            .map(|(id, c)| report(id, &c, now))
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.age));
+        out.truncate(limit);
+        out
+    }
+
     /// Starts the pumps of the pair at `rtp_port` (its sockets were bound
     /// when the pool handed it out).
     fn open(&self, call: &Arc<Call>, st: &mut CallState, rtp_port: u16) -> std::io::Result<()> {
@@ -246,6 +355,7 @@ impl MediaRelay for Relay {
                     session.terminate_srtp(side, Box::new(|b| OsRng.fill_bytes(b)));
                 }
                 let c = Arc::new(Call {
+                    call_id: String::from_utf8_lossy(call.call_id).into_owned(),
                     state: Mutex::new(CallState {
                         session,
                         sockets: HashMap::new(),
@@ -307,13 +417,63 @@ impl MediaRelay for Relay {
             return;
         };
         let mut st = lock(&call.state);
-        st.session.release(&mut table.pool);
         for t in st.tasks.drain(..) {
             t.abort();
         }
         st.sockets.clear();
+        let streams = st.session.report();
+        st.session.release(&mut table.pool);
         drop(st);
         call.counters.add_to(&mut table.retired);
+        table.retired.add_streams(&streams);
+        drop(table);
+        log_ended(&call, &streams);
+    }
+}
+
+fn report(id: u64, call: &Call, now: Instant) -> CallReport {
+    let c = &call.counters;
+    let st = lock(&call.state);
+    CallReport {
+        id,
+        call_id: call.call_id.clone(),
+        answered: st.session.answered,
+        on_hold: st.session.on_hold(),
+        srtp_leg: st.session.srtp_leg().map(|s| match s {
+            Side::A => "caller",
+            Side::B => "callee",
+        }),
+        age: now.saturating_duration_since(st.created),
+        quiet: now.saturating_duration_since(st.quiet_since),
+        dropped_source: c.dropped.load(Relaxed),
+        malformed: c.malformed.load(Relaxed),
+        srtp_refused: c.srtp_refused.load(Relaxed),
+        streams: st.session.report(),
+    }
+}
+
+/// One line per stream when a relayed call ends: what each way carried.
+fn log_ended(call: &Call, streams: &[StreamReport]) {
+    let c = &call.counters;
+    for (i, s) in streams.iter().enumerate() {
+        let (a, b) = (&s.from_a, &s.from_b);
+        info!(
+            call_id = %call.call_id,
+            stream = i,
+            kind = %s.kind,
+            caller_packets = a.packets,
+            caller_lost = a.lost,
+            caller_jitter_ms = format_args!("{:.2}", a.jitter_ms),
+            caller_dtmf = a.dtmf_packets,
+            caller_renumbered = a.payload_types_mapped,
+            callee_packets = b.packets,
+            callee_lost = b.lost,
+            callee_jitter_ms = format_args!("{:.2}", b.jitter_ms),
+            callee_dtmf = b.dtmf_packets,
+            callee_renumbered = b.payload_types_mapped,
+            dropped_source = c.dropped.load(Relaxed),
+            "relayed media ended"
+        );
     }
 }
 
@@ -357,16 +517,13 @@ async fn pump(sock: Arc<UdpSocket>, port: u16, call: std::sync::Weak<Call>) {
 
 fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr) {
     let c = &call.counters;
-    if rtp::classify(packet).is_err() {
-        c.malformed.fetch_add(1, Relaxed);
-        return;
-    }
+    let now = Instant::now();
     OUT.with_borrow_mut(|buf| {
         buf.clear();
         buf.extend_from_slice(packet);
         let (route, out) = {
             let mut st = lock(&call.state);
-            match st.session.forward(port, from, buf) {
+            match st.session.forward(now, port, from, buf) {
                 Ok(route) => {
                     let out = st.sockets.get(&route.from_port).cloned();
                     (route, out)
@@ -374,6 +531,11 @@ fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr) {
                 Err(Refused::Source) => {
                     drop(st);
                     c.dropped.fetch_add(1, Relaxed);
+                    return;
+                }
+                Err(Refused::Malformed(_)) => {
+                    drop(st);
+                    c.malformed.fetch_add(1, Relaxed);
                     return;
                 }
                 Err(Refused::Srtp(e)) => {

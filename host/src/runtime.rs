@@ -41,6 +41,8 @@ pub struct Published {
     pub registrations: Vec<weir_sip::proxy::RegistrationStatus>,
     /// None when the relay is off.
     pub media: Option<crate::media::MediaStats>,
+    /// The relay itself, for per-call reports (None when off).
+    pub relay: Option<crate::media::Relay>,
 }
 
 pub async fn run(
@@ -170,6 +172,7 @@ pub async fn run(
                 stats: proxy.stats(),
                 registrations: proxy.registrations(last_publish),
                 media: relay.as_ref().map(crate::media::Relay::stats),
+                relay: relay.clone(),
             };
             *stats_out.lock().unwrap_or_else(|p| p.into_inner()) = published;
         }

@@ -8,7 +8,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use weir_e2e::{free_port, free_ports, metric, require, scenario, tempdir, Sipp, SippRun, Weir};
+use weir_e2e::{
+    free_port, free_ports, http, metric, require, scenario, tempdir, Sipp, SippRun, Weir,
+};
 
 /// Packets in SIPp's g711a.pcap and dtmf_2833_1.pcap.
 const AUDIO_PACKETS: u64 = 236;
@@ -73,23 +75,37 @@ fn check(r: &mut Relayed, what: &str, run: &SippRun, calls: u64) {
     weir_e2e::check_run(&mut r.dir, &r.weir, what, run, calls);
 }
 
-/// A SIPp UAS echoing RTP on its media port (media-uas.xml), and a UAC
-/// running `uac` (with `fill`) through weir: `calls` calls at once.
+/// A SIPp UAS echoing RTP on its media port (media-uas.xml, answering
+/// DTMF as the `@DTMF_PT@` of `fill`, else 101), and a UAC running `uac`
+/// (with `fill`) through weir: `calls` calls at once; returns when both end.
 fn calls_through(
     r: &mut Relayed,
     uac: &str,
     fill: &[(&str, &str)],
     calls: u32,
 ) -> (SippRun, SippRun) {
+    let (uac, uas) = start_calls(r, uac, fill, calls);
+    let uac = uac.wait(Duration::from_secs(40));
+    let uas = uas.wait(Duration::from_secs(10));
+    (uac, uas)
+}
+
+/// [`calls_through`] without waiting: the running UAC and UAS.
+fn start_calls(r: &mut Relayed, uac: &str, fill: &[(&str, &str)], calls: u32) -> (Sipp, Sipp) {
     let uas_port = free_port();
     let (uas_media, uac_media) = (free_ports(4), free_ports(4));
     let ports = r.ports_regex.clone();
+    let dtmf_pt = fill
+        .iter()
+        .find(|(k, _)| *k == "@DTMF_PT@")
+        .map_or("101", |f| f.1);
     let uas_file = scenario(
         r.dir.path(),
         "media-uas.xml",
         &[
             ("@RELAY_PORTS@", ports.as_str()),
             ("@MEDIA_IP@", "127.0.0.1"),
+            ("@DTMF_PT@", dtmf_pt),
         ],
     );
     let uac_file = scenario(r.dir.path(), uac, fill);
@@ -137,9 +153,37 @@ fn calls_through(
             "10",
         ]),
     );
-    let uac = uac.wait(Duration::from_secs(40));
-    let uas = uas.wait(Duration::from_secs(10));
     (uac, uas)
+}
+
+/// The fields of weir's "relayed media ended" lines (one per stream of each
+/// relayed call), as `name=value` text.
+fn ended_streams(weir: &Weir) -> Vec<std::collections::HashMap<String, String>> {
+    weir.log_text()
+        .lines()
+        .filter(|l| l.contains("relayed media ended"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn num(fields: &std::collections::HashMap<String, String>, key: &str) -> f64 {
+    fields
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key} in {fields:?}"))
+}
+
+/// The relay's report of the live calls (`GET /v1/media`).
+fn live_calls(admin: SocketAddr) -> Vec<serde_json::Value> {
+    let (status, body) = http(admin, "GET", "/v1/media", "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["calls"].as_array().unwrap().clone()
 }
 
 #[test]
@@ -151,6 +195,7 @@ fn rtp_and_dtmf_flow_both_ways_through_the_relay_with_no_loss() {
         ("@RELAY_PORTS@", ports.as_str()),
         ("@MEDIA_IP@", "127.0.0.1"),
         ("@HOLD_MS@", "600"),
+        ("@DTMF_PT@", "101"),
     ];
     let (uac, uas) = calls_through(&mut r, "media-uac.xml", &fill, calls);
     check(&mut r, "UAC", &uac, u64::from(calls));
@@ -172,6 +217,146 @@ fn rtp_and_dtmf_flow_both_ways_through_the_relay_with_no_loss() {
     // The BYEs gave every port back.
     assert_eq!(metric(r.admin, "weir_media_sessions"), 0);
     assert_eq!(metric(r.admin, "weir_media_ports_in_use"), 0);
+    // Per stream, as each call ended: every packet each way, in sequence.
+    let streams = ended_streams(&r.weir);
+    assert_eq!(streams.len(), calls as usize, "{streams:?}");
+    for s in &streams {
+        for party in ["caller", "callee"] {
+            let n = |k: &str| num(s, &format!("{party}_{k}"));
+            assert_eq!(n("packets"), sent as f64 / f64::from(calls), "{s:?}");
+            assert_eq!(n("dtmf"), DTMF_PACKETS as f64, "{s:?}");
+            assert_eq!(n("lost"), 0.0, "{s:?}");
+            assert_eq!(n("renumbered"), 0.0, "both legs say 101: {s:?}");
+            // SIPp plays its pcap on its own clock, over loopback.
+            assert!(n("jitter_ms") < 20.0, "{s:?}");
+        }
+    }
+    assert_eq!(metric(r.admin, "weir_media_packets_lost_total"), 0);
+}
+
+#[test]
+fn dtmf_is_renumbered_when_the_callee_answers_with_another_payload_type() {
+    // The caller offers DTMF as 101 and sends 101; the callee answers 96
+    // (RFC 3264 allows it). The relay hands the callee 96; the callee's echo
+    // of what it got (96) reaches the caller as 101 again.
+    let mut r = relayed("");
+    let ports = r.ports_regex.clone();
+    let fill = [
+        ("@RELAY_PORTS@", ports.as_str()),
+        ("@MEDIA_IP@", "127.0.0.1"),
+        ("@HOLD_MS@", "600"),
+        ("@DTMF_PT@", "96"),
+    ];
+    let (uac, uas) = calls_through(&mut r, "media-uac.xml", &fill, 1);
+    check(&mut r, "UAC", &uac, 1);
+    check(&mut r, "UAS", &uas, 1);
+    settle(&r);
+    let streams = ended_streams(&r.weir);
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    let s = &streams[0];
+    // The echo came back as 96 only if the callee was handed 96: each of the
+    // ten event packets was renumbered on the way in and on the way back.
+    for party in ["caller", "callee"] {
+        let n = |k: &str| num(s, &format!("{party}_{k}"));
+        assert_eq!(n("renumbered"), DTMF_PACKETS as f64, "{s:?}");
+        assert_eq!(n("dtmf"), DTMF_PACKETS as f64, "{s:?}");
+        assert_eq!(n("packets"), (AUDIO_PACKETS + DTMF_PACKETS) as f64, "{s:?}");
+        assert_eq!(n("lost"), 0.0, "{s:?}");
+    }
+    assert_eq!(
+        metric(r.admin, "weir_media_payload_types_mapped_total"),
+        2 * DTMF_PACKETS
+    );
+}
+
+#[test]
+fn after_latching_ten_thousand_packets_from_another_source_are_all_dropped() {
+    let mut r = relayed("");
+    let ports = r.ports_regex.clone();
+    let fill = [
+        ("@RELAY_PORTS@", ports.as_str()),
+        ("@MEDIA_IP@", "127.0.0.1"),
+        ("@HOLD_MS@", "600"),
+        ("@DTMF_PT@", "101"),
+    ];
+    let (uac, uas) = start_calls(&mut r, "media-uac.xml", &fill, 1);
+    // Wait (at most 5 s) until both parties are heard: both latched.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let call = loop {
+        let calls = live_calls(r.admin);
+        let heard = calls.first().filter(|c| {
+            let s = &c["streams"][0];
+            s["caller"]["sent"]["packets"].as_u64() > Some(0)
+                && s["callee"]["sent"]["packets"].as_u64() > Some(0)
+        });
+        if let Some(c) = heard {
+            break c.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call latched both ways: {calls:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stream = &call["streams"][0];
+    let caller = stream["caller"]["address"].as_str().unwrap().to_string();
+    eprintln!("latched call: {call}");
+    // 5,000 RTP packets at each of the relay's ports of the call, from a
+    // socket that is neither party (same host, another port), paced so the
+    // kernel's receive queue never overflows (each one must reach weir).
+    let attacker = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_ne!(attacker.local_addr().unwrap().to_string(), caller);
+    let mut packet = vec![0x80, 8, 0, 0, 0, 0, 0, 0, 0xba, 0xd0, 0xba, 0xd0];
+    packet.extend_from_slice(&[0x55; 160]);
+    let mut sent = 0u64;
+    for side in ["caller", "callee"] {
+        let port = stream[side]["relay_port"].as_u64().unwrap();
+        let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for i in 0..5000u16 {
+            packet[2..4].copy_from_slice(&i.to_be_bytes());
+            attacker.send_to(&packet, to).unwrap();
+            sent += 1;
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    // The call's own count says where they went (at most 3 s to drain).
+    let call_id = call["call_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let dropped = loop {
+        let (status, body) = http(r.admin, "GET", &format!("/v1/media/{call_id}"), "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let dropped = v["calls"][0]["dropped_source"].as_u64().unwrap();
+        if dropped >= sent || std::time::Instant::now() >= deadline {
+            break dropped;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(dropped, sent, "every injected packet dropped");
+    let uac = uac.wait(Duration::from_secs(40));
+    let uas = uas.wait(Duration::from_secs(10));
+    check(&mut r, "UAC", &uac, 1);
+    check(&mut r, "UAS", &uas, 1);
+    settle(&r);
+    // None was relayed: the relay moved exactly the call's own packets (the
+    // UAS echoes whatever reaches it, so an injected one would count twice).
+    assert_eq!(
+        metric(r.admin, "weir_media_packets_total"),
+        2 * (AUDIO_PACKETS + DTMF_PACKETS)
+    );
+    assert_eq!(metric(r.admin, "weir_media_dropped_source_total"), sent);
+    let streams = ended_streams(&r.weir);
+    assert_eq!(num(&streams[0], "caller_lost"), 0.0, "{streams:?}");
+    assert_eq!(num(&streams[0], "dropped_source"), sent as f64);
+    // A Call-ID the relay does not hold: 404 naming the field.
+    let (status, body) = http(r.admin, "GET", "/v1/media/no-such-call", "");
+    assert_eq!(status, 404);
+    assert!(body.contains("\"field\":\"call_id\""), "{body}");
+    let (status, body) = http(r.admin, "GET", "/v1/media?limit=0", "");
+    assert_eq!(status, 400);
+    assert!(body.contains("\"field\":\"limit\""), "{body}");
 }
 
 #[test]
@@ -286,7 +471,11 @@ fn nat_call(media_mode: &str) -> Option<(u64, u64, String)> {
     let uas_file = scenario(
         dir.path(),
         "media-uas.xml",
-        &[("@RELAY_PORTS@", any_port), ("@MEDIA_IP@", "10.20.0.5")],
+        &[
+            ("@RELAY_PORTS@", any_port),
+            ("@MEDIA_IP@", "10.20.0.5"),
+            ("@DTMF_PT@", "101"),
+        ],
     );
     let uac_file = scenario(
         dir.path(),
@@ -295,6 +484,7 @@ fn nat_call(media_mode: &str) -> Option<(u64, u64, String)> {
             ("@RELAY_PORTS@", any_port),
             ("@MEDIA_IP@", "198.51.100.10"),
             ("@HOLD_MS@", "600"),
+            ("@DTMF_PT@", "101"),
         ],
     );
     let (agent_before, carrier_before) = (

@@ -20,6 +20,8 @@
 //! | `PUT /v1/numbers/{e164}` | `{"agent", "trunk"?}`: imports a number |
 //! | `GET /v1/numbers/{e164}` | the number, or 404; `GET /v1/numbers` lists them |
 //! | `DELETE /v1/numbers/{e164}` | 204, or 404 |
+//! | `GET /v1/media?limit=N` | relayed calls, oldest first: per stream each party's address, relay port, packets, bytes, loss, jitter, DTMF |
+//! | `GET /v1/media/{call_id}` | the relayed dialogs of one SIP Call-ID, or 404 |
 //! | `GET /metrics` | counters in the Prometheus text format |
 //!
 //! Errors are JSON, `{"error": "...", "field": "..."}`, naming the field at fault.
@@ -128,6 +130,8 @@ pub fn router(admin: Admin) -> Router {
                 .put(calls::put_number)
                 .delete(calls::delete_number),
         )
+        .route("/v1/media", get(media_calls))
+        .route("/v1/media/{call_id}", get(media_call))
         .route("/v1/registrations", get(registrations))
         .route("/v1/upstream-registrations", get(upstream_registrations))
         .route("/v1/users", get(users::list_users))
@@ -194,6 +198,56 @@ async fn upstream_registrations(State(a): State<Admin>) -> Response {
         })
         .collect();
     Json(json!({ "registrations": list })).into_response()
+}
+
+/// The relay, or the API error saying it is off.
+fn relay(a: &Admin) -> Result<crate::media::Relay, ApiError> {
+    let published = a.proxy_stats.lock().unwrap_or_else(|p| p.into_inner());
+    published.relay.clone().ok_or_else(|| {
+        api_error(
+            StatusCode::NOT_FOUND,
+            "media",
+            "the media relay is off ([media] mode = \"off\", or no address to advertise)",
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct MediaQuery {
+    limit: Option<String>,
+}
+
+async fn media_calls(State(a): State<Admin>, Query(q): Query<MediaQuery>) -> Response {
+    let (relay, limit) = match (relay(&a), limit_param(q.limit.as_deref(), 1000)) {
+        (Ok(r), Ok(n)) => (r, n),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let calls: Vec<Value> = relay
+        .calls(None, limit)
+        .iter()
+        .map(crate::media::CallReport::to_json)
+        .collect();
+    Json(json!({ "calls": calls })).into_response()
+}
+
+async fn media_call(State(a): State<Admin>, Path(call_id): Path<String>) -> Response {
+    let relay = match relay(&a) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let calls: Vec<Value> = relay
+        .calls(Some(&call_id), MAX_LIST)
+        .iter()
+        .map(crate::media::CallReport::to_json)
+        .collect();
+    if calls.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "call_id",
+            format!("no relayed call has Call-ID {call_id}"),
+        );
+    }
+    Json(json!({ "calls": calls })).into_response()
 }
 
 async fn registrations(State(a): State<Admin>) -> Response {
@@ -380,7 +434,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
         st.media_timeouts
     ));
     if let Some(m) = media {
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 8] = [
             ("packets", "RTP/RTCP packets relayed", m.packets),
             ("bytes", "RTP/RTCP bytes relayed", m.bytes),
             (
@@ -398,6 +452,16 @@ async fn metrics(State(a): State<Admin>) -> Response {
                 "srtp_refused",
                 "SRTP/SRTCP packets that failed authentication or were replayed",
                 m.srtp_refused,
+            ),
+            (
+                "packets_lost",
+                "RTP packets lost before the relay (by sequence numbers), in calls that ended",
+                m.lost,
+            ),
+            (
+                "payload_types_mapped",
+                "RTP packets renumbered to the receiver's payload type, in calls that ended",
+                m.payload_types_mapped,
             ),
         ];
         push_counters(&mut out, "weir_media", &counters);
@@ -538,17 +602,23 @@ struct ListQuery {
     limit: Option<String>,
 }
 
+/// A listing's `limit` query parameter: 1..=MAX_LIST, `default` when absent.
+fn limit_param(limit: Option<&str>, default: usize) -> Result<usize, ApiError> {
+    match limit.map(str::parse::<usize>) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => Ok(n),
+        Some(_) => Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "limit",
+            format!("must be a number 1..={MAX_LIST}"),
+        )),
+    }
+}
+
 async fn list(State(a): State<Admin>, Query(q): Query<ListQuery>) -> Response {
-    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
-        None => 1000,
-        Some(Ok(n)) if (1..=MAX_LIST).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "limit",
-                format!("must be a number 1..={MAX_LIST}"),
-            )
-        }
+    let limit = match limit_param(q.limit.as_deref(), 1000) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
     };
     let entries: Vec<Value> = a
         .services

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use weir_media::crypto::{Crypto, Suite};
@@ -54,7 +55,11 @@ fn relay(c: &mut Criterion) {
     let facing_a = plain.ports()[0];
     let mut buf = packet(1);
     g.bench_function("plain RTP, routed", |bench| {
-        bench.iter(|| plain.forward(facing_a, a, &mut buf).unwrap())
+        bench.iter(|| {
+            plain
+                .forward(Instant::now(), facing_a, a, &mut buf)
+                .unwrap()
+        })
     });
 
     // SRTP on A's leg: B's plain packets are encrypted towards A…
@@ -78,7 +83,9 @@ fn relay(c: &mut Criterion) {
         bench.iter(|| {
             seq = seq.wrapping_add(1);
             let mut p = packet(seq);
-            srtp_call.forward(facing_b, b, &mut p).unwrap();
+            srtp_call
+                .forward(Instant::now(), facing_b, b, &mut p)
+                .unwrap();
             p
         })
     });
@@ -95,7 +102,9 @@ fn relay(c: &mut Criterion) {
                 p
             },
             |mut p| {
-                srtp_call.forward(facing_a, a, &mut p).unwrap();
+                srtp_call
+                    .forward(Instant::now(), facing_a, a, &mut p)
+                    .unwrap();
                 p
             },
             criterion::BatchSize::SmallInput,

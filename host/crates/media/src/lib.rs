@@ -13,6 +13,7 @@
 //!   malformed packets are dropped and counted, never forwarded.
 //! - [`crypto`]: SDES `a=crypto` keys (RFC 4568) read and generated.
 //! - [`srtp`]: SRTP and SRTCP (RFC 3711) where the relay terminates SRTP.
+//! - [`stats`]: per-stream packets, bytes, loss and jitter (RFC 3550 A.1, A.8).
 //! - [`latch`]: symmetric RTP latching, then strict source (no injection).
 //! - [`relay`]: one call's ports, SDP for both parties, and where each packet
 //!   goes.
@@ -27,3 +28,4 @@ pub mod relay;
 pub mod rtp;
 pub mod sdp;
 pub mod srtp;
+pub mod stats;

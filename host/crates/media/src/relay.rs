@@ -13,13 +13,15 @@
 //! from the B-facing port towards B, and the other way round.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use crate::crypto::{Crypto, Suite};
 use crate::latch::{Latch, Verdict};
 use crate::ports::PortPool;
-use crate::rtp::{self, Packet};
-use crate::sdp::{self, CryptoEdit, Description, SdpError};
+use crate::rtp::{self, Packet, PacketError};
+use crate::sdp::{self, CryptoEdit, Description, Format, SdpError};
 use crate::srtp::{self, SrtpError};
+use crate::stats::{self, Reception, Report};
 
 /// Why a session could not be set up or changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +93,73 @@ struct Stream {
     keys: Keys,
     /// The last description from either party put this line on hold.
     held: bool,
+    /// `audio`, `video`… (from the last description).
+    kind: String,
+    /// The payload types each party declared (what it receives).
+    a_formats: Vec<Format>,
+    b_formats: Vec<Format>,
+    /// Each party's line is SRTP: where the relay does not terminate it,
+    /// headers are authenticated end to end and never renumbered.
+    a_srtp: bool,
+    b_srtp: bool,
+    /// What each party's packets are, on their way to the other: payload
+    /// type renumbering and clock rates (see [`Timing`]).
+    timing_a: Timing,
+    timing_b: Timing,
+    rx_a: Reception,
+    rx_b: Reception,
+}
+
+/// Per direction: what the receiver calls each payload type the sender
+/// uses, and its clock.
+///
+/// RFC 3264 has each party send with the numbers the receiver declared, so
+/// the two legs agree even when their descriptions differ. Some endpoints
+/// send with their own numbers instead (a classic cause of lost DTMF when a
+/// carrier says 101 and an agent 96): a payload type the receiver never
+/// declared, but the sender did for a codec the receiver has under another
+/// number, is renumbered on the way.
+#[derive(Debug, Default, Clone)]
+struct Timing {
+    /// (sender's number, receiver's number).
+    map: Vec<(u8, u8)>,
+    /// (payload type as sent on, clock rate, is telephone-event).
+    clocks: Vec<(u8, u32, bool)>,
+}
+
+impl Timing {
+    fn new(sender: &[Format], receiver: &[Format]) -> Timing {
+        let declared = |pt: u8| receiver.iter().any(|f| f.payload_type == pt);
+        let map = sender
+            .iter()
+            .filter(|f| !declared(f.payload_type))
+            .filter_map(|f| {
+                let theirs = receiver.iter().find(|r| r.same_codec(f))?;
+                Some((f.payload_type, theirs.payload_type))
+            })
+            .collect();
+        let mut clocks: Vec<(u8, u32, bool)> = receiver
+            .iter()
+            .map(|f| (f.payload_type, f.clock_rate, f.is_telephone_event()))
+            .collect();
+        for f in sender {
+            if !clocks.iter().any(|c| c.0 == f.payload_type) {
+                clocks.push((f.payload_type, f.clock_rate, f.is_telephone_event()));
+            }
+        }
+        Timing { map, clocks }
+    }
+
+    fn renumber(&self, pt: u8) -> Option<u8> {
+        self.map.iter().find(|(from, _)| *from == pt).map(|m| m.1)
+    }
+
+    fn clock(&self, pt: u8) -> (u32, bool) {
+        self.clocks
+            .iter()
+            .find(|c| c.0 == pt)
+            .map_or((0, false), |c| (c.1, c.2))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -116,8 +185,44 @@ impl Stream {
             b_said: None,
             keys: Keys::default(),
             held: false,
+            kind: String::new(),
+            a_formats: Vec::new(),
+            b_formats: Vec::new(),
+            a_srtp: false,
+            b_srtp: false,
+            timing_a: Timing::default(),
+            timing_b: Timing::default(),
+            rx_a: Reception::default(),
+            rx_b: Reception::default(),
         }
     }
+
+    fn report(&self) -> StreamReport {
+        StreamReport {
+            kind: self.kind.clone(),
+            facing_a: self.facing_a,
+            facing_b: self.facing_b,
+            a: self.from_a.source().or(self.a_sdp),
+            b: self.from_b.source().or(self.b_sdp),
+            from_a: self.rx_a.report(),
+            from_b: self.rx_b.report(),
+        }
+    }
+}
+
+/// One media line of a relayed call, as [`Session::report`] tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamReport {
+    pub kind: String,
+    /// The relay's RTP port facing each party.
+    pub facing_a: u16,
+    pub facing_b: u16,
+    /// Where each party's media goes: the source latched, else its SDP's.
+    pub a: Option<SocketAddr>,
+    pub b: Option<SocketAddr>,
+    /// What each party sent through the relay.
+    pub from_a: Report,
+    pub from_b: Report,
 }
 
 /// SRTP keys to install on one stream once a description went through.
@@ -137,6 +242,8 @@ pub enum Refused {
     Source,
     /// SRTP that failed authentication or was replayed.
     Srtp(SrtpError),
+    /// Not an RTP or RTCP packet.
+    Malformed(PacketError),
 }
 
 /// Fills a buffer with bytes from a CSPRNG (SRTP keys).
@@ -164,6 +271,8 @@ pub struct Session {
     /// The party whose leg speaks SRTP with the relay, and where its keys
     /// come from.
     terminate: Option<(Side, KeyGen)>,
+    /// Arrival times for jitter are counted from the first packet.
+    epoch: Option<Instant>,
 }
 
 impl std::fmt::Debug for Session {
@@ -194,6 +303,7 @@ impl Session {
             pending_offer: None,
             dropped: 0,
             terminate: None,
+            epoch: None,
         }
     }
 
@@ -219,6 +329,11 @@ impl Session {
         } else {
             self.offer(pool, side, sdp_bytes, signalled_from)
         }
+    }
+
+    /// The party whose SRTP the relay terminates, if any.
+    pub fn srtp_leg(&self) -> Option<Side> {
+        self.terminate.as_ref().map(|(s, _)| *s)
     }
 
     /// True when the last description put every stream on hold
@@ -323,30 +438,43 @@ impl Session {
         self.route_from(port, from).map(|(_, _, r)| r)
     }
 
-    /// Like [`Session::route`], for the packet itself: where the relay
-    /// terminates SRTP it is checked and decrypted coming from that party
-    /// and encrypted going to it, in place.
+    /// Like [`Session::route`], for the packet itself, arrived at `now`:
+    /// checked (RTP or RTCP), counted in its stream's statistics and, where
+    /// the relay terminates SRTP, checked and decrypted coming from that
+    /// party and encrypted going to it, in place; a payload type the
+    /// receiver knows under another number is renumbered (see `Timing`).
     pub fn forward(
         &mut self,
+        now: Instant,
         port: u16,
         from: SocketAddr,
         packet: &mut Vec<u8>,
     ) -> Result<Route, Refused> {
+        let kind = rtp::classify(packet).map_err(Refused::Malformed)?;
         let (i, sender, route) = self.route_from(port, from).ok_or(Refused::Source)?;
         let srtp_sender = self.terminate.as_ref().is_some_and(|(s, _)| *s == sender);
-        let keys = &mut self.streams[i].keys;
-        let (rx, tx) = match sender {
-            Side::A => (&mut keys.from_a, &mut keys.to_b),
-            Side::B => (&mut keys.from_b, &mut keys.to_a),
+        let terminating = self.terminate.is_some();
+        let at = now.saturating_duration_since(*self.epoch.get_or_insert(now));
+        let stream = &mut self.streams[i];
+        let (rx, tx, timing, reception) = match sender {
+            Side::A => (
+                &mut stream.keys.from_a,
+                &mut stream.keys.to_b,
+                &stream.timing_a,
+                &mut stream.rx_a,
+            ),
+            Side::B => (
+                &mut stream.keys.from_b,
+                &mut stream.keys.to_a,
+                &stream.timing_b,
+                &mut stream.rx_b,
+            ),
         };
         if rx.is_none() && srtp_sender {
             // SRTP whose key is not known yet: never forwarded as if plain.
             return Err(Refused::Srtp(SrtpError::NoKey));
         }
-        if rx.is_none() && tx.is_none() {
-            return Ok(route);
-        }
-        let rtcp = port % 2 == 1 || matches!(rtp::classify(packet), Ok(Packet::Rtcp { .. }));
+        let rtcp = port % 2 == 1 || matches!(kind, Packet::Rtcp { .. });
         if let Some(c) = rx {
             let r = if rtcp {
                 c.unprotect_rtcp(packet)
@@ -354,6 +482,34 @@ impl Session {
                 c.unprotect_rtp(packet)
             };
             r.map_err(Refused::Srtp)?;
+        }
+        match kind {
+            Packet::Rtp {
+                payload_type,
+                sequence,
+                timestamp,
+                ssrc,
+                ..
+            } if !rtcp => {
+                // SRTP passed end to end authenticates its header: left be.
+                let mut pt = payload_type;
+                if terminating || !(stream.a_srtp || stream.b_srtp) {
+                    if let Some(theirs) = timing.renumber(pt) {
+                        packet[1] = (packet[1] & 0x80) | theirs;
+                        pt = theirs;
+                        reception.mapped();
+                    }
+                }
+                let (clock, dtmf) = timing.clock(pt);
+                let header = stats::Header {
+                    payload_type: pt,
+                    sequence,
+                    timestamp,
+                    ssrc,
+                };
+                reception.rtp(at, header, packet.len(), clock, dtmf);
+            }
+            _ => reception.rtcp(packet.len()),
         }
         if let Some(c) = tx {
             let r = if rtcp {
@@ -364,6 +520,11 @@ impl Session {
             r.map_err(Refused::Srtp)?;
         }
         Ok(route)
+    }
+
+    /// Each media line: where its media goes and what each party sent.
+    pub fn report(&self) -> Vec<StreamReport> {
+        self.streams.iter().map(Stream::report).collect()
     }
 
     /// The stream, the sending side and the route of a packet.
@@ -541,6 +702,19 @@ impl Session {
         let active = d.media.iter().filter(|m| m.port != 0);
         for (s, m) in self.streams.iter_mut().zip(active) {
             s.held = m.held;
+            s.kind.clone_from(&m.kind);
+            match side {
+                Side::A => {
+                    s.a_formats.clone_from(&m.formats);
+                    s.a_srtp = m.srtp;
+                }
+                Side::B => {
+                    s.b_formats.clone_from(&m.formats);
+                    s.b_srtp = m.srtp;
+                }
+            }
+            s.timing_a = Timing::new(&s.a_formats, &s.b_formats);
+            s.timing_b = Timing::new(&s.b_formats, &s.a_formats);
             let reachable = !sdp::is_private(m.address) || signalled_from == Some(m.address);
             let addr = reachable.then(|| SocketAddr::new(m.address, m.port));
             let said = Some(SocketAddr::new(m.address, m.port));
@@ -571,6 +745,132 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
 
     fn sock(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    /// An RTP packet: payload type, sequence number, timestamp, 160 bytes.
+    fn rtp(pt: u8, seq: u16, ts: u32) -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 42];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[4..8].copy_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&[0xff; 160]);
+        p
+    }
+
+    /// A call from A (offer) to B (answer) with these `m=` formats and
+    /// rtpmaps, each on its own port: (session, facing A, facing B, A, B).
+    fn call(
+        pool: &mut PortPool,
+        a_media: &str,
+        b_media: &str,
+    ) -> (Session, u16, u16, SocketAddr, SocketAddr) {
+        let sdp = |addr: &str, port: u16, media: &str| {
+            format!(
+                "v=0\r\no=x 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} {media}\r\n"
+            )
+        };
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.offer(
+            pool,
+            Side::A,
+            sdp("198.51.100.1", 4000, a_media).as_bytes(),
+            None,
+        )
+        .unwrap();
+        s.answer(Side::B, sdp("198.51.100.2", 5000, b_media).as_bytes(), None)
+            .unwrap();
+        let (fa, fb) = (s.ports()[0], s.ports()[1]);
+        (
+            s,
+            fa,
+            fb,
+            sock("198.51.100.1:4000"),
+            sock("198.51.100.2:5000"),
+        )
+    }
+
+    #[test]
+    fn each_direction_is_counted_and_dtmf_is_renumbered_where_the_legs_differ() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        // The carrier (A) calls DTMF 101, the agent (B) 96.
+        let (mut s, fa, fb, a, b) = call(
+            &mut pool,
+            "RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000",
+            "RTP/AVP 0 96\r\na=rtpmap:96 telephone-event/8000",
+        );
+        let t0 = now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        // A sends 50 packets of audio (one lost on its way: seq 20), on time.
+        for seq in (0..50u16).filter(|s| *s != 20) {
+            let mut p = rtp(0, seq, u32::from(seq) * 160);
+            s.forward(at(20 * u64::from(seq)), fa, a, &mut p).unwrap();
+            assert_eq!(p[1], 0, "audio keeps its number");
+        }
+        // Then DTMF: as RFC 3264 says (B's 96), and with its own 101, which
+        // B never declared: renumbered, marker bit kept.
+        let mut p = rtp(96, 50, 8000);
+        s.forward(at(1000), fa, a, &mut p).unwrap();
+        assert_eq!(p[1], 96);
+        let mut p = rtp(0x80 | 101, 51, 8000);
+        s.forward(at(1020), fa, a, &mut p).unwrap();
+        assert_eq!(p[1], 0x80 | 96);
+        // B's events with its own 96 reach A as 101.
+        let mut p = rtp(96, 7, 0);
+        assert_eq!(s.forward(at(1040), fb, b, &mut p).unwrap().to, a);
+        assert_eq!(p[1], 101);
+        // RTCP is counted apart.
+        let mut rtcp = vec![0x80, 200, 0, 1, 0, 0, 0, 42];
+        s.forward(at(1060), fa + 1, a, &mut rtcp).unwrap();
+
+        let report = s.report();
+        assert_eq!(report.len(), 1);
+        let (from_a, from_b) = (report[0].from_a, report[0].from_b);
+        assert_eq!(report[0].kind, "audio");
+        assert_eq!((report[0].a, report[0].b), (Some(a), Some(b)));
+        assert_eq!(
+            (
+                from_a.packets,
+                from_a.rtcp_packets,
+                from_a.dtmf_packets,
+                from_a.expected,
+                from_a.lost,
+                from_a.payload_types_mapped
+            ),
+            (52, 1, 2, 52, 1, 1)
+        );
+        assert_eq!(from_a.bytes, 51 * 172 + 8);
+        assert!(from_a.jitter_ms < 1e-9, "on time: {from_a:?}");
+        assert_eq!(
+            (
+                from_b.packets,
+                from_b.dtmf_packets,
+                from_b.payload_types_mapped
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn srtp_passed_end_to_end_is_never_renumbered_and_junk_is_refused() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let (mut s, fa, _, a, _) = call(
+            &mut pool,
+            "RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000",
+            "RTP/SAVP 0 96\r\na=rtpmap:96 telephone-event/8000",
+        );
+        // Its header is authenticated: a changed byte would fail at B.
+        let mut p = rtp(101, 1, 0);
+        s.forward(now(), fa, a, &mut p).unwrap();
+        assert_eq!(p[1], 101);
+        assert_eq!(s.report()[0].from_a.payload_types_mapped, 0);
+        let mut junk = b"not rtp".to_vec();
+        assert_eq!(
+            s.forward(now(), fa, a, &mut junk),
+            Err(Refused::Malformed(PacketError::Short))
+        );
     }
 
     #[test]
@@ -837,25 +1137,25 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         let mut p = plain(1);
         a_tx.protect_rtp(&mut p).unwrap();
         let sent = p.clone();
-        assert_eq!(s.forward(facing_a, a, &mut p).unwrap().to, b);
+        assert_eq!(s.forward(now(), facing_a, a, &mut p).unwrap().to, b);
         assert_eq!(p, plain(1));
         // Replayed and tampered packets: refused.
         let mut again = sent;
         assert_eq!(
-            s.forward(facing_a, a, &mut again),
+            s.forward(now(), facing_a, a, &mut again),
             Err(Refused::Srtp(SrtpError::Replay))
         );
         let mut p = plain(2);
         a_tx.protect_rtp(&mut p).unwrap();
         p[13] ^= 0x80;
         assert_eq!(
-            s.forward(facing_a, a, &mut p),
+            s.forward(now(), facing_a, a, &mut p),
             Err(Refused::Srtp(SrtpError::Auth))
         );
 
         // B → A: RTP in, SRTP out with the relay's key.
         let mut p = plain(7);
-        assert_eq!(s.forward(facing_b, b, &mut p).unwrap().to, a);
+        assert_eq!(s.forward(now(), facing_b, b, &mut p).unwrap().to, a);
         assert_ne!(p, plain(7));
         let mut a_rx = srtp::Context::new(&relay_key).unwrap();
         a_rx.unprotect_rtp(&mut p).unwrap();

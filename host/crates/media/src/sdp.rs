@@ -41,11 +41,98 @@ pub struct MediaLine {
     pub srtp: bool,
     /// The `telephone-event` payload type, if any (RFC 4733 DTMF).
     pub telephone_event: Option<u8>,
+    /// The payload types of the `m=` line, in order, with what each means
+    /// (`a=rtpmap`, or RFC 3551's table for static types).
+    pub formats: Vec<Format>,
     /// The `a=crypto` values (RFC 4568), in order.
     pub crypto: Vec<String>,
     /// `a=sendonly`, `a=recvonly` or `a=inactive` (here or for the whole
     /// session): a call on hold, where silence is expected.
     pub held: bool,
+}
+
+/// One payload type of a media line: `a=rtpmap:<pt> <encoding>/<rate>[/<channels>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    pub payload_type: u8,
+    /// Lower case (`pcmu`, `telephone-event`); empty when not known (a
+    /// dynamic type without `a=rtpmap`).
+    pub encoding: String,
+    /// RTP clock rate in Hz; 0 when not known.
+    pub clock_rate: u32,
+    pub channels: u8,
+}
+
+impl Format {
+    /// The same codec as `other`, whatever number each side gave it.
+    pub fn same_codec(&self, other: &Format) -> bool {
+        !self.encoding.is_empty()
+            && self.encoding == other.encoding
+            && self.clock_rate == other.clock_rate
+            && self.channels == other.channels
+    }
+
+    /// RFC 4733 events (DTMF).
+    pub fn is_telephone_event(&self) -> bool {
+        self.encoding == "telephone-event"
+    }
+}
+
+/// RFC 3551 §6's static audio payload types: (encoding, clock rate).
+fn static_format(pt: u8) -> Option<(&'static str, u32)> {
+    Some(match pt {
+        0 => ("pcmu", 8000),
+        3 => ("gsm", 8000),
+        4 => ("g723", 8000),
+        5 => ("dvi4", 8000),
+        6 => ("dvi4", 16000),
+        7 => ("lpc", 8000),
+        8 => ("pcma", 8000),
+        9 => ("g722", 8000),
+        10 | 11 => ("l16", 44100),
+        12 => ("qcelp", 8000),
+        13 => ("cn", 8000),
+        15 => ("g728", 8000),
+        18 => ("g729", 8000),
+        _ => return None,
+    })
+}
+
+/// The formats of an `m=` line: its payload-type list read with its
+/// `a=rtpmap` lines. Non-numeric formats (not RTP) give none.
+fn formats(fmt: &str, attrs: &[Attribute]) -> Vec<Format> {
+    let maps: Vec<(u8, &str)> = attribute(attrs, "rtpmap")
+        .flatten()
+        .filter_map(|v| {
+            let (pt, codec) = v.trim().split_once(' ')?;
+            Some((pt.trim().parse().ok()?, codec.trim()))
+        })
+        .collect();
+    fmt.split_whitespace()
+        .filter_map(|f| f.parse::<u8>().ok().filter(|pt| *pt < 128))
+        .map(|pt| {
+            if let Some((_, codec)) = maps.iter().find(|(p, _)| *p == pt) {
+                let mut parts = codec.split('/');
+                let encoding = parts.next().unwrap_or_default().to_ascii_lowercase();
+                let clock_rate = parts.next().and_then(|r| r.parse().ok()).unwrap_or(0);
+                let channels = parts.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+                Format {
+                    payload_type: pt,
+                    encoding,
+                    clock_rate,
+                    channels,
+                }
+            } else {
+                let (encoding, clock_rate) = static_format(pt).unwrap_or(("", 0));
+                Format {
+                    payload_type: pt,
+                    encoding: encoding.to_string(),
+                    clock_rate,
+                    channels: 1,
+                }
+            }
+        })
+        .collect()
 }
 
 /// What a description says, for the relay to expect.
@@ -126,14 +213,11 @@ pub fn inspect(sdp: &[u8]) -> Result<Description, SdpError> {
             .next()
             .and_then(|v| v.split_whitespace().next())
             .and_then(|p| p.parse().ok());
-        let telephone_event = attribute(&m.attributes, "rtpmap").flatten().find_map(|v| {
-            let (pt, codec) = v.split_once(' ')?;
-            codec
-                .to_ascii_lowercase()
-                .starts_with("telephone-event/")
-                .then(|| pt.trim().parse().ok())
-                .flatten()
-        });
+        let formats = formats(&m.fmt, &m.attributes);
+        let telephone_event = formats
+            .iter()
+            .find(|f| f.is_telephone_event())
+            .map(|f| f.payload_type);
         media.push(MediaLine {
             kind: m.media.clone(),
             address,
@@ -143,6 +227,7 @@ pub fn inspect(sdp: &[u8]) -> Result<Description, SdpError> {
             srtp: m.proto.to_ascii_uppercase().contains("SAVP")
                 || attribute(&m.attributes, "crypto").next().is_some(),
             telephone_event,
+            formats,
             crypto: attribute(&m.attributes, "crypto")
                 .flatten()
                 .map(str::to_string)
@@ -299,6 +384,30 @@ a=rtpmap:96 VP8/90000\r\n";
             (49170, Some(49171), Some(101), false, false)
         );
         assert_eq!(d.media[1].port, 0);
+        let f = |pt, e: &str, rate| Format {
+            payload_type: pt,
+            encoding: e.into(),
+            clock_rate: rate,
+            channels: 1,
+        };
+        assert_eq!(
+            audio.formats,
+            vec![
+                f(0, "pcmu", 8000),
+                f(8, "pcma", 8000),
+                f(101, "telephone-event", 8000)
+            ]
+        );
+        assert_eq!(d.media[1].formats, vec![f(96, "vp8", 90000)]);
+        // Static types need no rtpmap; an unmapped dynamic one is unknown.
+        let bare = AGENT_OFFER
+            .replace("a=rtpmap:0 PCMU/8000\r\n", "")
+            .replace("a=rtpmap:101 telephone-event/8000\r\n", "");
+        let bare = inspect(bare.as_bytes()).unwrap();
+        assert_eq!(bare.media[0].formats[0], f(0, "pcmu", 8000));
+        assert_eq!(bare.media[0].formats[2], f(101, "", 0));
+        assert!(!bare.media[0].formats[2].same_codec(&f(101, "", 0)));
+        assert_eq!(bare.media[0].telephone_event, None);
     }
 
     #[test]
