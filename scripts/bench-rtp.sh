@@ -7,6 +7,11 @@
 #   scripts/bench-rtp.sh [CALLS ...]        (default: 250 500 1000 1500 2000 3000 4000)
 #   SKIP_RTPENGINE=1 / SKIP_WEIR=1          one side only
 #   DUR=20 STOP_LOSS_PCT=5 WORKERS=2        as in the harness; WORKERS: weir's [media] workers
+#   SRTP=1                                  weir terminates SRTP (SDES, AES_CM_128_HMAC_SHA1_80)
+#                                           on the caller's leg (the test plugin's relay-srtp-caller),
+#                                           load from tests/src/bin/srtp-load (rtpload has no SRTP);
+#                                           rtpengine is skipped
+#   LOADGEN=srtp-load                       plain RTP from that generator too, to compare
 #
 # weir's calls are set up by SIP (scripts/rtp-calls.py is caller and callee;
 # weir rewrites the SDP and picks the ports) instead of rtpengine's ng
@@ -25,6 +30,9 @@ scripts/setup.sh bench
 cargo build --release --locked -p weir
 ulimit -n "$(ulimit -Hn)"
 
+SRTP="${SRTP:-0}"
+LOADGEN="${LOADGEN:-rtpload}"
+[[ "$SRTP" == 1 ]] && LOADGEN=srtp-load && SKIP_RTPENGINE=1
 if [[ "${SKIP_RTPENGINE:-0}" != 1 ]]; then
   echo "== rtpengine (userspace, $WORKERS threads)" >&2
   RTPE_THREADS="$WORKERS" DUR="$DUR" STOP_LOSS_PCT="$STOP_LOSS_PCT" "$BENCH/rtp/rtp-bench.sh" "${levels[@]}" \
@@ -32,13 +40,36 @@ if [[ "${SKIP_RTPENGINE:-0}" != 1 ]]; then
 fi
 [[ "${SKIP_WEIR:-0}" == 1 ]] && exit 0
 
-echo "== weir relay ($WORKERS workers)" >&2
+echo "== weir relay ($WORKERS workers, SRTP=$SRTP, load: $LOADGEN)" >&2
 gcc -O2 -Wall -o "$OUT/rtpload" "$BENCH/rtp/rtpload.c"
+cargo build --release --locked -p weir-e2e --bin srtp-load
+UAS_SIP=5072
+if [[ "$SRTP" == 1 ]]; then
+  scripts/build-plugins.sh >/dev/null
+  mkdir -p "$OUT/plugins"
+  cp target/wasm32-wasip2/plugin/test_plugin.wasm "$OUT/plugins/test-plugin.wasm"
+  media_mode=plugin
+  plugin_toml="[plugins]
+dir = \"$OUT/plugins\"
+chain = [\"test-plugin\"]
+[plugins.test-plugin]
+capabilities = [\"registry\"]
+[plugins.test-plugin.config]
+target = \"sip:callee@127.0.0.1:$UAS_SIP\"
+media = \"relay-srtp-caller\""
+  setup_flags=(--srtp --uas-port "$UAS_SIP")
+else
+  media_mode=always
+  plugin_toml=""
+  setup_flags=(--uas-port "$UAS_SIP")
+fi
 cat > "$OUT/weir.toml" <<CFG
 [sip]
 listen = ["udp:127.0.0.1:5070"]
+$plugin_toml
 [media]
-mode = "always"
+mode = "$media_mode"
+srtp_over_plain_sip = true
 port_range = "30000-59999"
 max_sessions = 100000
 workers = $WORKERS
@@ -53,9 +84,13 @@ sleep 1
 rss_idle=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
 for n in "${levels[@]}"; do
   d="$OUT/calls-$n"; mkdir -p "$d"
-  python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" setup "$n" --out "$d/ports.txt" 2>"$d/setup.txt"
+  python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" "${setup_flags[@]}" setup "$n" --out "$d/ports.txt" 2>"$d/setup.txt"
   rss_calls=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
-  "$OUT/rtpload" -p "$d/ports.txt" -a 21000 -b 21002 -d "$DUR" -o "$d/rtpload.json" >/dev/null &
+  if [[ "$LOADGEN" == srtp-load ]]; then
+    target/release/srtp-load --ports "$d/ports.txt" --caller 21000 --callee 21002 --seconds "$DUR" --out "$d/rtpload.json" >/dev/null &
+  else
+    "$OUT/rtpload" -p "$d/ports.txt" -a 21000 -b 21002 -d "$DUR" -o "$d/rtpload.json" >/dev/null &
+  fi
   lp=$!
   python3 "$BENCH/lib/procmon.py" --proxy "$pid" --uac "$lp" --until "$lp" --out "$d/mon.json" &
   mp=$!
@@ -68,12 +103,14 @@ r = json.load(open(d + "/rtpload.json")); m = json.load(open(d + "/mon.json"))
 relayed = r["received"] / r["duration_s"]
 cpu = m["proxy_cpu_cores"]
 print("calls=%s streams=%d target_pps=%d relayed_pps=%d loss=%.3f%% lat_p50=%dus p99=%dus p99.9=%dus max=%dus "
-      "jitter_avg=%.1fus relay_cpu=%.2f cores (%.1f us/pkt) tester_cpu=%.2f softirq=%.2f busy=%.2f "
+      "jitter_avg=%s relay_cpu=%.2f cores (%.1f us/pkt) tester_cpu=%.2f softirq=%.2f busy=%.2f "
       "relay_rss=%.1fMB rss_with_calls_before_media=%.1fMB (%.1f KB/call over idle)" % (
       n, r["streams"], r["target_pps"], relayed, r["loss_pct"], r["lat_p50_us"], r["lat_p99_us"],
-      r["lat_p99.9_us"], r["lat_max_us"], r["jitter_avg_us"], cpu, cpu * 1e6 / max(relayed, 1),
+      r["lat_p99.9_us"], r["lat_max_us"],
+      ("%.1fus" % r["jitter_avg_us"]) if "jitter_avg_us" in r else "n/a", cpu, cpu * 1e6 / max(relayed, 1),
       m["uac_cpu_cores"], m["softirq_cores"], m["machine_busy_cores"], m["proxy_peak_rss_kb"] / 1024,
-      rss_calls / 1024, (rss_calls - rss_idle) / int(n)))
+      rss_calls / 1024, (rss_calls - rss_idle) / int(n))
+      + (" refused_at_caller=%d" % r["refused"] if "refused" in r else ""))
 PY
 )
   echo "weir: $line" | tee -a "$OUT/levels.txt"

@@ -5,6 +5,12 @@ relay benchmark (the shared harness's rtpload then sends the media).
   rtp-calls.py --proxy 127.0.0.1:5060 setup N --out PORTS [--state FILE]
   rtp-calls.py --proxy 127.0.0.1:5060 teardown --state FILE
 
+With --srtp the caller offers SRTP (RTP/SAVP, an AES_CM_128_HMAC_SHA1_80
+key of its own per call) for a relay that terminates it on the caller's
+leg, and each PORTS line also carries "<the caller's a=crypto> | <the
+relay's a=crypto>" (for tests/src/bin/srtp-load). --uas-port fixes the
+callee's SIP port (a routing plugin's configured target).
+
 This script is the UAC and the UAS of every call: it sends an INVITE whose
 SDP names the caller's media at 127.0.0.1:CALLER_PORT, answers the INVITE
 weir forwards with the callee's media at 127.0.0.1:CALLEE_PORT, and writes
@@ -12,16 +18,29 @@ one line per call, "<relay port facing the caller> <relay port facing the
 callee>" (rtpload's PORTS file). Calls are set up a window at a time.
 """
 import argparse
+import base64
 import json
+import os
 import re
 import socket
 import sys
 import time
 
 
-def sdp(port, sess):
+def sdp(port, sess, crypto=None):
+    proto, extra = ("RTP/SAVP", "a=crypto:%s\r\n" % crypto) if crypto else ("RTP/AVP", "")
     return ("v=0\r\no=- %d 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            "m=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n" % (sess, port))
+            "m=audio %d %s 0\r\na=rtpmap:0 PCMU/8000\r\n%sa=sendrecv\r\n" % (sess, port, proto, extra))
+
+
+def new_crypto():
+    key = base64.b64encode(os.urandom(30)).decode()
+    return "1 AES_CM_128_HMAC_SHA1_80 inline:" + key
+
+
+def crypto_of(body):
+    m = re.search(r"^a=crypto:(.*?)\r?$", body, re.M)
+    return m.group(1).strip() if m else None
 
 
 def msg(start, headers, body=""):
@@ -56,7 +75,7 @@ def setup(a):
     uac = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     uac.bind(("127.0.0.1", 0))
     uas = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    uas.bind(("127.0.0.1", 0))
+    uas.bind(("127.0.0.1", a.uas_port))
     for s in (uac, uas):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         s.settimeout(5)
@@ -68,6 +87,7 @@ def setup(a):
         batch = range(start, min(a.n, start + window))
         pending = {}
         for i in batch:
+            crypto = new_crypto() if a.srtp else None
             cid = "%s-%d-%d@bench" % (a.prefix, int(t0), i)
             inv = msg("INVITE sip:callee@127.0.0.1:%d SIP/2.0" % uas_port, [
                 ("Via", "SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK%s-%d;rport" % (uac_port, a.prefix, i)),
@@ -77,9 +97,9 @@ def setup(a):
                 ("Call-ID", cid),
                 ("CSeq", "1 INVITE"),
                 ("Contact", "<sip:caller@127.0.0.1:%d>" % uac_port),
-            ], sdp(a.caller_port, i))
+            ], sdp(a.caller_port, i, crypto))
             uac.sendto(inv, proxy)
-            pending[cid] = {"i": i}
+            pending[cid] = {"i": i, "crypto": crypto}
         # The callee's side: answer every forwarded INVITE.
         answered = 0
         while answered < len(pending):
@@ -112,6 +132,9 @@ def setup(a):
             if c is None or "a" in c:
                 continue
             c["a"] = media_port(body)
+            c["relay_crypto"] = crypto_of(body)
+            if a.srtp and not c["relay_crypto"]:
+                sys.exit("call %s: the relay answered SRTP without a=crypto" % cid)
             c["to"] = h["to"][0]
             c["route"] = list(reversed(h.get("record-route", [])))
             ack = msg("ACK sip:callee@127.0.0.1:%d SIP/2.0" % uas_port, [
@@ -126,10 +149,11 @@ def setup(a):
             uac.sendto(ack, proxy)
             got += 1
         for cid, c in pending.items():
-            calls.append({"cid": cid, "i": c["i"], "a": c["a"], "b": c["b"], "to": c["to"], "route": c["route"]})
+            calls.append({"cid": cid, "i": c["i"], "a": c["a"], "b": c["b"], "to": c["to"], "route": c["route"],
+                          "keys": "%s | %s" % (c["crypto"], c["relay_crypto"]) if a.srtp else None})
     with open(a.out, "w") as f:
         for c in calls:
-            f.write("%d %d\n" % (c["a"], c["b"]))
+            f.write("%d %d%s\n" % (c["a"], c["b"], " " + c["keys"] if c["keys"] else ""))
     with open(a.state, "w") as f:
         json.dump({"uas_port": uas_port, "calls": calls}, f)
     print("setup %d calls in %.2fs" % (a.n, time.time() - t0), file=sys.stderr)
@@ -165,6 +189,8 @@ def main():
     p.add_argument("--caller-port", type=int, default=21000)
     p.add_argument("--callee-port", type=int, default=21002)
     p.add_argument("--state", default="/tmp/weir-rtp-calls.json")
+    p.add_argument("--srtp", action="store_true")
+    p.add_argument("--uas-port", type=int, default=0)
     sub = p.add_subparsers(dest="op", required=True)
     s = sub.add_parser("setup")
     s.add_argument("n", type=int)

@@ -99,6 +99,12 @@ fn baresip_speaks_srtp_to_weir_and_the_callee_hears_plain_rtp() {
         )
     };
     assert!(a.output.contains("Call established"), "{}", evidence());
+    let suite = a
+        .output
+        .lines()
+        .find(|l| l.contains("SRTP is Enabled"))
+        .unwrap_or_else(|| panic!("baresip did not enable SRTP:\n{}", evidence()));
+    eprintln!("{suite}");
     // Several seconds of 20 ms packets each way: SRTP in from baresip and
     // its echo back, all authenticated, none refused.
     assert!(relayed >= 300, "{}", evidence());

@@ -614,7 +614,7 @@ impl Session {
                         "no a=crypto on the SRTP leg".to_string()
                     } else {
                         format!(
-                            "no a=crypto the relay can terminate (AES_CM_128_HMAC_SHA1_80/32): {}",
+                            "no a=crypto the relay can terminate (AES_CM_128_HMAC_SHA1_80/32, AEAD_AES_128_GCM): {}",
                             refused.join("; ")
                         )
                     };
@@ -1087,6 +1087,12 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
 
     #[test]
     fn srtp_is_terminated_on_one_leg_and_plain_rtp_flows_on_the_other() {
+        for suite in [Suite::AesCm128HmacSha1_80, Suite::AeadAes128Gcm] {
+            srtp_termination(suite);
+        }
+    }
+
+    fn srtp_termination(suite: Suite) {
         let mut pool = PortPool::new(30000, 30099).unwrap();
         let mut s = Session::new("203.0.113.7".parse().unwrap());
         let mut counter = 0u8;
@@ -1099,7 +1105,7 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
                 }
             }),
         );
-        let a_key = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |b| b.fill(9));
+        let a_key = Crypto::generate(1, suite, |b| b.fill(9));
         let a_offer = format!(
             "v=0\r\no=- 1 1 IN IP4 198.51.100.1\r\ns=-\r\nc=IN IP4 198.51.100.1\r\nt=0 0\r\n\
 m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
@@ -1119,10 +1125,7 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         let to_a = sdp::inspect(&to_a).unwrap();
         assert_eq!(to_a.media[0].crypto.len(), 1);
         let relay_key = Crypto::parse(&to_a.media[0].crypto[0]).unwrap();
-        assert_eq!(
-            (relay_key.tag, relay_key.suite),
-            (1, Suite::AesCm128HmacSha1_80)
-        );
+        assert_eq!((relay_key.tag, relay_key.suite), (1, suite), "as offered");
         assert_ne!(relay_key.key, a_key.key, "the relay's own key");
         let (facing_a, facing_b) = (s.ports()[0], s.ports()[1]);
         let (a, b) = (sock("198.51.100.1:4000"), sock("198.51.100.2:5000"));

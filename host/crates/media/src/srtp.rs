@@ -4,19 +4,24 @@
 //! ([`Context::protect_rtp`]) in place.
 //!
 //! Suites: AES_CM_128_HMAC_SHA1_80 and _32 (RFC 4568 §6.2; SRTCP always
-//! carries the 80-bit tag). Session keys come from the master key and salt
-//! by the AES-CM PRF of §4.3 with a key derivation rate of 0. Replay
-//! protection is always on: a 64-packet window per SSRC (§3.3.2), and a
-//! packet is only counted after its tag checked out.
+//! carries the 80-bit tag) and AEAD_AES_128_GCM (RFC 7714: the header is
+//! the associated data, GCM's 16-byte tag replaces the HMAC). Session keys
+//! come from the master key and salt by the AES-CM PRF of §4.3 with a key
+//! derivation rate of 0 (GCM's 96-bit salt left-aligned in the PRF's 112
+//! bits, RFC 7714 erratum 4938, as libsrtp does). Replay protection is
+//! always on: a 64-packet window per SSRC (§3.3.2), and a packet is only
+//! counted after its tag checked out.
 //!
-//! The primitives are RustCrypto's (`aes`, `ctr`, `hmac`, `sha1`): the same
-//! ones `webrtc-srtp` uses, without its tokio-based session layer, which
-//! this crate must not depend on.
+//! The primitives are RustCrypto's (`aes`, `ctr`, `hmac`, `sha1`,
+//! `aes-gcm`): the same ones `webrtc-srtp` uses, without its tokio-based
+//! session layer, which this crate must not depend on.
 
 use std::collections::HashMap;
 
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
 use aes::Aes128;
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes128Gcm, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
@@ -46,14 +51,45 @@ pub enum SrtpError {
 /// someone spraying).
 const MAX_SSRCS: usize = 32;
 const SRTCP_TAG: usize = 10;
+const GCM_TAG: usize = 16;
 
-/// Session keys of RTP or RTCP.
+/// AES-CM session keys of RTP or RTCP (RFC 3711).
 #[derive(Clone)]
 struct Keys {
     cipher: Aes128,
     salt: [u8; 14],
     /// Keyed once; cloned per packet.
     auth: HmacSha1,
+}
+
+/// AES-GCM session key and salt of RTP or RTCP (RFC 7714).
+#[derive(Clone)]
+struct GcmKeys {
+    aead: Aes128Gcm,
+    salt: [u8; 12],
+}
+
+impl GcmKeys {
+    /// The 12-byte IV: `00 00 | SSRC | word | low`, XORed with the salt;
+    /// for SRTP the word is the ROC and `low` the sequence number (§8.1),
+    /// for SRTCP zero and the 31-bit index (§9.1).
+    fn iv(&self, ssrc: u32, word: u32, low: &[u8]) -> Nonce<aes_gcm::aead::consts::U12> {
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..10].copy_from_slice(&word.to_be_bytes());
+        iv[12 - low.len()..].copy_from_slice(low);
+        for (b, s) in iv.iter_mut().zip(self.salt) {
+            *b ^= s;
+        }
+        iv.into()
+    }
+}
+
+/// How one kind of packet (RTP or RTCP) is protected.
+#[derive(Clone)]
+enum Transform {
+    Cm(Keys),
+    Gcm(GcmKeys),
 }
 
 /// Highest index seen and which of the 64 below it arrived.
@@ -135,9 +171,10 @@ impl Stream {
 
 /// One direction's SRTP and SRTCP state.
 pub struct Context {
+    /// The SRTP tag's length (10 or 4 for HMAC-SHA1, 16 for GCM).
     tag_len: usize,
-    rtp: Keys,
-    rtcp: Keys,
+    rtp: Transform,
+    rtcp: Transform,
     streams: HashMap<u32, Stream>,
     rtcp_replay: HashMap<u32, Replay>,
     /// Next SRTCP index per SSRC (sending).
@@ -153,15 +190,18 @@ impl std::fmt::Debug for Context {
     }
 }
 
-/// The AES-CM PRF of RFC 3711 §4.3.3 (kdr 0): `n` bytes for `label`.
+/// The AES-CM PRF of RFC 3711 §4.3.3 (kdr 0): `n` bytes for `label`. A
+/// 12-byte (GCM) master salt is padded on the right to the PRF's 14.
 fn derive(master: &Aes128, master_salt: &[u8], label: u8, out: &mut [u8]) {
     let mut iv = [0u8; 16];
-    iv[..14].copy_from_slice(&master_salt[..14]);
+    let n = master_salt.len().min(14);
+    iv[..n].copy_from_slice(&master_salt[..n]);
     iv[7] ^= label;
     out.fill(0);
     Ctr::from_core(CtrCore::inner_iv_init(master.clone(), &iv.into())).apply_keystream(out);
 }
 
+/// Session keys for labels (encryption, authentication, salt).
 fn keys(master: &Aes128, salt: &[u8], labels: [u8; 3]) -> Keys {
     let (mut k, mut a, mut s) = ([0u8; 16], [0u8; 20], [0u8; 14]);
     derive(master, salt, labels[0], &mut k);
@@ -172,6 +212,18 @@ fn keys(master: &Aes128, salt: &[u8], labels: [u8; 3]) -> Keys {
         salt: s,
         // Any key length is valid for HMAC.
         auth: <HmacSha1 as Mac>::new_from_slice(&a).unwrap_or_else(|_| unreachable!()),
+    }
+}
+
+/// GCM session key and salt for labels (encryption, salt); no
+/// authentication key (GCM authenticates).
+fn gcm_keys(master: &Aes128, salt: &[u8], labels: [u8; 2]) -> GcmKeys {
+    let (mut k, mut s) = ([0u8; 16], [0u8; 12]);
+    derive(master, salt, labels[0], &mut k);
+    derive(master, salt, labels[1], &mut s);
+    GcmKeys {
+        aead: Aes128Gcm::new(&k.into()),
+        salt: s,
     }
 }
 
@@ -212,24 +264,35 @@ fn header_len(p: &[u8]) -> Option<usize> {
 impl Context {
     /// A context for the key and salt of one `a=crypto` line.
     pub fn new(c: &Crypto) -> Result<Context, SrtpError> {
-        let tag_len = match c.suite {
-            Suite::AesCm128HmacSha1_80 => 10,
-            Suite::AesCm128HmacSha1_32 => 4,
-            Suite::AeadAes128Gcm => return Err(SrtpError::Suite(c.suite.name())),
-        };
         let key: [u8; 16] = c
             .key
             .as_slice()
             .try_into()
             .map_err(|_| SrtpError::Suite(c.suite.name()))?;
-        if c.salt.len() != 14 {
+        if c.salt.len() != c.suite.key_salt_len().1 {
             return Err(SrtpError::Suite(c.suite.name()));
         }
         let master = Aes128::new(&key.into());
+        let (tag_len, rtp, rtcp) = match c.suite {
+            Suite::AesCm128HmacSha1_80 | Suite::AesCm128HmacSha1_32 => (
+                if c.suite == Suite::AesCm128HmacSha1_80 {
+                    10
+                } else {
+                    4
+                },
+                Transform::Cm(keys(&master, &c.salt, [0, 1, 2])),
+                Transform::Cm(keys(&master, &c.salt, [3, 4, 5])),
+            ),
+            Suite::AeadAes128Gcm => (
+                GCM_TAG,
+                Transform::Gcm(gcm_keys(&master, &c.salt, [0, 2])),
+                Transform::Gcm(gcm_keys(&master, &c.salt, [3, 5])),
+            ),
+        };
         Ok(Context {
             tag_len,
-            rtp: keys(&master, &c.salt, [0, 1, 2]),
-            rtcp: keys(&master, &c.salt, [3, 4, 5]),
+            rtp,
+            rtcp,
             streams: HashMap::new(),
             rtcp_replay: HashMap::new(),
             rtcp_index: HashMap::new(),
@@ -251,9 +314,21 @@ impl Context {
         let mut st = self.stream(ssrc);
         let v = st.estimate(seq);
         let index = (u64::from(v) << 16) | u64::from(seq);
-        crypt(&self.rtp, ssrc, index, &mut packet[n..]);
-        let t = tag(&self.rtp, &[packet, &v.to_be_bytes()]);
-        packet.extend_from_slice(&t[..self.tag_len]);
+        match &self.rtp {
+            Transform::Cm(k) => {
+                crypt(k, ssrc, index, &mut packet[n..]);
+                let t = tag(k, &[packet, &v.to_be_bytes()]);
+                packet.extend_from_slice(&t[..self.tag_len]);
+            }
+            Transform::Gcm(g) => {
+                let (header, payload) = packet.split_at_mut(n);
+                let t = g
+                    .aead
+                    .encrypt_in_place_detached(&g.iv(ssrc, v, &seq.to_be_bytes()), header, payload)
+                    .map_err(|_| SrtpError::TooShort)?;
+                packet.extend_from_slice(&t);
+            }
+        }
         st.update(v, seq);
         self.streams.insert(ssrc, st);
         Ok(())
@@ -273,12 +348,25 @@ impl Context {
         let v = st.estimate(seq);
         let index = (u64::from(v) << 16) | u64::from(seq);
         st.replay.check(index)?;
-        let t = tag(&self.rtp, &[&packet[..len], &v.to_be_bytes()]);
-        if !bool::from(t[..self.tag_len].ct_eq(&packet[len..])) {
-            return Err(SrtpError::Auth);
+        match &self.rtp {
+            Transform::Cm(k) => {
+                let t = tag(k, &[&packet[..len], &v.to_be_bytes()]);
+                if !bool::from(t[..self.tag_len].ct_eq(&packet[len..])) {
+                    return Err(SrtpError::Auth);
+                }
+                packet.truncate(len);
+                crypt(k, ssrc, index, &mut packet[n..]);
+            }
+            Transform::Gcm(g) => {
+                let (header, rest) = packet.split_at_mut(n);
+                let (payload, t) = rest.split_at_mut(len - n);
+                let iv = g.iv(ssrc, v, &seq.to_be_bytes());
+                g.aead
+                    .decrypt_in_place_detached(&iv, header, payload, Tag::from_slice(t))
+                    .map_err(|_| SrtpError::Auth)?;
+                packet.truncate(len);
+            }
         }
-        packet.truncate(len);
-        crypt(&self.rtp, ssrc, index, &mut packet[n..]);
         st.update(v, seq);
         self.streams.insert(ssrc, st);
         Ok(())
@@ -297,40 +385,89 @@ impl Context {
         let next = self.rtcp_index.entry(ssrc).or_insert(0);
         let index = *next & 0x7fff_ffff;
         *next = next.wrapping_add(1) & 0x7fff_ffff;
-        crypt(&self.rtcp, ssrc, u64::from(index), &mut packet[8..]);
-        packet.extend_from_slice(&(0x8000_0000 | index).to_be_bytes());
-        let t = tag(&self.rtcp, &[packet]);
-        packet.extend_from_slice(&t[..SRTCP_TAG]);
+        let e_index = (0x8000_0000 | index).to_be_bytes();
+        match &self.rtcp {
+            Transform::Cm(k) => {
+                crypt(k, ssrc, u64::from(index), &mut packet[8..]);
+                packet.extend_from_slice(&e_index);
+                let t = tag(k, &[packet]);
+                packet.extend_from_slice(&t[..SRTCP_TAG]);
+            }
+            // RFC 7714 §9: header ‖ ciphertext ‖ tag ‖ E‖index, the first
+            // 8 bytes and E‖index authenticated.
+            Transform::Gcm(g) => {
+                let mut aad = [0u8; 12];
+                aad[..8].copy_from_slice(&packet[..8]);
+                aad[8..].copy_from_slice(&e_index);
+                let t = g
+                    .aead
+                    .encrypt_in_place_detached(
+                        &g.iv(ssrc, 0, &index.to_be_bytes()),
+                        &aad,
+                        &mut packet[8..],
+                    )
+                    .map_err(|_| SrtpError::TooShort)?;
+                packet.extend_from_slice(&t);
+                packet.extend_from_slice(&e_index);
+            }
+        }
         Ok(())
     }
 
     /// Checks and decrypts an SRTCP packet in place (trailer removed).
     pub fn unprotect_rtcp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        // The trailer: E‖index then the tag (AES-CM), or the tag then
+        // E‖index (GCM).
+        let (tag_len, index_at) = match &self.rtcp {
+            Transform::Cm(_) => (SRTCP_TAG, 0),
+            Transform::Gcm(_) => (GCM_TAG, GCM_TAG),
+        };
         let len = packet
             .len()
-            .checked_sub(SRTCP_TAG + 4)
+            .checked_sub(tag_len + 4)
             .filter(|&l| l >= 8)
             .ok_or(SrtpError::TooShort)?;
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
-        let e_index = u32::from_be_bytes([
-            packet[len],
-            packet[len + 1],
-            packet[len + 2],
-            packet[len + 3],
-        ]);
+        let at = len + index_at;
+        let e_index =
+            u32::from_be_bytes([packet[at], packet[at + 1], packet[at + 2], packet[at + 3]]);
+        let encrypted = e_index & 0x8000_0000 != 0;
         let index = u64::from(e_index & 0x7fff_ffff);
         if self.rtcp_replay.len() >= MAX_SSRCS && !self.rtcp_replay.contains_key(&ssrc) {
             self.rtcp_replay.clear();
         }
         let mut replay = self.rtcp_replay.get(&ssrc).copied().unwrap_or_default();
         replay.check(index)?;
-        let t = tag(&self.rtcp, &[&packet[..len + 4]]);
-        if !bool::from(t[..SRTCP_TAG].ct_eq(&packet[len + 4..])) {
-            return Err(SrtpError::Auth);
-        }
-        packet.truncate(len);
-        if e_index & 0x8000_0000 != 0 {
-            crypt(&self.rtcp, ssrc, index, &mut packet[8..]);
+        match &self.rtcp {
+            Transform::Cm(k) => {
+                let t = tag(k, &[&packet[..len + 4]]);
+                if !bool::from(t[..SRTCP_TAG].ct_eq(&packet[len + 4..])) {
+                    return Err(SrtpError::Auth);
+                }
+                packet.truncate(len);
+                if encrypted {
+                    crypt(k, ssrc, index, &mut packet[8..]);
+                }
+            }
+            Transform::Gcm(g) => {
+                let iv = g.iv(ssrc, 0, &(index as u32).to_be_bytes());
+                let (body, trailer) = packet.split_at_mut(len);
+                let t = Tag::from_slice(&trailer[..GCM_TAG]);
+                let e = e_index.to_be_bytes();
+                let checked = if encrypted {
+                    let (header, payload) = body.split_at_mut(8);
+                    let mut aad = [0u8; 12];
+                    aad[..8].copy_from_slice(header);
+                    aad[8..].copy_from_slice(&e);
+                    g.aead.decrypt_in_place_detached(&iv, &aad, payload, t)
+                } else {
+                    // Authenticated only: the whole packet is associated data.
+                    let aad = [&body[..], &e].concat();
+                    g.aead.decrypt_in_place_detached(&iv, &aad, &mut [], t)
+                };
+                checked.map_err(|_| SrtpError::Auth)?;
+                packet.truncate(len);
+            }
         }
         replay.accept(index);
         self.rtcp_replay.insert(ssrc, replay);
@@ -376,6 +513,7 @@ mod tests {
             auth: <HmacSha1 as Mac>::new_from_slice(b"x").unwrap(),
         };
         let mut z = vec![0u8; 48];
+        // (b.2's keys are session keys: no derivation.)
         crypt(&k, 0, 0, &mut z);
         assert_eq!(
             z,
@@ -401,7 +539,11 @@ mod tests {
 
     #[test]
     fn a_round_trip_rejects_tampering_and_replays() {
-        for suite in [Suite::AesCm128HmacSha1_80, Suite::AesCm128HmacSha1_32] {
+        for suite in [
+            Suite::AesCm128HmacSha1_80,
+            Suite::AesCm128HmacSha1_32,
+            Suite::AeadAes128Gcm,
+        ] {
             let c = crypto(suite, 7);
             let (mut tx, mut rx) = (Context::new(&c).unwrap(), Context::new(&c).unwrap());
             let plain = rtp(65_534, 0x1234_5678, b"hello, audio");
@@ -437,9 +579,110 @@ mod tests {
         }
     }
 
+    /// A GCM context on RFC 7714's session key and salt, used directly.
+    fn rfc7714_session() -> Context {
+        let g = GcmKeys {
+            aead: Aes128Gcm::new_from_slice(&hex("000102030405060708090a0b0c0d0e0f")).unwrap(),
+            salt: hex("517569642070726f2071756f").try_into().unwrap(),
+        };
+        Context {
+            tag_len: GCM_TAG,
+            rtp: Transform::Gcm(g.clone()),
+            rtcp: Transform::Gcm(g),
+            streams: HashMap::new(),
+            rtcp_replay: HashMap::new(),
+            rtcp_index: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn rfc7714_aes_128_gcm_srtp_and_srtcp_vectors() {
+        // SRTP: SSRC 5501a0b2, SEQ f17b, ROC 0.
+        let plain = hex(
+            "8040f17b8041f8d35501a0b247616c6c696120657374206f6d6e697320646976\
+             69736120696e207061727465732074726573",
+        );
+        let protected = hex(
+            "8040f17b8041f8d35501a0b2f24de3a3fb34de6cacba861c9d7e4bcabe633bd5\
+             0d294e6f42a5f47a51c7d19b36de3adf8833899d7f27beb16a9152cf765ee439\
+             0cce",
+        );
+        let mut p = plain.clone();
+        rfc7714_session().protect_rtp(&mut p).unwrap();
+        assert_eq!(p, protected);
+        let mut rx = rfc7714_session();
+        rx.unprotect_rtp(&mut p).unwrap();
+        assert_eq!(p, plain);
+        // SRTCP: sender SSRC "Mars", index 5d4, encrypted (E = 1).
+        let rtcp = hex(
+            "81c8000d4d6172734e5450314e545032525450200000042a0000e9304c756e61\
+             deadbeefdeadbeefdeadbeefdeadbeefdeadbeef",
+        );
+        let srtcp = hex(
+            "81c8000d4d61727363e94885dcdab67ca727d7662f6b7e997ff5c0f76c06f32d\
+             c676a5f1730d6fda4ce09b4686303ded0bb9275bc84aa45896cf4d2fc5abf872\
+             45d9eade800005d4",
+        );
+        let mut tx = rfc7714_session();
+        tx.rtcp_index.insert(0x4d61_7273, 0x5d4);
+        let mut p = rtcp.clone();
+        tx.protect_rtcp(&mut p).unwrap();
+        assert_eq!(p, srtcp);
+        let mut rx = rfc7714_session();
+        rx.unprotect_rtcp(&mut p).unwrap();
+        assert_eq!(p, rtcp);
+        // The same report authenticated only (E = 0): the tag covers it all.
+        let mut auth_only = hex(
+            "81c8000d4d6172734e5450314e545032525450200000042a0000e9304c756e61\
+             deadbeefdeadbeefdeadbeefdeadbeefdeadbeef841dd9683dd78ec92ae58790\
+             125f62b3000005d4",
+        );
+        rfc7714_session().unprotect_rtcp(&mut auth_only).unwrap();
+        assert_eq!(auth_only, rtcp);
+    }
+
+    #[test]
+    fn gcm_master_keys_are_derived_with_the_salt_left_aligned() {
+        // A master key and 96-bit salt, as SDES carries them; the expected
+        // packets are those libsrtp-compatible stacks produce.
+        let c = Crypto {
+            tag: 1,
+            suite: Suite::AeadAes128Gcm,
+            key: hex("000102030405060708090a0b0c0d0e0f"),
+            salt: hex("a0a1a2a3a4a5a6a7a8a9aaab"),
+        };
+        let plain = hex("800f1234decafbadcafebabeabababababababababababababababab");
+        let mut p = plain.clone();
+        Context::new(&c).unwrap().protect_rtp(&mut p).unwrap();
+        assert_eq!(
+            p,
+            hex("800f1234decafbadcafebabec5002ede04cfdd2eb91159e0880aa06ed2976826f796b201df3131a127e8a392")
+        );
+        let rtcp = hex("81c8000bcafebabeabababababababababababababababab");
+        let mut srtcp = hex(
+            "81c8000bcafebabec98b8b5df0392a55852b6c21ac8e7025c52c6fbea2b3b446ea31123ba88ce61e80000001",
+        );
+        let mut tx = Context::new(&c).unwrap();
+        tx.rtcp_index.insert(0xcafe_babe, 1);
+        let mut q = rtcp.clone();
+        tx.protect_rtcp(&mut q).unwrap();
+        assert_eq!(q, srtcp);
+        Context::new(&c)
+            .unwrap()
+            .unprotect_rtcp(&mut srtcp)
+            .unwrap();
+        assert_eq!(srtcp, rtcp);
+    }
+
     #[test]
     fn srtcp_round_trip_with_replay_protection() {
-        let c = crypto(Suite::AesCm128HmacSha1_32, 3);
+        for suite in [Suite::AesCm128HmacSha1_32, Suite::AeadAes128Gcm] {
+            srtcp_round_trip(suite);
+        }
+    }
+
+    fn srtcp_round_trip(suite: Suite) {
+        let c = crypto(suite, 3);
         let (mut tx, mut rx) = (Context::new(&c).unwrap(), Context::new(&c).unwrap());
         // A receiver report: header and sender SSRC, then a report block.
         let rr = [
@@ -448,7 +691,12 @@ mod tests {
         ];
         let mut p = rr.to_vec();
         tx.protect_rtcp(&mut p).unwrap();
-        assert_eq!(p.len(), rr.len() + 4 + 10, "E|index and an 80-bit tag");
+        let tag = if suite == Suite::AeadAes128Gcm {
+            16
+        } else {
+            10
+        };
+        assert_eq!(p.len(), rr.len() + 4 + tag, "E|index and the tag");
         let copy = p.clone();
         rx.unprotect_rtcp(&mut p).unwrap();
         assert_eq!(p, rr);
