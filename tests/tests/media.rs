@@ -80,18 +80,23 @@ fn check(r: &mut Relayed, what: &str, run: &SippRun, calls: u64) {
 /// (with `fill`) through weir: `calls` calls at once; returns when both end.
 fn calls_through(
     r: &mut Relayed,
-    uac: &str,
+    (uac, uas): (&str, &str),
     fill: &[(&str, &str)],
     calls: u32,
 ) -> (SippRun, SippRun) {
-    let (uac, uas) = start_calls(r, uac, fill, calls);
+    let (uac, uas) = start_calls(r, (uac, uas), fill, calls);
     let uac = uac.wait(Duration::from_secs(40));
     let uas = uas.wait(Duration::from_secs(10));
     (uac, uas)
 }
 
 /// [`calls_through`] without waiting: the running UAC and UAS.
-fn start_calls(r: &mut Relayed, uac: &str, fill: &[(&str, &str)], calls: u32) -> (Sipp, Sipp) {
+fn start_calls(
+    r: &mut Relayed,
+    (uac, uas): (&str, &str),
+    fill: &[(&str, &str)],
+    calls: u32,
+) -> (Sipp, Sipp) {
     let uas_port = free_port();
     let (uas_media, uac_media) = (free_ports(4), free_ports(4));
     let ports = r.ports_regex.clone();
@@ -101,7 +106,7 @@ fn start_calls(r: &mut Relayed, uac: &str, fill: &[(&str, &str)], calls: u32) ->
         .map_or("101", |f| f.1);
     let uas_file = scenario(
         r.dir.path(),
-        "media-uas.xml",
+        uas,
         &[
             ("@RELAY_PORTS@", ports.as_str()),
             ("@MEDIA_IP@", "127.0.0.1"),
@@ -197,7 +202,7 @@ fn rtp_and_dtmf_flow_both_ways_through_the_relay_with_no_loss() {
         ("@HOLD_MS@", "600"),
         ("@DTMF_PT@", "101"),
     ];
-    let (uac, uas) = calls_through(&mut r, "media-uac.xml", &fill, calls);
+    let (uac, uas) = calls_through(&mut r, ("media-uac.xml", "media-uas.xml"), &fill, calls);
     check(&mut r, "UAC", &uac, u64::from(calls));
     check(&mut r, "UAS", &uas, u64::from(calls));
     settle(&r);
@@ -247,7 +252,7 @@ fn dtmf_is_renumbered_when_the_callee_answers_with_another_payload_type() {
         ("@HOLD_MS@", "600"),
         ("@DTMF_PT@", "96"),
     ];
-    let (uac, uas) = calls_through(&mut r, "media-uac.xml", &fill, 1);
+    let (uac, uas) = calls_through(&mut r, ("media-uac.xml", "media-uas.xml"), &fill, 1);
     check(&mut r, "UAC", &uac, 1);
     check(&mut r, "UAS", &uas, 1);
     settle(&r);
@@ -279,7 +284,7 @@ fn after_latching_ten_thousand_packets_from_another_source_are_all_dropped() {
         ("@HOLD_MS@", "600"),
         ("@DTMF_PT@", "101"),
     ];
-    let (uac, uas) = start_calls(&mut r, "media-uac.xml", &fill, 1);
+    let (uac, uas) = start_calls(&mut r, ("media-uac.xml", "media-uas.xml"), &fill, 1);
     // Wait (at most 5 s) until both parties are heard: both latched.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let call = loop {
@@ -367,7 +372,7 @@ fn a_call_whose_media_stops_is_ended_with_a_bye_to_each_party() {
     // Neither party sends a packet: both get the proxy's BYE and answer it.
     let (uac, uas) = calls_through(
         &mut r,
-        "media-timeout-uac.xml",
+        ("media-timeout-uac.xml", "media-uas.xml"),
         &[("@MEDIA_IP@", "127.0.0.1")],
         calls,
     );
@@ -392,6 +397,38 @@ fn a_call_whose_media_stops_is_ended_with_a_bye_to_each_party() {
         "{}",
         r.weir.log_text()
     );
+}
+
+#[test]
+fn a_call_on_hold_waits_the_hold_timeout_before_its_silence_ends_it() {
+    // No media at all; the caller puts the call on hold (re-INVITE,
+    // a=sendonly; the callee answers a=recvonly) right after it is answered.
+    // Silence on hold is expected: not ended at `timeout` (2 s) but at
+    // `hold_timeout` (5 s), with a BYE to each party saying why.
+    let mut r = relayed("timeout = \"2s\"\nhold_timeout = \"5s\"\n");
+    let ports = r.ports_regex.clone();
+    let started = std::time::Instant::now();
+    let (uac, uas) = calls_through(
+        &mut r,
+        ("media-hold-uac.xml", "media-hold-uas.xml"),
+        &[
+            ("@RELAY_PORTS@", ports.as_str()),
+            ("@MEDIA_IP@", "127.0.0.1"),
+            ("@DTMF_PT@", "101"),
+        ],
+        1,
+    );
+    check(&mut r, "UAC", &uac, 1);
+    check(&mut r, "UAS", &uas, 1);
+    let took = started.elapsed();
+    eprintln!("the held call was ended after {took:?}");
+    assert!(
+        took >= Duration::from_secs(5),
+        "ended before the hold timeout: {took:?}"
+    );
+    settle(&r);
+    assert_eq!(metric(r.admin, "weir_media_timeouts_total"), 1);
+    assert_eq!(metric(r.admin, "weir_media_ports_in_use"), 0);
 }
 
 /// IP packets delivered to a protocol so far inside namespace `ns` (RTP and

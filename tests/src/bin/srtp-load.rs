@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Protocol, Socket, Type};
 use weir_media::crypto::Crypto;
 use weir_media::srtp::Context;
 
@@ -84,10 +85,16 @@ fn main() {
         });
     }
     assert!(!calls.is_empty(), "no calls");
-    let bind = |p: u16| {
-        let s = UdpSocket::bind(("127.0.0.1", p)).unwrap();
+    // Large socket buffers (as rtpload's), so a scheduling hiccup of the
+    // generator is not counted as the relay's loss (capped by rmem_max).
+    let bind = |p: u16| -> UdpSocket {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_recv_buffer_size(16 << 20).unwrap();
+        s.set_send_buffer_size(16 << 20).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], p)).into())
+            .unwrap();
         s.set_nonblocking(true).unwrap();
-        s
+        s.into()
     };
     let (sock_a, sock_b) = (bind(a_port), bind(b_port));
     // Stream 2i: caller → callee (via the relay port facing the caller);
@@ -190,7 +197,7 @@ fn main() {
             let wait = streams[cursor]
                 .next
                 .saturating_duration_since(Instant::now());
-            std::thread::sleep(wait.min(Duration::from_micros(200)));
+            std::thread::sleep(wait.min(Duration::from_micros(100)));
         }
     }
     let sent: u64 = streams.iter().map(|s| s.sent).sum();
