@@ -12,6 +12,7 @@
 #                                           load from tests/src/bin/srtp-load (rtpload has no SRTP);
 #                                           rtpengine is skipped
 #   LOADGEN=srtp-load                       plain RTP from that generator too, to compare
+#   VIA_PLUGIN=1                            plain relay chosen by the test plugin (media = relay)
 #
 # weir's calls are set up by SIP (scripts/rtp-calls.py is caller and callee;
 # weir rewrites the SDP and picks the ports) instead of rtpengine's ng
@@ -40,11 +41,16 @@ if [[ "${SKIP_RTPENGINE:-0}" != 1 ]]; then
 fi
 [[ "${SKIP_WEIR:-0}" == 1 ]] && exit 0
 
-echo "== weir relay ($WORKERS workers, SRTP=$SRTP, load: $LOADGEN)" >&2
+echo "== weir relay ($WORKERS workers, SRTP=$SRTP, VIA_PLUGIN=${VIA_PLUGIN:-0}, load: $LOADGEN)" >&2
 gcc -O2 -Wall -o "$OUT/rtpload" "$BENCH/rtp/rtpload.c"
 cargo build --release --locked -p weir-e2e --bin srtp-load
 UAS_SIP=5072
-if [[ "$SRTP" == 1 ]]; then
+# The plain relay chosen by the same plugin (VIA_PLUGIN=1) tells the
+# plugin runtime's share from SRTP's.
+plugin_media=""
+[[ "$SRTP" == 1 ]] && plugin_media=relay-srtp-caller
+[[ "${VIA_PLUGIN:-0}" == 1 && "$SRTP" != 1 ]] && plugin_media=relay
+if [[ -n "$plugin_media" ]]; then
   scripts/build-plugins.sh >/dev/null
   mkdir -p "$OUT/plugins"
   cp target/wasm32-wasip2/plugin/test_plugin.wasm "$OUT/plugins/test-plugin.wasm"
@@ -56,8 +62,9 @@ chain = [\"test-plugin\"]
 capabilities = [\"registry\"]
 [plugins.test-plugin.config]
 target = \"sip:callee@127.0.0.1:$UAS_SIP\"
-media = \"relay-srtp-caller\""
-  setup_flags=(--srtp --uas-port "$UAS_SIP")
+media = \"$plugin_media\""
+  setup_flags=(--uas-port "$UAS_SIP")
+  [[ "$SRTP" == 1 ]] && setup_flags=(--srtp --uas-port "$UAS_SIP")
 else
   media_mode=always
   plugin_toml=""

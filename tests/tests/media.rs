@@ -161,6 +161,17 @@ fn start_calls(
     (uac, uas)
 }
 
+/// What media-uac.xml and media-uas.xml are filled with for a call through
+/// the relay's `ports` (a regex), the callee answering DTMF as `dtmf_pt`.
+fn media_fill<'a>(ports: &'a str, dtmf_pt: &'a str) -> [(&'static str, &'a str); 4] {
+    [
+        ("@RELAY_PORTS@", ports),
+        ("@MEDIA_IP@", "127.0.0.1"),
+        ("@HOLD_MS@", "600"),
+        ("@DTMF_PT@", dtmf_pt),
+    ]
+}
+
 /// The fields of weir's "relayed media ended" lines (one per stream of each
 /// relayed call), as `name=value` text.
 fn ended_streams(weir: &Weir) -> Vec<std::collections::HashMap<String, String>> {
@@ -196,12 +207,7 @@ fn rtp_and_dtmf_flow_both_ways_through_the_relay_with_no_loss() {
     let mut r = relayed("");
     let calls = 3;
     let ports = r.ports_regex.clone();
-    let fill = [
-        ("@RELAY_PORTS@", ports.as_str()),
-        ("@MEDIA_IP@", "127.0.0.1"),
-        ("@HOLD_MS@", "600"),
-        ("@DTMF_PT@", "101"),
-    ];
+    let fill = media_fill(&ports, "101");
     let (uac, uas) = calls_through(&mut r, ("media-uac.xml", "media-uas.xml"), &fill, calls);
     check(&mut r, "UAC", &uac, u64::from(calls));
     check(&mut r, "UAS", &uas, u64::from(calls));
@@ -246,12 +252,7 @@ fn dtmf_is_renumbered_when_the_callee_answers_with_another_payload_type() {
     // of what it got (96) reaches the caller as 101 again.
     let mut r = relayed("");
     let ports = r.ports_regex.clone();
-    let fill = [
-        ("@RELAY_PORTS@", ports.as_str()),
-        ("@MEDIA_IP@", "127.0.0.1"),
-        ("@HOLD_MS@", "600"),
-        ("@DTMF_PT@", "96"),
-    ];
+    let fill = media_fill(&ports, "96");
     let (uac, uas) = calls_through(&mut r, ("media-uac.xml", "media-uas.xml"), &fill, 1);
     check(&mut r, "UAC", &uac, 1);
     check(&mut r, "UAS", &uas, 1);
@@ -278,12 +279,7 @@ fn dtmf_is_renumbered_when_the_callee_answers_with_another_payload_type() {
 fn after_latching_ten_thousand_packets_from_another_source_are_all_dropped() {
     let mut r = relayed("");
     let ports = r.ports_regex.clone();
-    let fill = [
-        ("@RELAY_PORTS@", ports.as_str()),
-        ("@MEDIA_IP@", "127.0.0.1"),
-        ("@HOLD_MS@", "600"),
-        ("@DTMF_PT@", "101"),
-    ];
+    let fill = media_fill(&ports, "101");
     let (uac, uas) = start_calls(&mut r, ("media-uac.xml", "media-uas.xml"), &fill, 1);
     // Wait (at most 5 s) until both parties are heard: both latched.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
