@@ -117,7 +117,8 @@ print("calls=%s streams=%d target_pps=%d relayed_pps=%d loss=%.3f%% lat_p50=%dus
       ("%.1fus" % r["jitter_avg_us"]) if "jitter_avg_us" in r else "n/a", cpu, cpu * 1e6 / max(relayed, 1),
       m["uac_cpu_cores"], m["softirq_cores"], m["machine_busy_cores"], m["proxy_peak_rss_kb"] / 1024,
       rss_calls / 1024, (rss_calls - rss_idle) / int(n))
-      + (" refused_at_caller=%d" % r["refused"] if "refused" in r else ""))
+      + (" refused_at_caller=%d p99_to_callee=%dus p99_to_caller=%dus" % (
+          r["refused"], r["lat_p99_to_callee_us"], r["lat_p99_to_caller_us"]) if "refused" in r else ""))
 PY
 )
   echo "weir: $line" | tee -a "$OUT/levels.txt"

@@ -116,7 +116,8 @@ fn main() {
         .map(|(i, c)| (c.to_a.port(), i))
         .collect();
     let end = start + Duration::from_secs_f64(seconds);
-    let mut hist = vec![0u64; BUCKETS + 1];
+    // Per direction: [caller → callee, callee → caller].
+    let mut hist = [vec![0u64; BUCKETS + 1], vec![0u64; BUCKETS + 1]];
     let (mut refused, mut late_max) = (0u64, Duration::ZERO);
     let mut buf = vec![0u8; 2048];
     let mut packet = Vec::with_capacity(256);
@@ -190,7 +191,7 @@ fn main() {
                 let latency = Duration::from_nanos(arrived.saturating_sub(sent_ns));
                 late_max = late_max.max(latency);
                 let bucket = (latency.as_micros() / 10) as usize;
-                hist[bucket.min(BUCKETS)] += 1;
+                hist[id % 2][bucket.min(BUCKETS)] += 1;
             }
         }
         if idle {
@@ -202,8 +203,10 @@ fn main() {
     }
     let sent: u64 = streams.iter().map(|s| s.sent).sum();
     let received: u64 = streams.iter().map(|s| s.received).sum();
-    let pct = |q: f64| {
-        let want = ((q / 100.0 * received as f64).round() as u64).max(1);
+    let both: Vec<u64> = hist[0].iter().zip(&hist[1]).map(|(a, b)| a + b).collect();
+    let pct = |hist: &[u64], q: f64| {
+        let total: u64 = hist.iter().sum();
+        let want = ((q / 100.0 * total as f64).round() as u64).max(1);
         let mut acc = 0;
         for (i, n) in hist.iter().enumerate() {
             acc += n;
@@ -221,13 +224,15 @@ fn main() {
     let summary = format!(
         "{{\"calls\": {}, \"streams\": {n}, \"target_pps\": {}, \"duration_s\": {seconds}, \"sent\": {sent}, \
 \"received\": {received}, \"refused\": {refused}, \"loss_pct\": {loss:.4}, \"lat_p50_us\": {}, \
-\"lat_p99_us\": {}, \"lat_p99.9_us\": {}, \"lat_max_us\": {}}}",
+\"lat_p99_us\": {}, \"lat_p99.9_us\": {}, \"lat_max_us\": {}, \"lat_p99_to_callee_us\": {}, \"lat_p99_to_caller_us\": {}}}",
         calls.len(),
         n * 50,
-        pct(50.0),
-        pct(99.0),
-        pct(99.9),
-        late_max.as_micros()
+        pct(&both, 50.0),
+        pct(&both, 99.0),
+        pct(&both, 99.9),
+        late_max.as_micros(),
+        pct(&hist[0], 99.0),
+        pct(&hist[1], 99.0),
     );
     println!("{summary}");
     if let Some(path) = out {

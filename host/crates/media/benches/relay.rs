@@ -62,54 +62,66 @@ fn relay(c: &mut Criterion) {
         })
     });
 
-    // SRTP on A's leg: B's plain packets are encrypted towards A…
-    let a_key = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(7));
-    let mut srtp_call = Session::new("203.0.113.7".parse().unwrap());
-    srtp_call.terminate_srtp(Side::A, Box::new(|k| k.fill(9)));
-    srtp_call
-        .offer(
-            &mut pool,
-            Side::A,
-            sdp("198.51.100.1", 4000, Some(&a_key.to_value())).as_bytes(),
-            None,
-        )
-        .unwrap();
-    srtp_call
-        .answer(Side::B, sdp("198.51.100.2", 5000, None).as_bytes(), None)
-        .unwrap();
-    let (facing_a, facing_b) = (srtp_call.ports()[0], srtp_call.ports()[1]);
-    let mut seq = 0u16;
-    g.bench_function("RTP to the SRTP leg, encrypted", |bench| {
-        bench.iter(|| {
-            seq = seq.wrapping_add(1);
-            let mut p = packet(seq);
-            srtp_call
-                .forward(Instant::now(), facing_b, b, &mut p)
-                .unwrap();
-            p
-        })
-    });
-    // …and A's SRTP is checked and decrypted (each packet protected
-    // outside the measured part, sequence numbers rising as on the wire).
-    let mut a_tx = srtp::Context::new(&a_key).unwrap();
-    let mut a_seq = 0u16;
-    g.bench_function("SRTP from the SRTP leg, checked and decrypted", |bench| {
-        bench.iter_batched(
-            || {
-                a_seq = a_seq.wrapping_add(1);
-                let mut p = packet(a_seq);
-                a_tx.protect_rtp(&mut p).unwrap();
-                p
+    // SRTP on A's leg, for each suite: B's plain packets are encrypted
+    // towards A…
+    for (suite, name) in [
+        (Suite::AesCm128HmacSha1_80, "AES_CM_128_HMAC_SHA1_80"),
+        (Suite::AeadAes128Gcm, "AEAD_AES_128_GCM"),
+    ] {
+        let a_key = Crypto::generate(1, suite, |k| k.fill(7));
+        let mut srtp_call = Session::new("203.0.113.7".parse().unwrap());
+        srtp_call.terminate_srtp(Side::A, Box::new(|k| k.fill(9)));
+        srtp_call
+            .offer(
+                &mut pool,
+                Side::A,
+                sdp("198.51.100.1", 4000, Some(&a_key.to_value())).as_bytes(),
+                None,
+            )
+            .unwrap();
+        srtp_call
+            .answer(Side::B, sdp("198.51.100.2", 5000, None).as_bytes(), None)
+            .unwrap();
+        let (facing_a, facing_b) = (srtp_call.ports()[0], srtp_call.ports()[1]);
+        let mut seq = 0u16;
+        g.bench_function(
+            format!("RTP to the SRTP leg, encrypted ({name})"),
+            |bench| {
+                bench.iter(|| {
+                    seq = seq.wrapping_add(1);
+                    let mut p = packet(seq);
+                    srtp_call
+                        .forward(Instant::now(), facing_b, b, &mut p)
+                        .unwrap();
+                    p
+                })
             },
-            |mut p| {
-                srtp_call
-                    .forward(Instant::now(), facing_a, a, &mut p)
-                    .unwrap();
-                p
+        );
+        // …and A's SRTP is checked and decrypted (each packet protected
+        // outside the measured part, sequence numbers rising as on the wire).
+        let mut a_tx = srtp::Context::new(&a_key).unwrap();
+        let mut a_seq = 0u16;
+        g.bench_function(
+            format!("SRTP from the SRTP leg, checked and decrypted ({name})"),
+            |bench| {
+                bench.iter_batched(
+                    || {
+                        a_seq = a_seq.wrapping_add(1);
+                        let mut p = packet(a_seq);
+                        a_tx.protect_rtp(&mut p).unwrap();
+                        p
+                    },
+                    |mut p| {
+                        srtp_call
+                            .forward(Instant::now(), facing_a, a, &mut p)
+                            .unwrap();
+                        p
+                    },
+                    criterion::BatchSize::SmallInput,
+                )
             },
-            criterion::BatchSize::SmallInput,
-        )
-    });
+        );
+    }
     g.finish();
 }
 
