@@ -353,6 +353,7 @@ impl MediaRelay for Relay {
                 if let Some(side) = srtp_leg {
                     // The relay's SDES keys come from the OS's CSPRNG.
                     session.terminate_srtp(side, Box::new(|b| OsRng.fill_bytes(b)));
+                    session.offer_srtp_suite(self.shared.settings.srtp_suite);
                 }
                 let c = Arc::new(Call {
                     call_id: String::from_utf8_lossy(call.call_id).into_owned(),

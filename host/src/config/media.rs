@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use weir_media::crypto::Suite;
 use weir_sip::proxy::MediaPolicy;
 
 use super::Check;
@@ -22,6 +23,7 @@ pub(super) struct RawMedia {
     max_sessions: Option<Spanned<i64>>,
     workers: Option<Spanned<i64>>,
     srtp_over_plain_sip: Option<bool>,
+    srtp_suite: Option<Spanned<String>>,
 }
 
 /// `[media]`, checked.
@@ -44,6 +46,9 @@ pub struct MediaSettings {
     pub workers: usize,
     /// Terminate SRTP where the leg's signalling is not TLS.
     pub srtp_over_plain_sip: bool,
+    /// The suite the relay offers a party whose SRTP it terminates (when
+    /// that party answers; an SRTP offer is answered in its own suite).
+    pub srtp_suite: Suite,
 }
 
 /// Checks `[media]`. None: no relay (`mode = "off"`, or no section and no
@@ -116,6 +121,16 @@ pub(super) fn media_settings(
         1_000_000,
         10_000,
     );
+    let srtp_suite = c.choice(
+        "[media] srtp_suite",
+        &r.srtp_suite,
+        &[
+            ("AES_CM_128_HMAC_SHA1_80", Suite::AesCm128HmacSha1_80),
+            ("AES_CM_128_HMAC_SHA1_32", Suite::AesCm128HmacSha1_32),
+            ("AEAD_AES_128_GCM", Suite::AeadAes128Gcm),
+        ],
+        Suite::AesCm128HmacSha1_80,
+    );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = c.count("[media] workers", &r.workers, 1, 256, cores);
     let Some(advertise) = advertise else {
@@ -138,6 +153,7 @@ pub(super) fn media_settings(
         max_sessions,
         workers,
         srtp_over_plain_sip: r.srtp_over_plain_sip.unwrap_or(false),
+        srtp_suite,
     })
 }
 
@@ -178,6 +194,9 @@ mod tests {
         assert_eq!(m.advertise, m.address);
         assert_eq!(m.timeout, Duration::from_secs(60));
         assert_eq!(m.hold_timeout, Duration::from_secs(3600));
+        assert_eq!(m.srtp_suite, Suite::AesCm128HmacSha1_80);
+        let gcm = parse("[media]\nsrtp_suite = \"AEAD_AES_128_GCM\"\n").unwrap();
+        assert_eq!(gcm.media.unwrap().srtp_suite, Suite::AeadAes128Gcm);
         // A wildcard listener advertised by IP: the relay binds the wildcard
         // and writes the advertised address.
         let m = parse("[sip]\nlisten = [\"udp:0.0.0.0:5060\"]\nadvertise = \"203.0.113.7\"\n")
@@ -196,7 +215,7 @@ mod tests {
     #[test]
     fn media_errors_name_the_key() {
         let e = errors(
-            "[media]\nmode = \"sometimes\"\nport_range = \"40000-30000\"\naddress = \"here\"\ntimeout = \"0s\"\nmax_sessions = 0\n",
+            "[media]\nmode = \"sometimes\"\nport_range = \"40000-30000\"\naddress = \"here\"\ntimeout = \"0s\"\nmax_sessions = 0\nsrtp_suite = \"AES_256_CM_HMAC_SHA1_80\"\n",
         );
         let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -206,7 +225,8 @@ mod tests {
                 "[media] port_range",
                 "[media] address",
                 "[media] timeout",
-                "[media] max_sessions"
+                "[media] max_sessions",
+                "[media] srtp_suite"
             ],
             "{e:?}"
         );

@@ -273,6 +273,20 @@ pub struct Session {
     terminate: Option<(Side, KeyGen)>,
     /// Arrival times for jitter are counted from the first packet.
     epoch: Option<Instant>,
+    /// The suite of the key the relay offers the SRTP party.
+    offer_suite: Suite,
+    /// Each party's last description and what the relay made of it (A, B).
+    last: [Option<Said>; 2],
+}
+
+/// A description as received and what was passed on for it: the same bytes again (a retransmitted 2xx, an ACK or
+/// INVITE resent) get the same answer and change nothing. Taken anew, a
+/// repeated answer would count as an offer (no offer is pending any more),
+/// and the relay's SRTP key would change under a party that already has it.
+#[derive(Debug)]
+struct Said {
+    input: Vec<u8>,
+    output: Vec<u8>,
 }
 
 impl std::fmt::Debug for Session {
@@ -304,6 +318,8 @@ impl Session {
             dropped: 0,
             terminate: None,
             epoch: None,
+            offer_suite: Suite::AesCm128HmacSha1_80,
+            last: [None, None],
         }
     }
 
@@ -312,6 +328,13 @@ impl Session {
     /// the relay's own keys come from `keygen` (a CSPRNG).
     pub fn terminate_srtp(&mut self, side: Side, keygen: KeyGen) {
         self.terminate = Some((side, keygen));
+    }
+
+    /// The suite of the key the relay offers when the other party made the
+    /// offer and the SRTP party is to answer (AES_CM_128_HMAC_SHA1_80 unless
+    /// set). An offer from the SRTP party is answered in its own suite.
+    pub fn offer_srtp_suite(&mut self, suite: Suite) {
+        self.offer_suite = suite;
     }
 
     /// A description from `side`, whichever it is: the answer when the other
@@ -324,11 +347,23 @@ impl Session {
         sdp_bytes: &[u8],
         signalled_from: Option<IpAddr>,
     ) -> Result<Vec<u8>, SessionError> {
-        if self.pending_offer == Some(side.other()) {
-            self.answer(side, sdp_bytes, signalled_from)
-        } else {
-            self.offer(pool, side, sdp_bytes, signalled_from)
+        let slot = side as usize;
+        // The roles stay as they are: a 2xx resent after the ACK must not
+        // turn a late offer into one awaiting an answer again.
+        if let Some(said) = self.last[slot].as_ref().filter(|s| s.input == sdp_bytes) {
+            return Ok(said.output.clone());
         }
+        let offer = self.pending_offer != Some(side.other());
+        let output = if offer {
+            self.offer(pool, side, sdp_bytes, signalled_from)?
+        } else {
+            self.answer(side, sdp_bytes, signalled_from)?
+        };
+        self.last[slot] = Some(Said {
+            input: sdp_bytes.to_vec(),
+            output: output.clone(),
+        });
+        Ok(output)
     }
 
     /// The party whose SRTP the relay terminates, if any.
@@ -635,7 +670,7 @@ impl Session {
                         .and_then(|s| s.keys.offered)
                         .ok_or_else(|| SessionError::Srtp("no SRTP offer to answer".into()))?
                 } else {
-                    (1, Suite::AesCm128HmacSha1_80)
+                    (1, self.offer_suite)
                 };
                 let ours = Crypto::generate(tag, suite, |b| keygen(b));
                 let ctx =
@@ -1036,6 +1071,57 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
             .unwrap();
         assert_eq!(s.route(facing_b, sock("203.0.113.66:7000")), None);
         assert!(s.route(facing_b, nat).is_some());
+        assert_eq!(pool.in_use(), 2);
+    }
+
+    #[test]
+    fn a_resent_description_gets_the_same_answer_and_changes_nothing() {
+        // SRTP terminated on B's leg: the relay offers B a key of its own.
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        let mut keys = 0u8;
+        s.terminate_srtp(
+            Side::B,
+            Box::new(move |b| {
+                keys = keys.wrapping_add(1);
+                b.fill(keys);
+            }),
+        );
+        let a_offer = offer("198.51.100.1", 4000);
+        let to_b = s
+            .describe(&mut pool, Side::A, a_offer.as_bytes(), None)
+            .unwrap();
+        // The INVITE again (a retransmission reaching the relay): the same
+        // key, not a new one.
+        let again = s
+            .describe(&mut pool, Side::A, a_offer.as_bytes(), None)
+            .unwrap();
+        assert_eq!(again, to_b);
+        let b_key = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |b| b.fill(9));
+        let b_answer = format!(
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n\
+m=audio 5000 RTP/SAVP 0\r\na=crypto:{}\r\n",
+            b_key.to_value()
+        );
+        let to_a = s
+            .describe(&mut pool, Side::B, b_answer.as_bytes(), None)
+            .unwrap();
+        assert!(s.answered);
+        // The 200 resent after the ACK: the same plain SDP for A (never B's
+        // key), and the roles stay: A's next offer is an offer.
+        let resent = s
+            .describe(&mut pool, Side::B, b_answer.as_bytes(), None)
+            .unwrap();
+        assert_eq!(resent, to_a);
+        assert!(!String::from_utf8(resent).unwrap().contains("crypto"));
+        let reoffer = offer("198.51.100.1", 4002);
+        let to_b2 = s
+            .describe(&mut pool, Side::A, reoffer.as_bytes(), None)
+            .unwrap();
+        assert!(
+            String::from_utf8(to_b2).unwrap().contains("a=crypto"),
+            "an offer to B carries the relay's key"
+        );
         assert_eq!(pool.in_use(), 2);
     }
 

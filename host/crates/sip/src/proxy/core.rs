@@ -1592,8 +1592,16 @@ impl Proxy {
         if let Some(from) = self.identities.caller_from(&msg) {
             identity::set_header_value(&mut rw, &msg, HeaderName::From, &from);
         }
-        if let Some(body) = source.and_then(|ip| self.media_stray(&msg, ip)) {
-            rw.set_body(body);
+        match self.media_stray(&msg, source) {
+            Ok(Some(body)) => rw.set_body(body),
+            Ok(None) => {}
+            // A relayed dialog's SDP that the relay refused never goes on
+            // as it came: it would hand the other party the address (and
+            // SRTP key) the relay stands in for. The first 2xx went through.
+            Err(()) => {
+                self.stats.stray_responses_dropped += 1;
+                return;
+            }
         }
         let bytes = rw.finish();
         self.stats.stray_responses_forwarded += 1;
@@ -1686,7 +1694,7 @@ impl Proxy {
             // The context is gone (its server transaction ended); a late 2xx still
             // goes upstream by Via.
             if (200..300).contains(&code) {
-                self.forward_stray(resp, None);
+                self.forward_stray(resp, responder_ip);
             }
             return;
         };

@@ -231,14 +231,22 @@ impl Proxy {
         d.to_caller.to = Bytes::copy_from_slice(m.header(HeaderName::From).unwrap_or_default());
     }
 
-    /// A response no transaction knows (a 2xx retransmission): its SDP goes
-    /// through the relay like the first one's did.
-    pub(super) fn media_stray(&mut self, msg: &Message, source: IpAddr) -> Option<Bytes> {
-        let (d, asked_by) = self.relayed.find(msg)?;
+    /// A response no transaction knows, or whose context is gone (a 2xx
+    /// retransmission): its SDP goes through the relay like the first one's
+    /// did. Ok(None): not a relayed dialog's, or no SDP; Err: the relay
+    /// refused it (the response must not go on with its own SDP).
+    pub(super) fn media_stray(
+        &mut self,
+        msg: &Message,
+        source: Option<IpAddr>,
+    ) -> Result<Option<Bytes>, ()> {
+        let Some((d, asked_by)) = self.relayed.find(msg) else {
+            return Ok(None);
+        };
         let (id, mode) = (d.id, d.mode);
-        match self.relay_sdp(id, asked_by.other(), mode, msg, Some(source)) {
-            Ok(sent) => sent.map(|m| m.body_bytes()),
-            Err(_) => None,
+        match self.relay_sdp(id, asked_by.other(), mode, msg, source) {
+            Ok(sent) => Ok(sent.map(|m| m.body_bytes())),
+            Err(_) => Err(()),
         }
     }
 

@@ -158,7 +158,12 @@ fn a_relayed_call_sees_the_relay_both_ways_and_its_bye_gives_the_ports_back() {
         to_alice.port, to_bob.port,
         "each party has its own relay port"
     );
-    // The 2xx retransmitted after its transaction ended: rewritten the same.
+    // The 2xx resent at once (Bob missed the ACK), while the INVITE's client
+    // transaction still takes it but its context is gone: the same SDP,
+    // never Bob's own.
+    sim.udp(BOB, &ok);
+    assert_eq!(media_of(&sim.one(ALICE)), to_alice);
+    // …and after its transaction ended: rewritten the same.
     sim.advance(Duration::from_secs(40));
     sim.out();
     sim.udp(BOB, &ok);
