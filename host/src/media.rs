@@ -376,7 +376,7 @@ impl MediaRelay for Relay {
         let before = st.session.ports();
         let out = st
             .session
-            .describe(&mut table.pool, side, sdp, call.signalled_from)
+            .describe(&mut table.pool, side, sdp, call.signalled_from, call.repeat)
             .map_err(|e| {
                 let (status, reason) = e.sip_status();
                 refusal(status, reason)

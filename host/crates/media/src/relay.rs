@@ -38,6 +38,9 @@ pub enum SessionError {
     /// The SRTP leg's keys cannot be used (488).
     #[error("{0}")]
     Srtp(String),
+    /// A late response whose SDP is not the one the relay took.
+    #[error("a late response with new SDP")]
+    NotAResend,
 }
 
 impl SessionError {
@@ -51,8 +54,28 @@ impl SessionError {
                 "Not Acceptable Here (an answer without an offer)".into(),
             ),
             SessionError::Srtp(why) => (488, format!("Not Acceptable Here ({why})")),
+            SessionError::NotAResend => (
+                488,
+                "Not Acceptable Here (a late response with new SDP)".into(),
+            ),
         }
     }
+}
+
+/// Whether a description may be one the relay already took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// A request's (INVITE, re-INVITE, UPDATE): always a new offer or
+    /// answer, even in the same bytes as before (a session refresh).
+    Never,
+    /// A response's or an ACK's: the same bytes as that party's last
+    /// description are a resend (a 200 repeating its 183's answer, a 2xx or
+    /// ACK sent again) and get the same answer, changing nothing.
+    Maybe,
+    /// A response no transaction knows (a 2xx resent after its
+    /// transaction, or another fork's): only a resend is taken; anything
+    /// else is refused, never made the dialog's media.
+    Only,
 }
 
 /// Which party.
@@ -340,18 +363,30 @@ impl Session {
     /// A description from `side`, whichever it is: the answer when the other
     /// side's offer awaits one, else an offer. (A proxy sees bodies, not the
     /// offer/answer roles; RFC 3264 §4 makes them follow from the order.)
+    /// `repeat`: whether it may be a resend (see [`Repeat`]).
     pub fn describe(
         &mut self,
         pool: &mut PortPool,
         side: Side,
         sdp_bytes: &[u8],
         signalled_from: Option<IpAddr>,
+        repeat: Repeat,
     ) -> Result<Vec<u8>, SessionError> {
         let slot = side as usize;
-        // The roles stay as they are: a 2xx resent after the ACK must not
-        // turn a late offer into one awaiting an answer again.
-        if let Some(said) = self.last[slot].as_ref().filter(|s| s.input == sdp_bytes) {
-            return Ok(said.output.clone());
+        // A resend changes nothing, roles included: a 2xx resent after the
+        // ACK must not turn a late offer into one awaiting an answer again.
+        if repeat != Repeat::Never {
+            if let Some(said) = self.last[slot].as_ref().filter(|s| s.input == sdp_bytes) {
+                // …but the same answer to a new offer (a session refresh)
+                // still completes that exchange.
+                if self.pending_offer == Some(side.other()) {
+                    self.pending_offer = None;
+                }
+                return Ok(said.output.clone());
+            }
+        }
+        if repeat == Repeat::Only {
+            return Err(SessionError::NotAResend);
         }
         let offer = self.pending_offer != Some(side.other());
         let output = if offer {
@@ -465,6 +500,7 @@ impl Session {
             pool.release(p);
         }
         self.streams.clear();
+        self.last = [None, None];
     }
 
     /// A well-formed packet arrived on relay port `port` from `from`: where it
@@ -485,7 +521,18 @@ impl Session {
         from: SocketAddr,
         packet: &mut Vec<u8>,
     ) -> Result<Route, Refused> {
-        let kind = rtp::classify(packet).map_err(Refused::Malformed)?;
+        // From the party whose SRTP the relay terminates, the last bytes are
+        // the tag: RTP padding is checked once decrypted.
+        let srtp_port = self
+            .terminate
+            .as_ref()
+            .is_some_and(|(s, _)| self.sender_of(port) == Some(*s));
+        let kind = if srtp_port {
+            rtp::classify_header(packet)
+        } else {
+            rtp::classify(packet)
+        }
+        .map_err(Refused::Malformed)?;
         let (i, sender, route) = self.route_from(port, from).ok_or(Refused::Source)?;
         let srtp_sender = self.terminate.as_ref().is_some_and(|(s, _)| *s == sender);
         let terminating = self.terminate.is_some();
@@ -517,6 +564,9 @@ impl Session {
                 c.unprotect_rtp(packet)
             };
             r.map_err(Refused::Srtp)?;
+            if !rtcp {
+                rtp::classify(packet).map_err(Refused::Malformed)?;
+            }
         }
         match kind {
             Packet::Rtp {
@@ -560,6 +610,20 @@ impl Session {
     /// Each media line: where its media goes and what each party sent.
     pub fn report(&self) -> Vec<StreamReport> {
         self.streams.iter().map(Stream::report).collect()
+    }
+
+    /// Which party sends to relay port `port` (RTP or RTCP).
+    fn sender_of(&self, port: u16) -> Option<Side> {
+        let rtp_port = port & !1;
+        self.streams.iter().find_map(|s| {
+            if s.facing_a == rtp_port {
+                Some(Side::A)
+            } else if s.facing_b == rtp_port {
+                Some(Side::B)
+            } else {
+                None
+            }
+        })
     }
 
     /// The stream, the sending side and the route of a packet.
@@ -1051,14 +1115,21 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         let mut pool = PortPool::new(30000, 30099).unwrap();
         let mut s = Session::new("203.0.113.7".parse().unwrap());
         // Late offer: the callee's 200 offers, the caller's ACK answers.
-        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes(), None)
-            .unwrap();
+        s.describe(
+            &mut pool,
+            Side::B,
+            offer("10.1.1.1", 5000).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
         assert!(!s.answered);
         s.describe(
             &mut pool,
             Side::A,
             offer("198.51.100.1", 4000).as_bytes(),
             None,
+            Repeat::Maybe,
         )
         .unwrap();
         assert!(s.answered);
@@ -1067,8 +1138,14 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         assert!(s.route(facing_b, nat).is_some(), "the private side latches");
         // A retransmitted 200 (or a hold re-INVITE naming the same address)
         // must not reopen the latch to whoever sends first.
-        s.describe(&mut pool, Side::B, offer("10.1.1.1", 5000).as_bytes(), None)
-            .unwrap();
+        s.describe(
+            &mut pool,
+            Side::B,
+            offer("10.1.1.1", 5000).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
         assert_eq!(s.route(facing_b, sock("203.0.113.66:7000")), None);
         assert!(s.route(facing_b, nat).is_some());
         assert_eq!(pool.in_use(), 2);
@@ -1087,16 +1164,12 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
                 b.fill(keys);
             }),
         );
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
         let a_offer = offer("198.51.100.1", 4000);
-        let to_b = s
-            .describe(&mut pool, Side::A, a_offer.as_bytes(), None)
-            .unwrap();
-        // The INVITE again (a retransmission reaching the relay): the same
-        // key, not a new one.
-        let again = s
-            .describe(&mut pool, Side::A, a_offer.as_bytes(), None)
-            .unwrap();
-        assert_eq!(again, to_b);
+        let to_b = text(
+            s.describe(&mut pool, Side::A, a_offer.as_bytes(), None, Repeat::Never)
+                .unwrap(),
+        );
         let b_key = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |b| b.fill(9));
         let b_answer = format!(
             "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n\
@@ -1104,24 +1177,46 @@ m=audio 5000 RTP/SAVP 0\r\na=crypto:{}\r\n",
             b_key.to_value()
         );
         let to_a = s
-            .describe(&mut pool, Side::B, b_answer.as_bytes(), None)
+            .describe(&mut pool, Side::B, b_answer.as_bytes(), None, Repeat::Maybe)
             .unwrap();
         assert!(s.answered);
-        // The 200 resent after the ACK: the same plain SDP for A (never B's
-        // key), and the roles stay: A's next offer is an offer.
-        let resent = s
-            .describe(&mut pool, Side::B, b_answer.as_bytes(), None)
-            .unwrap();
-        assert_eq!(resent, to_a);
-        assert!(!String::from_utf8(resent).unwrap().contains("crypto"));
-        let reoffer = offer("198.51.100.1", 4002);
-        let to_b2 = s
-            .describe(&mut pool, Side::A, reoffer.as_bytes(), None)
-            .unwrap();
-        assert!(
-            String::from_utf8(to_b2).unwrap().contains("a=crypto"),
-            "an offer to B carries the relay's key"
+        // The 200 resent (in or after its transaction): the same plain SDP
+        // for A, never B's key; the roles stay: A's next offer is an offer.
+        for repeat in [Repeat::Maybe, Repeat::Only] {
+            let resent = s
+                .describe(&mut pool, Side::B, b_answer.as_bytes(), None, repeat)
+                .unwrap();
+            assert_eq!(resent, to_a);
+            assert!(!text(resent).contains("crypto"));
+        }
+        // A late response with other SDP (another fork's 2xx): refused.
+        let other = b_answer.replace("5000", "5002");
+        assert_eq!(
+            s.describe(&mut pool, Side::B, other.as_bytes(), None, Repeat::Only),
+            Err(SessionError::NotAResend)
         );
+        // A session refresh: A's INVITE in the same bytes is a new offer
+        // (a new relay key for B), and B's answer in its old bytes completes
+        // it: B's own re-INVITE afterwards is an offer again.
+        let refresh = text(
+            s.describe(&mut pool, Side::A, a_offer.as_bytes(), None, Repeat::Never)
+                .unwrap(),
+        );
+        assert!(refresh.contains("a=crypto") && refresh != to_b, "a new key");
+        s.describe(&mut pool, Side::B, b_answer.as_bytes(), None, Repeat::Maybe)
+            .unwrap();
+        let b_reoffer = b_answer.replace("5000", "5004");
+        let to_a2 = text(
+            s.describe(
+                &mut pool,
+                Side::B,
+                b_reoffer.as_bytes(),
+                None,
+                Repeat::Never,
+            )
+            .unwrap(),
+        );
+        assert!(!to_a2.contains("crypto"), "an offer to A, plain");
         assert_eq!(pool.in_use(), 2);
     }
 

@@ -33,6 +33,31 @@ pub enum Packet {
 /// Reads a datagram from an RTP or RTCP port (with rtcp-mux both arrive on
 /// one port: RFC 5761 §4 tells them apart by the payload type byte).
 pub fn classify(data: &[u8]) -> Result<Packet, PacketError> {
+    let packet = classify_header(data)?;
+    if matches!(packet, Packet::Rtp { .. }) && data[0] & 0x20 != 0 {
+        let header = header_len(data);
+        let pad = usize::from(data[data.len() - 1]);
+        if pad == 0 || header + pad > data.len() {
+            return Err(PacketError::Padding);
+        }
+    }
+    Ok(packet)
+}
+
+/// The RTP header's length: fixed part, CSRCs, extension (already checked
+/// to fit by [`classify_header`]).
+fn header_len(data: &[u8]) -> usize {
+    let mut header = 12 + 4 * usize::from(data[0] & 0x0f);
+    if data[0] & 0x10 != 0 {
+        let words = usize::from(u16::from_be_bytes([data[header + 2], data[header + 3]]));
+        header += 4 + 4 * words;
+    }
+    header
+}
+
+/// Like [`classify`] without checking RTP padding: an SRTP packet's last
+/// bytes are its tag, so its padding is checked once it is decrypted.
+pub fn classify_header(data: &[u8]) -> Result<Packet, PacketError> {
     if data.len() < 8 {
         return Err(PacketError::Short);
     }
@@ -69,12 +94,6 @@ pub fn classify(data: &[u8]) -> Result<Packet, PacketError> {
         header += 4 + 4 * words;
         if data.len() < header {
             return Err(PacketError::Truncated);
-        }
-    }
-    if data[0] & 0x20 != 0 {
-        let pad = usize::from(data[data.len() - 1]);
-        if pad == 0 || header + pad > data.len() {
-            return Err(PacketError::Padding);
         }
     }
     Ok(Packet::Rtp {

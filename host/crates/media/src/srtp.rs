@@ -299,11 +299,20 @@ impl Context {
         })
     }
 
-    fn stream(&mut self, ssrc: u32) -> Stream {
+    /// The state of `ssrc`: a fresh one for an SSRC not heard yet, kept only
+    /// once a packet of it checks out (forged SSRCs must not push out the
+    /// real ones' rollover counters and replay windows).
+    fn stream(&self, ssrc: u32) -> Stream {
+        self.streams.get(&ssrc).copied().unwrap_or_default()
+    }
+
+    /// Keeps `ssrc`'s state after a packet of it went through (a full table
+    /// starts afresh: a leg has one or two SSRCs).
+    fn keep(&mut self, ssrc: u32, st: Stream) {
         if self.streams.len() >= MAX_SSRCS && !self.streams.contains_key(&ssrc) {
             self.streams.clear();
         }
-        *self.streams.entry(ssrc).or_default()
+        self.streams.insert(ssrc, st);
     }
 
     /// Encrypts an RTP packet in place and appends its tag.
@@ -330,7 +339,7 @@ impl Context {
             }
         }
         st.update(v, seq);
-        self.streams.insert(ssrc, st);
+        self.keep(ssrc, st);
         Ok(())
     }
 
@@ -368,7 +377,7 @@ impl Context {
             }
         }
         st.update(v, seq);
-        self.streams.insert(ssrc, st);
+        self.keep(ssrc, st);
         Ok(())
     }
 
@@ -433,9 +442,6 @@ impl Context {
             u32::from_be_bytes([packet[at], packet[at + 1], packet[at + 2], packet[at + 3]]);
         let encrypted = e_index & 0x8000_0000 != 0;
         let index = u64::from(e_index & 0x7fff_ffff);
-        if self.rtcp_replay.len() >= MAX_SSRCS && !self.rtcp_replay.contains_key(&ssrc) {
-            self.rtcp_replay.clear();
-        }
         let mut replay = self.rtcp_replay.get(&ssrc).copied().unwrap_or_default();
         replay.check(index)?;
         match &self.rtcp {
@@ -470,6 +476,9 @@ impl Context {
             }
         }
         replay.accept(index);
+        if self.rtcp_replay.len() >= MAX_SSRCS && !self.rtcp_replay.contains_key(&ssrc) {
+            self.rtcp_replay.clear();
+        }
         self.rtcp_replay.insert(ssrc, replay);
         Ok(())
     }
@@ -705,6 +714,28 @@ mod tests {
         tx.protect_rtcp(&mut bad).unwrap();
         bad[9] ^= 0x40;
         assert_eq!(rx.unprotect_rtcp(&mut bad), Err(SrtpError::Auth));
+    }
+
+    #[test]
+    fn forged_ssrcs_do_not_push_out_the_real_one() {
+        let c = crypto(Suite::AesCm128HmacSha1_80, 5);
+        let (mut tx, mut rx) = (Context::new(&c).unwrap(), Context::new(&c).unwrap());
+        let mut first = rtp(10, 7, b"real");
+        tx.protect_rtp(&mut first).unwrap();
+        let replayed = first.clone();
+        rx.unprotect_rtp(&mut first).unwrap();
+        // Packets of 100 other SSRCs under another key: all refused…
+        let mut other = Context::new(&crypto(Suite::AesCm128HmacSha1_80, 6)).unwrap();
+        for ssrc in 100..200 {
+            let mut p = rtp(1, ssrc, b"forged");
+            other.protect_rtp(&mut p).unwrap();
+            assert_eq!(rx.unprotect_rtp(&mut p), Err(SrtpError::Auth));
+        }
+        // …and the real SSRC's replay window is still there.
+        assert_eq!(
+            rx.unprotect_rtp(&mut replayed.clone()),
+            Err(SrtpError::Replay)
+        );
     }
 
     #[test]

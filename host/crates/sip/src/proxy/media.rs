@@ -80,6 +80,8 @@ pub struct MediaCall<'a> {
     /// Where the message carrying it came from, when known: a private SDP
     /// address equal to it is reachable from here.
     pub signalled_from: Option<std::net::IpAddr>,
+    /// Whether it may be a resend of what the relay already took.
+    pub repeat: weir_media::relay::Repeat,
 }
 
 /// Why the relay would not take a description: the status and reason the

@@ -17,6 +17,7 @@ use crate::proxy::media::{
 use crate::proxy::validate::Rejection;
 use crate::proxy::{Event, Flow, Target, Transport};
 use crate::uri::{Host, Uri};
+use weir_media::relay::Repeat;
 
 /// A request to send, and its relay id and who answers it when its
 /// dialog's media is relayed.
@@ -244,7 +245,7 @@ impl Proxy {
             return Ok(None);
         };
         let (id, mode) = (d.id, d.mode);
-        match self.relay_sdp(id, asked_by.other(), mode, msg, source) {
+        match self.relay_sdp_as(id, asked_by.other(), mode, msg, source, Repeat::Only) {
             Ok(sent) => Ok(sent.map(|m| m.body_bytes())),
             Err(_) => Err(()),
         }
@@ -306,6 +307,25 @@ impl Proxy {
         msg: &Message,
         signalled_from: Option<IpAddr>,
     ) -> Result<Option<Message>, MediaRefusal> {
+        // A request's SDP is always new (a refresh may repeat its bytes); a
+        // response's or an ACK's may be a resend.
+        let repeat = if msg.is_request() && msg.method() != Some(Method::Ack) {
+            Repeat::Never
+        } else {
+            Repeat::Maybe
+        };
+        self.relay_sdp_as(id, from, mode, msg, signalled_from, repeat)
+    }
+
+    fn relay_sdp_as(
+        &mut self,
+        id: u64,
+        from: Party,
+        mode: MediaMode,
+        msg: &Message,
+        signalled_from: Option<IpAddr>,
+        repeat: Repeat,
+    ) -> Result<Option<Message>, MediaRefusal> {
         if !media::has_sdp(msg) {
             return Ok(None);
         }
@@ -315,6 +335,7 @@ impl Proxy {
             from,
             mode,
             signalled_from,
+            repeat,
         };
         let sdp = self.media.describe(&call, msg.body())?;
         let mut rw = Rewrite::new(msg);

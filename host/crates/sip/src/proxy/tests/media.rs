@@ -49,7 +49,13 @@ impl MediaRelay for TestRelay {
             Party::Callee => Side::B,
         };
         session
-            .describe(pool.as_mut().unwrap(), side, sdp, call.signalled_from)
+            .describe(
+                pool.as_mut().unwrap(),
+                side,
+                sdp,
+                call.signalled_from,
+                call.repeat,
+            )
             .map_err(|e| {
                 let (status, reason) = e.sip_status();
                 MediaRefusal { status, reason }
