@@ -41,6 +41,7 @@ struct Call {
 
 struct Stream {
     seq: u16,
+    timestamp: u32,
     next: Instant,
     sent: u64,
     received: u64,
@@ -104,6 +105,7 @@ fn main() {
     let mut streams: Vec<Stream> = (0..n)
         .map(|i| Stream {
             seq: (i as u16).wrapping_mul(7919),
+            timestamp: 0,
             next: start + PTIME * (i as u32) / (n as u32),
             sent: 0,
             received: 0,
@@ -137,7 +139,7 @@ fn main() {
             packet.clear();
             packet.extend_from_slice(&[0x80, 0]);
             packet.extend_from_slice(&s.seq.to_be_bytes());
-            packet.extend_from_slice(&((s.sent as u32).wrapping_mul(160)).to_be_bytes());
+            packet.extend_from_slice(&s.timestamp.to_be_bytes());
             packet.extend_from_slice(&(0x1000_0000u32 + i as u32).to_be_bytes());
             let sent_ns = Instant::now().duration_since(start).as_nanos() as u64;
             packet.extend_from_slice(&sent_ns.to_be_bytes());
@@ -155,6 +157,8 @@ fn main() {
                 s.sent += 1;
             }
             s.seq = s.seq.wrapping_add(1);
+            // 20 ms of 8 kHz audio per packet, sent or not.
+            s.timestamp = s.timestamp.wrapping_add(160);
             s.next += PTIME;
         }
         // Take what arrived on both sockets.

@@ -1693,8 +1693,10 @@ impl Proxy {
         let Some(c) = self.contexts.get_mut(ctx) else {
             // The context is gone (its server transaction ended); a late 2xx still
             // goes upstream by Via.
+            // (Its SDP is taken only as a resend: where it came from does not
+            // matter.)
             if (200..300).contains(&code) {
-                self.forward_stray(resp, responder_ip);
+                self.forward_stray(resp, None);
             }
             return;
         };

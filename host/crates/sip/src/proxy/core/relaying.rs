@@ -114,7 +114,7 @@ impl Proxy {
         if let Some(old) = self.relayed.insert(&request, dialog) {
             self.media.release(old.id);
         }
-        match self.relay_sdp(id, Party::Caller, mode, &request, Some(source)) {
+        match self.relay_sdp(id, Party::Caller, mode, &request, Some(source), false) {
             Ok(Some(sent)) => Ok((Arc::new(sent), Some((id, Party::Callee)))),
             Ok(None) => Ok((request, Some((id, Party::Callee)))),
             Err(r) => {
@@ -144,7 +144,7 @@ impl Proxy {
             self.release_media(id);
             return Ok((request, None));
         }
-        match self.relay_sdp(id, from, mode, &request, Some(source)) {
+        match self.relay_sdp(id, from, mode, &request, Some(source), false) {
             Ok(Some(sent)) => Ok((Arc::new(sent), Some((id, from.other())))),
             Ok(None) => Ok((request, Some((id, from.other())))),
             Err(r) => Err(Rejection::new(r.status, r.reason)),
@@ -159,7 +159,7 @@ impl Proxy {
             return msg;
         };
         let (id, mode) = (d.id, d.mode);
-        match self.relay_sdp(id, from, mode, &msg, Some(source)) {
+        match self.relay_sdp(id, from, mode, &msg, Some(source), false) {
             Ok(Some(sent)) => sent,
             Ok(None) => msg,
             Err(r) => {
@@ -207,7 +207,7 @@ impl Proxy {
             leg.to = Bytes::copy_from_slice(resp.header(HeaderName::To).unwrap_or_default());
             leg.cseq = leg.cseq.max(seq);
         }
-        match self.relay_sdp(id, responder, mode, resp, source) {
+        match self.relay_sdp(id, responder, mode, resp, source, false) {
             Ok(sent) => sent.map(|m| m.body_bytes()),
             Err(r) => {
                 self.events.push_back(Event::MediaFailed {
@@ -245,7 +245,7 @@ impl Proxy {
             return Ok(None);
         };
         let (id, mode) = (d.id, d.mode);
-        match self.relay_sdp_as(id, asked_by.other(), mode, msg, source, Repeat::Only) {
+        match self.relay_sdp(id, asked_by.other(), mode, msg, source, true) {
             Ok(sent) => Ok(sent.map(|m| m.body_bytes())),
             Err(_) => Err(()),
         }
@@ -298,7 +298,8 @@ impl Proxy {
     }
 
     /// `msg` with its SDP (from `from`) replaced by the relay's; None when it
-    /// carries none.
+    /// carries none. `late`: a response no transaction knows, taken only as
+    /// a resend of what the relay already took.
     fn relay_sdp(
         &mut self,
         id: u64,
@@ -306,26 +307,17 @@ impl Proxy {
         mode: MediaMode,
         msg: &Message,
         signalled_from: Option<IpAddr>,
+        late: bool,
     ) -> Result<Option<Message>, MediaRefusal> {
         // A request's SDP is always new (a refresh may repeat its bytes); a
         // response's or an ACK's may be a resend.
-        let repeat = if msg.is_request() && msg.method() != Some(Method::Ack) {
+        let repeat = if late {
+            Repeat::Only
+        } else if msg.is_request() && msg.method() != Some(Method::Ack) {
             Repeat::Never
         } else {
             Repeat::Maybe
         };
-        self.relay_sdp_as(id, from, mode, msg, signalled_from, repeat)
-    }
-
-    fn relay_sdp_as(
-        &mut self,
-        id: u64,
-        from: Party,
-        mode: MediaMode,
-        msg: &Message,
-        signalled_from: Option<IpAddr>,
-        repeat: Repeat,
-    ) -> Result<Option<Message>, MediaRefusal> {
         if !media::has_sdp(msg) {
             return Ok(None);
         }
