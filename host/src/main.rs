@@ -257,30 +257,12 @@ fn main() -> ExitCode {
                 configured_users: cfg.digest.users.keys().cloned().collect(),
             };
             let admin_listen = cfg.admin_listen;
-            // Packets move on threads of their own, never behind SIP work.
-            let media_rt = match &cfg.media {
-                Some(m) => match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(m.workers)
-                    .thread_name("weir-media")
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => Some(rt),
-                    Err(e) => {
-                        eprintln!("cannot start the media runtime: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                None => None,
-            };
-            let media_handle = media_rt.as_ref().map(|rt| rt.handle().clone());
             let started = rt.block_on(async move {
                 if let Some(addr) = admin_listen {
                     admin::serve(addr, admin).await?;
                 }
-                runtime::run(cfg, router, media_handle, stats, shutdown_signal()).await
+                runtime::run(cfg, router, stats, shutdown_signal()).await
             });
-            drop(media_rt);
             match started {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(msg) => {

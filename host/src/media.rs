@@ -2,15 +2,16 @@
 //! sessions, as the proxy loop is around the SIP core.
 //!
 //! Each relayed call holds an RTP and an RTCP socket per media line facing
-//! each party. A task per socket reads what arrives, checks it (RTP or RTCP,
-//! well formed), asks the call's session where it goes (latched source, strict
-//! afterwards) and sends it from the socket facing the other party. Tasks run
-//! on their own multi-threaded runtime (`[media] workers`), so packets never
-//! wait behind SIP work. The proxy core asks for sessions through
-//! [`MediaRelay`] from its own thread; a sweeper ends calls whose media
-//! stopped by telling the core, which sends the BYEs.
+//! each party. A worker thread ([`pump`], `[media] workers` of them) reads
+//! what arrives, checks it (RTP or RTCP, well formed), asks the call's
+//! session where it goes (latched source, strict afterwards) and sends it
+//! from the socket facing the other party; packets never wait behind SIP
+//! work. The proxy core asks for sessions through [`MediaRelay`] from its own
+//! thread; a sweeper ends calls whose media stopped by telling the core,
+//! which sends the BYEs.
 
-use std::cell::RefCell;
+mod pump;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,10 +20,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::OsRng;
 use rand::RngCore;
-use tokio::net::UdpSocket;
-use tokio::runtime::Handle;
+use std::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 use weir_media::ports::PortPool;
 use weir_media::relay::{Refused, Session, Side, StreamReport};
@@ -160,6 +159,8 @@ impl Counters {
 struct Call {
     /// The SIP Call-ID, for logs and the admin API.
     call_id: String,
+    /// The worker thread its sockets are read on.
+    worker: usize,
     state: Mutex<CallState>,
     counters: Counters,
 }
@@ -167,7 +168,8 @@ struct Call {
 struct CallState {
     session: Session,
     sockets: HashMap<u16, Arc<UdpSocket>>,
-    tasks: Vec<AbortHandle>,
+    /// The sockets' registrations with their worker.
+    reading: Vec<pump::Token>,
     created: Instant,
     answered_at: Option<Instant>,
     /// Packets counted at the last sweep, and since when that count stood.
@@ -190,7 +192,7 @@ type Bound = Arc<Mutex<HashMap<u16, (std::net::UdpSocket, std::net::UdpSocket)>>
 struct Shared {
     settings: MediaSettings,
     bound: Bound,
-    rt: Handle,
+    workers: pump::Workers,
     table: Mutex<Table>,
 }
 
@@ -218,13 +220,10 @@ fn refusal(status: u16, reason: impl Into<String>) -> MediaRefusal {
 }
 
 impl Relay {
-    /// A relay whose packets move on `rt`; calls whose media stops are
-    /// reported on `timeouts`.
-    pub fn start(
-        settings: MediaSettings,
-        rt: Handle,
-        timeouts: mpsc::Sender<Input>,
-    ) -> Result<Relay, String> {
+    /// A relay whose packets move on `[media] workers` threads of its own;
+    /// calls whose media stops are reported on `timeouts` (by a task of the
+    /// calling tokio runtime).
+    pub fn start(settings: MediaSettings, timeouts: mpsc::Sender<Input>) -> Result<Relay, String> {
         let (first, last) = settings.port_range;
         let mut pool =
             PortPool::new(first, last).map_err(|e| format!("[media] port_range: {e}"))?;
@@ -251,17 +250,19 @@ impl Relay {
                 }
             }
         }));
+        let workers = pump::Workers::start(settings.workers)
+            .map_err(|e| format!("cannot start the media workers: {e}"))?;
         let shared = Arc::new(Shared {
             settings,
             bound,
-            rt: rt.clone(),
+            workers,
             table: Mutex::new(Table {
                 pool,
                 calls: HashMap::new(),
                 retired: MediaStats::default(),
             }),
         });
-        rt.spawn(sweep(Arc::downgrade(&shared), timeouts));
+        tokio::spawn(sweep(Arc::downgrade(&shared), timeouts));
         Ok(Relay { shared })
     }
 
@@ -299,8 +300,8 @@ impl Relay {
         out
     }
 
-    /// Starts the pumps of the pair at `rtp_port` (its sockets were bound
-    /// when the pool handed it out).
+    /// Has the call's worker read the pair at `rtp_port` (its sockets were
+    /// bound when the pool handed it out).
     fn open(&self, call: &Arc<Call>, st: &mut CallState, rtp_port: u16) -> std::io::Result<()> {
         let pair = lock(&self.shared.bound).remove(&rtp_port);
         let (rtp, rtcp) = match pair {
@@ -312,16 +313,15 @@ impl Relay {
                 (bind(rtp_port)?, bind(rtp_port + 1)?)
             }
         };
-        let _in_runtime = self.shared.rt.enter();
-        for (port, std_sock) in [(rtp_port, rtp), (rtp_port + 1, rtcp)] {
-            std_sock.set_nonblocking(true)?;
-            let sock = Arc::new(UdpSocket::from_std(std_sock)?);
-            let task = self
-                .shared
-                .rt
-                .spawn(pump(sock.clone(), port, Arc::downgrade(call)));
+        for (port, sock) in [(rtp_port, rtp), (rtp_port + 1, rtcp)] {
+            sock.set_nonblocking(true)?;
+            let sock = Arc::new(sock);
+            let token =
+                self.shared
+                    .workers
+                    .add(call.worker, sock.clone(), port, Arc::downgrade(call))?;
             st.sockets.insert(port, sock);
-            st.tasks.push(task.abort_handle());
+            st.reading.push(token);
         }
         Ok(())
     }
@@ -357,10 +357,11 @@ impl MediaRelay for Relay {
                 }
                 let c = Arc::new(Call {
                     call_id: String::from_utf8_lossy(call.call_id).into_owned(),
+                    worker: self.shared.workers.pick(),
                     state: Mutex::new(CallState {
                         session,
                         sockets: HashMap::new(),
-                        tasks: Vec::new(),
+                        reading: Vec::new(),
                         created: now,
                         answered_at: None,
                         seen: 0,
@@ -392,8 +393,8 @@ impl MediaRelay for Relay {
                 warn!(port, error = %e, "relay port cannot be bound");
                 if new {
                     st.session.release(&mut table.pool);
-                    for t in st.tasks.drain(..) {
-                        t.abort();
+                    for t in st.reading.drain(..) {
+                        self.shared.workers.remove(t);
                     }
                 }
                 return Err(refusal(
@@ -418,8 +419,8 @@ impl MediaRelay for Relay {
             return;
         };
         let mut st = lock(&call.state);
-        for t in st.tasks.drain(..) {
-            t.abort();
+        for t in st.reading.drain(..) {
+            self.shared.workers.remove(t);
         }
         st.sockets.clear();
         let streams = st.session.report();
@@ -478,90 +479,52 @@ fn log_ended(call: &Call, streams: &[StreamReport]) {
     }
 }
 
-thread_local! {
-    /// One receive buffer per worker thread, not per socket: a call's pumps
-    /// hold no buffer while they wait.
-    static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
-    /// The packet as it leaves (SRTP added or removed in place).
-    static OUT: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(2048));
-}
-
-/// Moves what arrives on relay port `port` until the call is released.
-async fn pump(sock: Arc<UdpSocket>, port: u16, call: std::sync::Weak<Call>) {
-    loop {
-        if sock.readable().await.is_err() {
-            return;
-        }
-        let Some(call) = call.upgrade() else {
-            return;
-        };
-        // Drain what is queued, a bounded batch at a time.
-        for _ in 0..64 {
-            let more = BUF.with_borrow_mut(|buf| match sock.try_recv_from(buf) {
-                Ok((n, from)) => {
-                    forward(&call, port, &buf[..n], from);
-                    true
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-                // ICMP errors of earlier sends surface here.
-                Err(e) => {
-                    debug!(port, error = %e, "relay receive error");
-                    true
-                }
-            });
-            if !more {
-                break;
-            }
-        }
-    }
-}
-
-fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr) {
+/// Relays `packet`, which arrived on relay port `port` from `from`; `buf` is
+/// the worker's, for the packet as it leaves (SRTP added or removed in place).
+fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr, buf: &mut Vec<u8>) {
     let c = &call.counters;
     let now = Instant::now();
-    OUT.with_borrow_mut(|buf| {
-        buf.clear();
-        buf.extend_from_slice(packet);
-        let (route, out) = {
-            let mut st = lock(&call.state);
-            match st.session.forward(now, port, from, buf) {
-                Ok(route) => {
-                    let out = st.sockets.get(&route.from_port).cloned();
-                    (route, out)
-                }
-                Err(Refused::Source) => {
-                    drop(st);
-                    c.dropped.fetch_add(1, Relaxed);
-                    return;
-                }
-                Err(Refused::Malformed(_)) => {
-                    drop(st);
-                    c.malformed.fetch_add(1, Relaxed);
-                    return;
-                }
-                Err(Refused::Srtp(e)) => {
-                    drop(st);
-                    if c.srtp_refused.fetch_add(1, Relaxed) == 0 {
-                        debug!(port, %from, error = %e, len = packet.len(), "SRTP refused (the call's first)");
-                    }
-                    return;
-                }
+    buf.clear();
+    buf.extend_from_slice(packet);
+    let (route, out) = {
+        let mut st = lock(&call.state);
+        match st.session.forward(now, port, from, buf) {
+            Ok(route) => {
+                let out = st.sockets.get(&route.from_port).cloned();
+                (route, out)
             }
-        };
-        let Some(out) = out else {
-            c.send_errors.fetch_add(1, Relaxed);
-            return;
-        };
-        match out.try_send_to(buf, route.to) {
-            Ok(_) => {
-                c.packets.fetch_add(1, Relaxed);
-                c.bytes.fetch_add(buf.len() as u64, Relaxed);
+            Err(Refused::Source) => {
+                drop(st);
+                c.dropped.fetch_add(1, Relaxed);
+                return;
             }
-            Err(_) => {
-                c.send_errors.fetch_add(1, Relaxed);
+            Err(Refused::Malformed(_)) => {
+                drop(st);
+                c.malformed.fetch_add(1, Relaxed);
+                return;
+            }
+            Err(Refused::Srtp(e)) => {
+                drop(st);
+                if c.srtp_refused.fetch_add(1, Relaxed) == 0 {
+                    debug!(port, %from, error = %e, len = packet.len(), "SRTP refused (the call's first)");
+                }
+                return;
             }
         }
-    });
+    };
+    let Some(out) = out else {
+        c.send_errors.fetch_add(1, Relaxed);
+        return;
+    };
+    match out.send_to(buf, route.to) {
+        Ok(_) => {
+            c.packets.fetch_add(1, Relaxed);
+            c.bytes.fetch_add(buf.len() as u64, Relaxed);
+        }
+        Err(_) => {
+            c.send_errors.fetch_add(1, Relaxed);
+        }
+    }
 }
 
 /// Once a second: calls whose media stopped (answered, no packet for

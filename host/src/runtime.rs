@@ -48,7 +48,6 @@ pub struct Published {
 pub async fn run(
     cfg: Config,
     router: Box<dyn Router>,
-    media_rt: Option<tokio::runtime::Handle>,
     stats_out: SharedStats,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
@@ -111,8 +110,8 @@ pub async fn run(
     }
     let seed = rand::random::<u64>();
     let mut proxy = Proxy::new(cfg.proxy_config(), router, seed);
-    let relay = match (&cfg.media, media_rt) {
-        (Some(m), Some(rt)) => {
+    let relay = match &cfg.media {
+        Some(m) => {
             info!(
                 address = %m.address,
                 advertise = %m.advertise,
@@ -120,11 +119,11 @@ pub async fn run(
                 mode = ?m.policy,
                 "media relay ready"
             );
-            let relay = crate::media::Relay::start(m.clone(), rt, tx.clone())?;
+            let relay = crate::media::Relay::start(m.clone(), tx.clone())?;
             proxy.set_media(Box::new(relay.clone()));
             Some(relay)
         }
-        _ => {
+        None => {
             info!("media relay off: SDP passes untouched");
             None
         }
