@@ -13,6 +13,9 @@
 #                                           rtpengine is skipped
 #   LOADGEN=srtp-load                       plain RTP from that generator too, to compare
 #   VIA_PLUGIN=1                            plain relay chosen by the test plugin (media = relay)
+#   FLOOR=1                                 instead of weir, tests/src/bin/udp-floor: one recvfrom
+#                                           and one sendto per packet on epoll and nothing else,
+#                                           the kernel's cost per relayed packet here
 #
 # weir's calls are set up by SIP (scripts/rtp-calls.py is caller and callee;
 # weir rewrites the SDP and picks the ports) instead of rtpengine's ng
@@ -40,10 +43,11 @@ if [[ "${SKIP_RTPENGINE:-0}" != 1 ]]; then
     | sed 's/^/rtpengine: /' || true
 fi
 [[ "${SKIP_WEIR:-0}" == 1 ]] && exit 0
+FLOOR="${FLOOR:-0}"
 
-echo "== weir relay ($WORKERS workers, SRTP=$SRTP, VIA_PLUGIN=${VIA_PLUGIN:-0}, load: $LOADGEN)" >&2
+echo "== weir relay ($WORKERS workers, SRTP=$SRTP, VIA_PLUGIN=${VIA_PLUGIN:-0}, FLOOR=$FLOOR, load: $LOADGEN)" >&2
 gcc -O2 -Wall -o "$OUT/rtpload" "$BENCH/rtp/rtpload.c"
-cargo build --release --locked -p weir-e2e --bin srtp-load
+cargo build --release --locked -p weir-e2e --bin srtp-load --bin udp-floor
 UAS_SIP=5072
 # The plain relay chosen by the same plugin (VIA_PLUGIN=1) tells the
 # plugin runtime's share from SRTP's.
@@ -84,14 +88,25 @@ timeout = "120s"
 [log]
 level = "warn"
 CFG
-target/release/weir run -c "$OUT/weir.toml" 2>"$OUT/weir.log" &
-pid=$!
+pid=""
 trap 'kill $pid 2>/dev/null || true' EXIT
-sleep 1
-rss_idle=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
+if [[ "$FLOOR" != 1 ]]; then
+  target/release/weir run -c "$OUT/weir.toml" 2>"$OUT/weir.log" &
+  pid=$!
+  sleep 1
+  rss_idle=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
+fi
 for n in "${levels[@]}"; do
   d="$OUT/calls-$n"; mkdir -p "$d"
-  python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" "${setup_flags[@]}" setup "$n" --out "$d/ports.txt" 2>"$d/setup.txt"
+  if [[ "$FLOOR" == 1 ]]; then
+    target/release/udp-floor --calls "$n" --first-port 30000 --caller 21000 --callee 21002 \
+      --workers "$WORKERS" --out "$d/ports.txt" &
+    pid=$!
+    for _ in $(seq 100); do [[ -s "$d/ports.txt" ]] && break; sleep 0.1; done
+    rss_idle=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
+  else
+    python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" "${setup_flags[@]}" setup "$n" --out "$d/ports.txt" 2>"$d/setup.txt"
+  fi
   rss_calls=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
   if [[ "$LOADGEN" == srtp-load ]]; then
     target/release/srtp-load --ports "$d/ports.txt" --caller 21000 --callee 21002 --seconds "$DUR" --out "$d/rtpload.json" >/dev/null &
@@ -102,7 +117,11 @@ for n in "${levels[@]}"; do
   python3 "$BENCH/lib/procmon.py" --proxy "$pid" --uac "$lp" --until "$lp" --out "$d/mon.json" &
   mp=$!
   wait "$lp"; wait "$mp"
-  python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" teardown 2>"$d/teardown.txt"
+  if [[ "$FLOOR" == 1 ]]; then
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  else
+    python3 scripts/rtp-calls.py --proxy 127.0.0.1:5070 --state "$d/state.json" teardown 2>"$d/teardown.txt"
+  fi
   line=$(python3 - "$d" "$n" "$rss_calls" "$rss_idle" <<'PY'
 import json, sys
 d, n, rss_calls, rss_idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
