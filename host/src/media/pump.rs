@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use rustix::event::epoll::{self, Event, EventData, EventFlags};
 use rustix::event::Timespec;
 use rustix::io::Errno;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::{forward, lock, Call};
 
@@ -172,7 +172,16 @@ fn run(worker: Weak<Worker>) {
                 // be reported for ever.
                 Ok((len, from)) => {
                     if let Some(call) = r.call.upgrade() {
-                        forward(&call, r.port, &buf[..len], from, &mut out);
+                        // A bug in one call's packet path must not silence
+                        // every call of this worker (as a panicking task
+                        // took only its own socket down before).
+                        let relayed =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                forward(&call, r.port, &buf[..len], from, &mut out)
+                            }));
+                        if relayed.is_err() {
+                            error!(port = r.port, call_id = %call.call_id, len, "packet dropped: the relay panicked on it");
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
