@@ -385,8 +385,12 @@ impl Shell {
                         info!(%call_id, %why, "media relayed: without the relay this call would have no audio");
                         continue;
                     }
-                    Event::MediaFailed { call_id, why } => {
-                        warn!(%call_id, %why, "a description could not be relayed and went on unchanged");
+                    Event::MediaFailed { call_id, why, byes } => {
+                        if byes > 0 {
+                            warn!(%call_id, %why, byes, "an answer could not be relayed: passed on without its SDP, call ended, BYE sent to each party");
+                        } else {
+                            warn!(%call_id, %why, "a description could not be relayed: passed on without its SDP");
+                        }
                         continue;
                     }
                     Event::MediaTimeout { call_id, byes } => {

@@ -694,7 +694,7 @@ impl Proxy {
                 None => msg,
             };
             let msg = if method == Method::Ack && in_dialog {
-                self.media_ack(msg, flow.remote.ip())
+                self.media_ack(now, msg, flow.remote.ip())
             } else {
                 msg
             };
@@ -2036,9 +2036,17 @@ impl Proxy {
             rw.set_start_line(format!("SIP/2.0 {s} Server Internal Error").as_bytes());
         }
         let relayed = media.filter(|_| status.is_none());
+        let mut refused = None;
         if let Some((id, responder)) = relayed {
-            if let Some(body) = self.media_response(id, responder, resp, initial, responder_ip) {
-                rw.set_body(body);
+            match self.media_response(id, responder, resp, initial, responder_ip) {
+                Ok(Some(body)) => rw.set_body(body),
+                Ok(None) => {}
+                // Never passed on as it came: its SDP names the address (and
+                // SRTP key) the relay stands in for.
+                Err(why) => {
+                    relaying::strip_sdp(&mut rw, resp);
+                    refused = Some((id, why));
+                }
             }
         }
         let bytes = rw.finish();
@@ -2048,6 +2056,11 @@ impl Proxy {
         }
         self.stats.forwarded_responses += 1;
         self.server_send(now, server, code, bytes);
+        if let Some((id, why)) = refused {
+            // A refused answer in a 2xx ends the call; in a 1xx the 2xx
+            // may still bring one the relay takes.
+            self.media_failed(now, id, resp, why, (200..300).contains(&code));
+        }
     }
 
     fn respond_local(

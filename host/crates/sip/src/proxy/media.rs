@@ -15,7 +15,7 @@
 //! way, goes through [`MediaRelay::describe`]; the relay tells offers from
 //! answers by their order (RFC 3264), as a proxy cannot see the roles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 
@@ -172,7 +172,16 @@ impl RelayedDialog {
 pub(crate) struct RelayedDialogs {
     by_key: HashMap<DialogKey, RelayedDialog>,
     by_id: HashMap<u64, DialogKey>,
+    /// Dialogs this proxy ended itself (media timeout, an answer the relay
+    /// refused), the latest [`ENDED_KEPT`]: a 2xx the callee resends
+    /// meanwhile is dropped, never passed on with its own SDP.
+    ended: HashSet<DialogKey>,
+    ended_order: VecDeque<DialogKey>,
 }
+
+/// How many dialogs ended by the proxy are remembered (a resent 2xx comes
+/// within 32 s of the first: 64·T1).
+const ENDED_KEPT: usize = 4096;
 
 impl RelayedDialogs {
     pub fn len(&self) -> usize {
@@ -215,6 +224,30 @@ impl RelayedDialogs {
         let key = self.by_id.remove(&id)?;
         self.by_key.remove(&key)
     }
+
+    /// Removes dialog `id`, which the proxy ends itself, and remembers it.
+    pub fn end(&mut self, id: u64) -> Option<RelayedDialog> {
+        let key = self.by_id.remove(&id)?;
+        let d = self.by_key.remove(&key)?;
+        if self.ended.insert(key.clone()) {
+            self.ended_order.push_back(key);
+        }
+        while self.ended_order.len() > ENDED_KEPT {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
+        }
+        Some(d)
+    }
+
+    /// True when `msg` belongs to a dialog the proxy ended itself.
+    pub fn was_ended(&self, msg: &Message) -> bool {
+        !self.ended.is_empty()
+            && [true, false]
+                .into_iter()
+                .filter_map(|from_caller| dialog_key(msg, from_caller))
+                .any(|k| self.ended.contains(&k))
+    }
 }
 
 /// True when `msg` carries an SDP body (Content-Type `application/sdp`).
@@ -240,8 +273,8 @@ pub(crate) fn record_routes(msg: &Message) -> Vec<String> {
 }
 
 /// A BYE to `leg` of dialog `call_id`, without Via (the proxy adds its own
-/// when it sends it).
-pub(crate) fn bye(leg: &Leg, call_id: &[u8], server: Option<&str>) -> Vec<u8> {
+/// when it sends it); `reason`: its Reason header's value (RFC 3326).
+pub(crate) fn bye(leg: &Leg, call_id: &[u8], server: Option<&str>, reason: &str) -> Vec<u8> {
     let mut m = Vec::with_capacity(512);
     m.extend_from_slice(format!("BYE {} SIP/2.0\r\n", leg.target).as_bytes());
     for r in &leg.routes {
@@ -254,8 +287,7 @@ pub(crate) fn bye(leg: &Leg, call_id: &[u8], server: Option<&str>) -> Vec<u8> {
     m.extend_from_slice(b"\r\nCall-ID: ");
     m.extend_from_slice(call_id);
     m.extend_from_slice(format!("\r\nCSeq: {} BYE\r\n", leg.cseq.wrapping_add(1)).as_bytes());
-    // RFC 3326: why the call ended.
-    m.extend_from_slice(b"Reason: SIP;cause=408;text=\"media timeout\"\r\n");
+    m.extend_from_slice(format!("Reason: {reason}\r\n").as_bytes());
     if let Some(s) = server {
         m.extend_from_slice(format!("User-Agent: {s}\r\n").as_bytes());
     }

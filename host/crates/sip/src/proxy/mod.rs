@@ -141,9 +141,15 @@ pub enum Event {
     /// A call's media is relayed without a router asking: `why` names the
     /// private address that would have left it without audio.
     MediaAutoRelay { call_id: String, why: String },
-    /// A description of a relayed call could not be relayed and went on
-    /// unchanged (a response or an ACK cannot be refused).
-    MediaFailed { call_id: String, why: String },
+    /// A description in a response or an ACK of a relayed call could not be
+    /// relayed (neither can be refused): it went on without its SDP, and
+    /// where it was the answer in a 2xx or an ACK, the call was ended with a
+    /// BYE to `byes` parties.
+    MediaFailed {
+        call_id: String,
+        why: String,
+        byes: usize,
+    },
     /// A relayed call's media stopped: BYE sent to `byes` parties, relay released.
     MediaTimeout { call_id: String, byes: usize },
 }

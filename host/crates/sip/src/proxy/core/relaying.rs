@@ -1,6 +1,7 @@
 //! The proxy's side of relayed media (see `proxy::media`): SDP bodies sent
-//! through the relay as they pass, the dialog remembered for the BYEs of a
-//! media timeout, the relay released when the dialog ends.
+//! through the relay as they pass, the dialog remembered for the BYEs that
+//! end it from here (a media timeout, an answer the relay refused), the
+//! relay released when the dialog ends.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -152,9 +153,11 @@ impl Proxy {
     }
 
     /// An ACK of a relayed dialog carrying SDP (the answer to an offer in a
-    /// 2xx): relayed like the rest; one that cannot be goes on unchanged
-    /// (an ACK has no answer to refuse it with).
-    pub(super) fn media_ack(&mut self, msg: Message, source: IpAddr) -> Message {
+    /// 2xx): relayed like the rest. One whose answer the relay refuses goes
+    /// on without it (an ACK has no answer to refuse it with, and its own SDP
+    /// names what the relay stands in for), and the call, whose media could
+    /// never flow, is ended.
+    pub(super) fn media_ack(&mut self, now: Instant, msg: Message, source: IpAddr) -> Message {
         let Some((d, from)) = self.relayed.find(&msg) else {
             return msg;
         };
@@ -163,18 +166,47 @@ impl Proxy {
             Ok(Some(sent)) => sent,
             Ok(None) => msg,
             Err(r) => {
-                self.events.push_back(Event::MediaFailed {
-                    call_id: call_id_text(&msg),
-                    why: r.reason,
-                });
-                msg
+                let mut rw = Rewrite::new(&msg);
+                strip_sdp(&mut rw, &msg);
+                let stripped = Message::parse(rw.finish(), Framing::Exact).unwrap_or(msg);
+                self.media_failed(now, id, &stripped, r.reason, true);
+                stripped
             }
         }
     }
 
+    /// A description of relayed dialog `id` that the relay refused went on
+    /// without its SDP in `msg`; `ends`: it was an answer completing an
+    /// offer (in a 2xx or an ACK), so the call could only be "connected, no
+    /// audio" and is ended with a BYE to each party.
+    pub(super) fn media_failed(
+        &mut self,
+        now: Instant,
+        id: u64,
+        msg: &Message,
+        why: String,
+        ends: bool,
+    ) {
+        let byes = if ends {
+            let reason = format!(
+                "SIP;cause=488;text=\"{}\"",
+                why.replace(['"', '\\', '\r', '\n'], "'")
+            );
+            self.end_relayed(now, id, &reason).map_or(0, |(_, n)| n)
+        } else {
+            0
+        };
+        self.events.push_back(Event::MediaFailed {
+            call_id: call_id_text(msg),
+            why,
+            byes,
+        });
+    }
+
     /// The body a response of a relayed request goes on with (its SDP
-    /// pointing at the relay), or None to leave it as it is. A 2xx to the
-    /// initial INVITE also completes what a BYE to the callee needs.
+    /// pointing at the relay), None to leave it as it is, or why the relay
+    /// refused its SDP. A 2xx to the initial INVITE also completes what a
+    /// BYE to the callee needs.
     pub(super) fn media_response(
         &mut self,
         id: u64,
@@ -182,7 +214,7 @@ impl Proxy {
         resp: &Message,
         initial: bool,
         source: Option<IpAddr>,
-    ) -> Option<Bytes> {
+    ) -> Result<Option<Bytes>, String> {
         let confirms = initial && resp.status().is_some_and(|s| (200..300).contains(&s));
         let mut routes = Vec::new();
         if confirms {
@@ -196,7 +228,9 @@ impl Proxy {
             routes.truncate(ours);
             routes.reverse();
         }
-        let d = self.relayed.get_mut(id)?;
+        let Some(d) = self.relayed.get_mut(id) else {
+            return Ok(None);
+        };
         let mode = d.mode;
         if confirms {
             let seq = cseq_number(resp).unwrap_or(0);
@@ -207,16 +241,9 @@ impl Proxy {
             leg.to = Bytes::copy_from_slice(resp.header(HeaderName::To).unwrap_or_default());
             leg.cseq = leg.cseq.max(seq);
         }
-        match self.relay_sdp(id, responder, mode, resp, source, false) {
-            Ok(sent) => sent.map(|m| m.body_bytes()),
-            Err(r) => {
-                self.events.push_back(Event::MediaFailed {
-                    call_id: call_id_text(resp),
-                    why: r.reason,
-                });
-                None
-            }
-        }
+        self.relay_sdp(id, responder, mode, resp, source, false)
+            .map(|sent| sent.map(|m| m.body_bytes()))
+            .map_err(|r| r.reason)
     }
 
     /// The caller's view of the dialog, from the 2xx as it goes up to it:
@@ -242,6 +269,11 @@ impl Proxy {
         source: Option<IpAddr>,
     ) -> Result<Option<Bytes>, ()> {
         let Some((d, asked_by)) = self.relayed.find(msg) else {
+            // A 2xx resent into a call this proxy ended: its own SDP never
+            // goes on.
+            if self.relayed.was_ended(msg) && media::has_sdp(msg) {
+                return Err(());
+            }
             return Ok(None);
         };
         let (id, mode) = (d.id, d.mode);
@@ -261,14 +293,24 @@ impl Proxy {
     /// The host found no media on relayed call `id` for too long: a BYE to
     /// each party, as if from the other, and the relay released.
     pub fn handle_media_timeout(&mut self, now: Instant, id: u64) {
-        let Some(d) = self.relayed.remove(id) else {
+        let Some((call_id, byes)) =
+            self.end_relayed(now, id, "SIP;cause=408;text=\"media timeout\"")
+        else {
             return;
         };
-        self.media.release(id);
         self.stats.media_timeouts += 1;
+        self.events.push_back(Event::MediaTimeout { call_id, byes });
+    }
+
+    /// Ends relayed dialog `id` from here: a BYE to each party whose side of
+    /// the dialog is known, as if from the other, with `reason` (RFC 3326),
+    /// and the relay released. Its Call-ID and the BYEs sent.
+    fn end_relayed(&mut self, now: Instant, id: u64, reason: &str) -> Option<(String, usize)> {
+        let d = self.relayed.end(id)?;
+        self.media.release(id);
         let mut byes = 0;
         for leg in d.ready_legs() {
-            let bytes = media::bye(leg, &d.call_id, self.cfg.server_name.as_deref());
+            let bytes = media::bye(leg, &d.call_id, self.cfg.server_name.as_deref(), reason);
             let Ok(msg) = Message::parse(Bytes::from(bytes), Framing::Exact) else {
                 continue;
             };
@@ -291,10 +333,7 @@ impl Proxy {
             };
             self.start_forward(now, forward);
         }
-        self.events.push_back(Event::MediaTimeout {
-            call_id: String::from_utf8_lossy(&d.call_id).into_owned(),
-            byes,
-        });
+        Some((String::from_utf8_lossy(&d.call_id).into_owned(), byes))
     }
 
     /// `msg` with its SDP (from `from`) replaced by the relay's; None when it
@@ -367,6 +406,16 @@ fn auto_relay_reason(request: &Message, targets: &[Target]) -> Option<String> {
 fn reached_over_tls(target: &Target) -> bool {
     let uri = target.uri.to_ascii_lowercase();
     uri.starts_with("sips:") || uri.contains(";transport=tls")
+}
+
+/// Takes `msg`'s SDP out: no body, no Content-Type.
+pub(super) fn strip_sdp(rw: &mut Rewrite<'_>, msg: &Message) {
+    let mut lines: Vec<usize> = msg.list(HeaderName::ContentType).map(|(i, _)| i).collect();
+    lines.dedup();
+    for i in lines {
+        rw.remove(i);
+    }
+    rw.set_body(Bytes::new());
 }
 
 fn call_id_text(msg: &Message) -> String {

@@ -369,3 +369,141 @@ fn srtp_termination_needs_tls_signalling_unless_configured_otherwise() {
     );
     assert_eq!(media_of(&sim.sent_to(BOB)).address.to_string(), RELAY);
 }
+
+#[test]
+fn an_answer_the_relay_refuses_never_goes_on_with_its_sdp_and_ends_the_call() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m12", &sdp_at("198.51.100.1", 4000)),
+    );
+    let fwd = sim.sent_to(BOB);
+    // Bob's SDP names his own address, but the relay cannot read it (a
+    // port beyond 65535).
+    let unreadable = "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\n\
+t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
+    let leaks = |m: &Message| String::from_utf8_lossy(m.as_bytes()).contains("198.51.100.2");
+
+    // In a 183: Alice gets the 183 without SDP; the call goes on.
+    sim.udp(
+        BOB,
+        &with_body(&answer(&fwd, 183, "Session Progress", "tb", ""), unreadable),
+    );
+    let early = sim.one(ALICE);
+    assert_eq!(early.status(), Some(183));
+    assert!(early.body().is_empty() && early.header(HeaderName::ContentType).is_none());
+    assert!(!leaks(&early), "{early:?}");
+    assert_eq!(relay.in_use(), 2);
+
+    // In the 200: Alice gets it without SDP, and the call, which could
+    // only be "connected, no audio", ends with a BYE to each party.
+    let ok = with_body(
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            "tb",
+            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+        ),
+        unreadable,
+    );
+    sim.udp(BOB, &ok);
+    let out = sim.out();
+    let to_alice: Vec<&Message> = out
+        .iter()
+        .filter(|o| o.0 == addr(ALICE))
+        .map(|o| &o.2)
+        .collect();
+    assert_eq!(to_alice.len(), 2, "{out:?}");
+    assert_eq!(to_alice[0].status(), Some(200));
+    assert!(to_alice[0].body().is_empty() && !leaks(to_alice[0]));
+    assert_eq!(to_alice[1].method(), Some(Method::Bye));
+    let bye_to_bob = &out.iter().find(|o| o.0 == addr(BOB)).unwrap().2;
+    assert_eq!(bye_to_bob.method(), Some(Method::Bye));
+    for bye in [to_alice[1], bye_to_bob] {
+        let reason = &header(bye, "Reason")[0];
+        assert!(
+            reason.starts_with("SIP;cause=488;text=\"Not Acceptable Here ("),
+            "{reason}"
+        );
+    }
+    assert_eq!(relay.in_use(), 0);
+    assert_eq!(sim.proxy.stats().relayed_dialogs, 0);
+    let events: Vec<Event> = std::iter::from_fn(|| sim.proxy.poll_event()).collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::MediaFailed { byes: 2, .. }))
+            .count(),
+        1,
+        "{events:?}"
+    );
+
+    // Bob resends his 200 (no ACK yet), at once and after its transaction
+    // ended: never passed on with his SDP.
+    sim.udp(BOB, &ok);
+    assert!(sim.out().iter().all(|o| !leaks(&o.2)));
+    sim.advance(Duration::from_secs(40));
+    sim.out();
+    sim.udp(BOB, &ok);
+    assert!(sim.out().iter().all(|o| o.0 != addr(ALICE)));
+}
+
+#[test]
+fn an_answer_in_an_ack_the_relay_refuses_goes_on_without_it_and_ends_the_call() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    // A late offer: the INVITE carries no SDP, Bob offers in his 200.
+    let invite = invite_with("z9hG4bK-m13", "").replace("Content-Type: application/sdp\r\n", "");
+    sim.udp(ALICE, &invite);
+    let fwd = sim.sent_to(BOB);
+    assert!(fwd.body().is_empty());
+    sim.udp(
+        BOB,
+        &with_body(
+            &answer(
+                &fwd,
+                200,
+                "OK",
+                "tb",
+                "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+            ),
+            &sdp_at("198.51.100.2", 5000),
+        ),
+    );
+    assert_eq!(media_of(&sim.one(ALICE)).address.to_string(), RELAY);
+    // Alice answers in her ACK with SDP the relay cannot read.
+    let ack = with_body(
+        "ACK sip:bob@127.0.0.1:5080 SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-m13a;rport\r
+Route: <sip:127.0.0.1:5060;lr>\r
+Max-Forwards: 70\r
+From: <sip:alice@a.example>;tag=fa\r
+To: <sip:bob@b.example>;tag=tb\r
+Call-ID: media-z9hG4bK-m13\r
+CSeq: 1 ACK\r
+Content-Length: 0\r
+\r
+",
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 70000 RTP/AVP 0\r\n",
+    );
+    sim.udp(ALICE, &ack);
+    let out = sim.out();
+    let to_bob: Vec<&Message> = out
+        .iter()
+        .filter(|o| o.0 == addr(BOB))
+        .map(|o| &o.2)
+        .collect();
+    let ack_out = to_bob
+        .iter()
+        .find(|m| m.method() == Some(Method::Ack))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(ack_out.body().is_empty(), "{ack_out:?}");
+    assert!(!String::from_utf8_lossy(ack_out.as_bytes()).contains("10.0.0.5"));
+    assert!(to_bob.iter().any(|m| m.method() == Some(Method::Bye)));
+    assert!(out
+        .iter()
+        .any(|o| o.0 == addr(ALICE) && o.2.method() == Some(Method::Bye)));
+    assert_eq!(relay.in_use(), 0);
+}
