@@ -15,7 +15,8 @@
 #   VIA_PLUGIN=1                            plain relay chosen by the test plugin (media = relay)
 #   FLOOR=1                                 instead of weir, tests/src/bin/udp-floor: one recvfrom
 #                                           and one sendto per packet on epoll and nothing else,
-#                                           the kernel's cost per relayed packet here
+#                                           the kernel's cost per relayed packet here (plain RTP
+#                                           from srtp-load; its "KB/call" is the sockets' only)
 #
 # weir's calls are set up by SIP (scripts/rtp-calls.py is caller and callee;
 # weir rewrites the SDP and picks the ports) instead of rtpengine's ng
@@ -44,6 +45,8 @@ if [[ "${SKIP_RTPENGINE:-0}" != 1 ]]; then
 fi
 [[ "${SKIP_WEIR:-0}" == 1 ]] && exit 0
 FLOOR="${FLOOR:-0}"
+# The floor forwarder moves plain RTP only.
+[[ "$FLOOR" == 1 ]] && SRTP=0 && LOADGEN=srtp-load
 
 echo "== weir relay ($WORKERS workers, SRTP=$SRTP, VIA_PLUGIN=${VIA_PLUGIN:-0}, FLOOR=$FLOOR, load: $LOADGEN)" >&2
 gcc -O2 -Wall -o "$OUT/rtpload" "$BENCH/rtp/rtpload.c"

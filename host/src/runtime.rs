@@ -387,7 +387,7 @@ impl Shell {
                     }
                     Event::MediaFailed { call_id, why, byes } => {
                         if byes > 0 {
-                            warn!(%call_id, %why, byes, "an answer could not be relayed: passed on without its SDP, call ended, BYE sent to each party");
+                            warn!(%call_id, %why, byes, "an answer could not be relayed: passed on without its SDP; the call is ended with a BYE to each party");
                         } else {
                             warn!(%call_id, %why, "a description could not be relayed: passed on without its SDP");
                         }

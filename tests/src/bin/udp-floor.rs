@@ -2,8 +2,10 @@
 //! RTP benchmark (`FLOOR=1 scripts/bench-rtp.sh`). It forwards as weir's
 //! relay workers do (level-triggered epoll, one `recvfrom` and one `sendto`
 //! per packet) and does nothing else: static routes, no parsing, no
-//! statistics, no SRTP. Its CPU per packet is the floor that no userspace
-//! relay built on these two system calls goes below here.
+//! statistics, no SRTP. Its CPU per packet is the floor for a relay that
+//! moves each packet with one `recvfrom` and one `sendto` on this machine
+//! (batching system calls, `recvmmsg`/`sendmmsg` or io_uring, could go
+//! lower; the kernel's UDP path itself stays).
 //!
 //! Usage: udp-floor --calls N --first-port P --caller PORT --callee PORT --out FILE [--workers W]
 //!
@@ -43,6 +45,10 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
+    assert!(
+        usize::from(first) + 4 * calls <= usize::from(u16::MAX),
+        "--calls {calls} from port {first} runs past 65535"
+    );
     let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let bind = |p: u16| {
         let s = UdpSocket::bind(addr(p)).unwrap_or_else(|e| panic!("port {p}: {e}"));

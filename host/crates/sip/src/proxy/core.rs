@@ -34,6 +34,8 @@ use crate::uri::{Host, Scheme, SipUri, Uri};
 
 mod relaying;
 
+use relaying::{call_id_text, Ending, StraySdp};
+
 /// Prefix of every branch this proxy writes: the RFC 3261 magic cookie and a
 /// marker, then the loop-detection hash (16 hex digits), a dot and a random part.
 const BRANCH_PREFIX: &str = "z9hG4bKw";
@@ -693,10 +695,13 @@ impl Proxy {
                 }
                 None => msg,
             };
-            let msg = if method == Method::Ack && in_dialog {
-                self.media_ack(now, msg, flow.remote.ip())
+            let (msg, after_ack) = if method == Method::Ack && in_dialog {
+                self.media_ack(msg, flow.remote.ip())
             } else {
-                msg
+                (Some(msg), None)
+            };
+            let Some(msg) = msg else {
+                return;
             };
             let stateless = Forward {
                 uri: effective_ruri(&msg, &plan),
@@ -714,6 +719,9 @@ impl Proxy {
                 self.forward_stateless(now, stateless, ruri_is_local);
             } else {
                 self.on_cancel(now, flow, stateless, ruri_is_local);
+            }
+            if let Some(then) = after_ack {
+                self.after_ack(now, then);
             }
             return;
         }
@@ -1592,13 +1600,13 @@ impl Proxy {
         if let Some(from) = self.identities.caller_from(&msg) {
             identity::set_header_value(&mut rw, &msg, HeaderName::From, &from);
         }
+        // A relayed dialog's SDP never goes on as it came: it would hand the
+        // other party the address (and SRTP key) the relay stands in for.
         match self.media_stray(&msg, source) {
-            Ok(Some(body)) => rw.set_body(body),
-            Ok(None) => {}
-            // A relayed dialog's SDP that the relay refused never goes on
-            // as it came: it would hand the other party the address (and
-            // SRTP key) the relay stands in for. The first 2xx went through.
-            Err(()) => {
+            StraySdp::Keep => {}
+            StraySdp::Replace(body) => rw.set_body(body),
+            StraySdp::Strip => relaying::strip_sdp(&mut rw, &msg),
+            StraySdp::Drop => {
                 self.stats.stray_responses_dropped += 1;
                 return;
             }
@@ -2056,10 +2064,27 @@ impl Proxy {
         }
         self.stats.forwarded_responses += 1;
         self.server_send(now, server, code, bytes);
-        if let Some((id, why)) = refused {
-            // A refused answer in a 2xx ends the call; in a 1xx the 2xx
-            // may still bring one the relay takes.
-            self.media_failed(now, id, resp, why, (200..300).contains(&code));
+        let answered = initial && (200..300).contains(&code);
+        match refused {
+            // The answer to the initial offer, refused: the call could only
+            // be "connected, no audio", and ends once the caller has ACKed.
+            // Anywhere else (a 1xx, a re-INVITE's or an UPDATE's 2xx) the
+            // call goes on with the media it has; a reliable 1xx's answer
+            // is final (RFC 3262), so its 2xx ends the call.
+            Some((id, why)) => {
+                if !answered && code < 200 && resp.fields_named("RSeq").next().is_some() {
+                    self.media_doomed(id, &why);
+                }
+                let ending = answered.then_some(Ending::AfterAck);
+                self.media_failed(now, id, call_id_text(resp), why, ending);
+            }
+            None => {
+                if let (Some((id, _)), true) = (relayed, answered) {
+                    if let Some(why) = self.media_doom(id) {
+                        self.media_failed(now, id, call_id_text(resp), why, Some(Ending::AfterAck));
+                    }
+                }
+            }
         }
     }
 

@@ -15,7 +15,7 @@
 //! way, goes through [`MediaRelay::describe`]; the relay tells offers from
 //! answers by their order (RFC 3264), as a proxy cannot see the roles.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -147,6 +147,29 @@ pub(crate) struct RelayedDialog {
     pub call_id: Bytes,
     pub to_caller: Leg,
     pub to_callee: Leg,
+    /// Why the answer in a reliable provisional response (RFC 3262) was
+    /// refused: the 2xx that follows without SDP ends the call.
+    pub doomed: Option<String>,
+}
+
+/// BYEs that end a relayed call, sent once the caller's ACK of the 2xx
+/// they follow has passed (RFC 3261 §15: no BYE to a party before its 2xx
+/// is acknowledged) or at once.
+#[derive(Debug)]
+pub(crate) struct Byes {
+    pub call_id: Bytes,
+    pub legs: Vec<Leg>,
+    /// The Reason header's value (RFC 3326).
+    pub reason: String,
+}
+
+/// A dialog the proxy ended itself.
+#[derive(Debug)]
+struct Ended {
+    /// Its place in `ended_order`.
+    seq: u64,
+    /// BYEs waiting for the caller's ACK.
+    after_ack: Option<Byes>,
 }
 
 impl RelayedDialog {
@@ -174,9 +197,11 @@ pub(crate) struct RelayedDialogs {
     by_id: HashMap<u64, DialogKey>,
     /// Dialogs this proxy ended itself (media timeout, an answer the relay
     /// refused), the latest [`ENDED_KEPT`]: a 2xx the callee resends
-    /// meanwhile is dropped, never passed on with its own SDP.
-    ended: HashSet<DialogKey>,
-    ended_order: VecDeque<DialogKey>,
+    /// meanwhile goes on without its SDP, and the caller's ACK releases the
+    /// BYEs waiting for it.
+    ended: HashMap<DialogKey, Ended>,
+    ended_order: VecDeque<(DialogKey, u64)>,
+    ended_seq: u64,
 }
 
 /// How many dialogs ended by the proxy are remembered (a resent 2xx comes
@@ -192,6 +217,9 @@ impl RelayedDialogs {
     /// (the same Call-ID and tag tried again), whose relay must be released.
     pub fn insert(&mut self, msg: &Message, d: RelayedDialog) -> Option<RelayedDialog> {
         let key = dialog_key(msg, true)?;
+        // The same Call-ID and tag relayed again is that dialog, not the
+        // one ended before.
+        self.ended.remove(&key);
         self.by_id.insert(d.id, key.clone());
         let old = self.by_key.insert(key, d)?;
         self.by_id.remove(&old.id);
@@ -225,19 +253,29 @@ impl RelayedDialogs {
         self.by_key.remove(&key)
     }
 
-    /// Removes dialog `id`, which the proxy ends itself, and remembers it.
-    pub fn end(&mut self, id: u64) -> Option<RelayedDialog> {
+    /// Removes dialog `id`, which the proxy ends itself: its key and entry
+    /// (see [`RelayedDialogs::remember_ended`]).
+    pub fn end(&mut self, id: u64) -> Option<(DialogKey, RelayedDialog)> {
         let key = self.by_id.remove(&id)?;
         let d = self.by_key.remove(&key)?;
-        if self.ended.insert(key.clone()) {
-            self.ended_order.push_back(key);
-        }
+        Some((key, d))
+    }
+
+    /// Remembers a dialog the proxy ended, with the BYEs that wait for the
+    /// caller's ACK, if any.
+    pub fn remember_ended(&mut self, key: DialogKey, after_ack: Option<Byes>) {
+        self.ended_seq += 1;
+        let seq = self.ended_seq;
+        self.ended_order.push_back((key.clone(), seq));
+        self.ended.insert(key, Ended { seq, after_ack });
         while self.ended_order.len() > ENDED_KEPT {
-            if let Some(old) = self.ended_order.pop_front() {
-                self.ended.remove(&old);
+            if let Some((old, seq)) = self.ended_order.pop_front() {
+                // Only if not ended again since.
+                if self.ended.get(&old).is_some_and(|e| e.seq == seq) {
+                    self.ended.remove(&old);
+                }
             }
         }
-        Some(d)
     }
 
     /// True when `msg` belongs to a dialog the proxy ended itself.
@@ -246,7 +284,13 @@ impl RelayedDialogs {
             && [true, false]
                 .into_iter()
                 .filter_map(|from_caller| dialog_key(msg, from_caller))
-                .any(|k| self.ended.contains(&k))
+                .any(|k| self.ended.contains_key(&k))
+    }
+
+    /// The BYEs waiting for ACK `msg` (from the caller), once.
+    pub fn take_byes_after_ack(&mut self, msg: &Message) -> Option<Byes> {
+        let key = dialog_key(msg, true)?;
+        self.ended.get_mut(&key)?.after_ack.take()
     }
 }
 

@@ -143,8 +143,8 @@ pub enum Event {
     MediaAutoRelay { call_id: String, why: String },
     /// A description in a response or an ACK of a relayed call could not be
     /// relayed (neither can be refused): it went on without its SDP, and
-    /// where it was the answer in a 2xx or an ACK, the call was ended with a
-    /// BYE to `byes` parties.
+    /// where it was the answer to the initial offer, the call was ended with
+    /// a BYE to `byes` parties (sent once the caller has ACKed the 2xx).
     MediaFailed {
         call_id: String,
         why: String,

@@ -13,7 +13,7 @@ use super::{cseq_number, ForwardKind, Proxy, RoutePlan};
 use crate::headers::HeaderName;
 use crate::message::{Framing, Message, Method, Rewrite};
 use crate::proxy::media::{
-    self, Leg, MediaCall, MediaMode, MediaPolicy, MediaRefusal, Party, RelayedDialog,
+    self, Byes, Leg, MediaCall, MediaMode, MediaPolicy, MediaRefusal, Party, RelayedDialog,
 };
 use crate::proxy::validate::Rejection;
 use crate::proxy::{Event, Flow, Target, Transport};
@@ -111,6 +111,7 @@ impl Proxy {
                 ..Leg::default()
             },
             to_callee: Leg::default(),
+            doomed: None,
         };
         if let Some(old) = self.relayed.insert(&request, dialog) {
             self.media.release(old.id);
@@ -152,55 +153,97 @@ impl Proxy {
         }
     }
 
-    /// An ACK of a relayed dialog carrying SDP (the answer to an offer in a
-    /// 2xx): relayed like the rest. One whose answer the relay refuses goes
-    /// on without it (an ACK has no answer to refuse it with, and its own SDP
-    /// names what the relay stands in for), and the call, whose media could
-    /// never flow, is ended.
-    pub(super) fn media_ack(&mut self, now: Instant, msg: Message, source: IpAddr) -> Message {
+    /// An in-dialog ACK about to be forwarded: what goes on in its place
+    /// (None: nothing, it cannot be sent without the SDP it must not carry)
+    /// and what follows it once it has gone.
+    ///
+    /// In a relayed dialog its SDP (the answer to an offer in a 2xx) is
+    /// relayed like the rest. One the relay refuses goes on without it (an
+    /// ACK has no answer to refuse it with, and its own SDP names what the
+    /// relay stands in for), and the call, whose media could never flow,
+    /// is ended. In a dialog the proxy ended, it releases the BYEs waiting
+    /// for it.
+    pub(super) fn media_ack(
+        &mut self,
+        msg: Message,
+        source: IpAddr,
+    ) -> (Option<Message>, Option<AfterAck>) {
         let Some((d, from)) = self.relayed.find(&msg) else {
-            return msg;
+            if !self.relayed.was_ended(&msg) {
+                return (Some(msg), None);
+            }
+            let byes = self.relayed.take_byes_after_ack(&msg).map(AfterAck::Byes);
+            let out = if media::has_sdp(&msg) {
+                without_sdp(&msg)
+            } else {
+                Some(msg)
+            };
+            return (out, byes);
         };
         let (id, mode) = (d.id, d.mode);
         match self.relay_sdp(id, from, mode, &msg, Some(source), false) {
-            Ok(Some(sent)) => sent,
-            Ok(None) => msg,
+            Ok(Some(sent)) => (Some(sent), None),
+            Ok(None) => (Some(msg), None),
             Err(r) => {
-                let mut rw = Rewrite::new(&msg);
-                strip_sdp(&mut rw, &msg);
-                let stripped = Message::parse(rw.finish(), Framing::Exact).unwrap_or(msg);
-                self.media_failed(now, id, &stripped, r.reason, true);
-                stripped
+                let end = AfterAck::End {
+                    id,
+                    call_id: call_id_text(&msg),
+                    why: r.reason,
+                };
+                (without_sdp(&msg), Some(end))
+            }
+        }
+    }
+
+    /// What follows an ACK, once it has been forwarded.
+    pub(super) fn after_ack(&mut self, now: Instant, then: AfterAck) {
+        match then {
+            AfterAck::Byes(byes) => self.send_byes(now, &byes),
+            AfterAck::End { id, call_id, why } => {
+                self.media_failed(now, id, call_id, why, Some(Ending::Now));
             }
         }
     }
 
     /// A description of relayed dialog `id` that the relay refused went on
-    /// without its SDP in `msg`; `ends`: it was an answer completing an
+    /// without its SDP; `ending`: it was the answer completing the initial
     /// offer (in a 2xx or an ACK), so the call could only be "connected, no
     /// audio" and is ended with a BYE to each party.
     pub(super) fn media_failed(
         &mut self,
         now: Instant,
         id: u64,
-        msg: &Message,
+        call_id: String,
         why: String,
-        ends: bool,
+        ending: Option<Ending>,
     ) {
-        let byes = if ends {
-            let reason = format!(
-                "SIP;cause=488;text=\"{}\"",
-                why.replace(['"', '\\', '\r', '\n'], "'")
-            );
-            self.end_relayed(now, id, &reason).map_or(0, |(_, n)| n)
-        } else {
-            0
+        let byes = match ending {
+            Some(when) => {
+                let reason = format!(
+                    "SIP;cause=488;text=\"{}\"",
+                    why.replace(['"', '\\', '\r', '\n'], "'")
+                );
+                self.end_relayed(now, id, &reason, when)
+                    .map_or(0, |(_, n)| n)
+            }
+            None => 0,
         };
-        self.events.push_back(Event::MediaFailed {
-            call_id: call_id_text(msg),
-            why,
-            byes,
-        });
+        self.events
+            .push_back(Event::MediaFailed { call_id, why, byes });
+    }
+
+    /// A reliable provisional response's answer (RFC 3262) was refused: the
+    /// 2xx will carry none, and ends the call.
+    pub(super) fn media_doomed(&mut self, id: u64, why: &str) {
+        if let Some(d) = self.relayed.get_mut(id) {
+            d.doomed = Some(why.to_string());
+        }
+    }
+
+    /// Why relayed dialog `id`'s answer was refused in a reliable
+    /// provisional response, once.
+    pub(super) fn media_doom(&mut self, id: u64) -> Option<String> {
+        self.relayed.get_mut(id)?.doomed.take()
     }
 
     /// The body a response of a relayed request goes on with (its SDP
@@ -261,25 +304,26 @@ impl Proxy {
 
     /// A response no transaction knows, or whose context is gone (a 2xx
     /// retransmission): its SDP goes through the relay like the first one's
-    /// did. Ok(None): not a relayed dialog's, or no SDP; Err: the relay
-    /// refused it (the response must not go on with its own SDP).
-    pub(super) fn media_stray(
-        &mut self,
-        msg: &Message,
-        source: Option<IpAddr>,
-    ) -> Result<Option<Bytes>, ()> {
+    /// did.
+    pub(super) fn media_stray(&mut self, msg: &Message, source: Option<IpAddr>) -> StraySdp {
+        if !media::has_sdp(msg) {
+            return StraySdp::Keep;
+        }
         let Some((d, asked_by)) = self.relayed.find(msg) else {
-            // A 2xx resent into a call this proxy ended: its own SDP never
-            // goes on.
-            if self.relayed.was_ended(msg) && media::has_sdp(msg) {
-                return Err(());
+            // A 2xx resent into a call this proxy ended (the caller may not
+            // have the first): on, but never with its own SDP.
+            if self.relayed.was_ended(msg) {
+                return StraySdp::Strip;
             }
-            return Ok(None);
+            return StraySdp::Keep;
         };
         let (id, mode) = (d.id, d.mode);
         match self.relay_sdp(id, asked_by.other(), mode, msg, source, true) {
-            Ok(sent) => Ok(sent.map(|m| m.body_bytes())),
-            Err(_) => Err(()),
+            Ok(Some(sent)) => StraySdp::Replace(sent.body_bytes()),
+            Ok(None) => StraySdp::Keep,
+            // Not a resend of what the relay took (another fork's 2xx):
+            // never made the dialog's media, never passed on as it came.
+            Err(_) => StraySdp::Drop,
         }
     }
 
@@ -294,7 +338,7 @@ impl Proxy {
     /// each party, as if from the other, and the relay released.
     pub fn handle_media_timeout(&mut self, now: Instant, id: u64) {
         let Some((call_id, byes)) =
-            self.end_relayed(now, id, "SIP;cause=408;text=\"media timeout\"")
+            self.end_relayed(now, id, "SIP;cause=408;text=\"media timeout\"", Ending::Now)
         else {
             return;
         };
@@ -304,17 +348,44 @@ impl Proxy {
 
     /// Ends relayed dialog `id` from here: a BYE to each party whose side of
     /// the dialog is known, as if from the other, with `reason` (RFC 3326),
-    /// and the relay released. Its Call-ID and the BYEs sent.
-    fn end_relayed(&mut self, now: Instant, id: u64, reason: &str) -> Option<(String, usize)> {
-        let d = self.relayed.end(id)?;
+    /// now or after the caller's ACK; the relay released. Its Call-ID and
+    /// the BYEs it gets.
+    fn end_relayed(
+        &mut self,
+        now: Instant,
+        id: u64,
+        reason: &str,
+        when: Ending,
+    ) -> Option<(String, usize)> {
+        let (key, d) = self.relayed.end(id)?;
         self.media.release(id);
-        let mut byes = 0;
-        for leg in d.ready_legs() {
-            let bytes = media::bye(leg, &d.call_id, self.cfg.server_name.as_deref(), reason);
+        let byes = Byes {
+            call_id: d.call_id.clone(),
+            legs: d.ready_legs().cloned().collect(),
+            reason: reason.to_string(),
+        };
+        let n = byes.legs.len();
+        match when {
+            Ending::Now => {
+                self.send_byes(now, &byes);
+                self.relayed.remember_ended(key, None);
+            }
+            Ending::AfterAck => self.relayed.remember_ended(key, Some(byes)),
+        }
+        Some((String::from_utf8_lossy(&d.call_id).into_owned(), n))
+    }
+
+    fn send_byes(&mut self, now: Instant, byes: &Byes) {
+        for leg in &byes.legs {
+            let bytes = media::bye(
+                leg,
+                &byes.call_id,
+                self.cfg.server_name.as_deref(),
+                &byes.reason,
+            );
             let Ok(msg) = Message::parse(Bytes::from(bytes), Framing::Exact) else {
                 continue;
             };
-            byes += 1;
             let loop_hash = self.random();
             let forward = super::Forward {
                 request: Arc::new(msg),
@@ -333,7 +404,6 @@ impl Proxy {
             };
             self.start_forward(now, forward);
         }
-        Some((String::from_utf8_lossy(&d.call_id).into_owned(), byes))
     }
 
     /// `msg` with its SDP (from `from`) replaced by the relay's; None when it
@@ -408,6 +478,47 @@ fn reached_over_tls(target: &Target) -> bool {
     uri.starts_with("sips:") || uri.contains(";transport=tls")
 }
 
+/// When the BYEs that end a relayed call go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    Now,
+    /// Once the caller's ACK of the 2xx just sent has passed.
+    AfterAck,
+}
+
+/// What follows an ACK once it has been forwarded.
+#[derive(Debug)]
+pub(super) enum AfterAck {
+    /// BYEs that waited for it.
+    Byes(Byes),
+    /// Its answer was refused: the call ends.
+    End {
+        id: u64,
+        call_id: String,
+        why: String,
+    },
+}
+
+/// What a stray response goes on with.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum StraySdp {
+    /// As it came (no SDP, or not a relayed dialog's).
+    Keep,
+    /// The relay's SDP in place of its own.
+    Replace(Bytes),
+    /// Without its SDP.
+    Strip,
+    /// Not at all.
+    Drop,
+}
+
+/// `msg` without its SDP; None if that cannot be parsed back.
+fn without_sdp(msg: &Message) -> Option<Message> {
+    let mut rw = Rewrite::new(msg);
+    strip_sdp(&mut rw, msg);
+    Message::parse(rw.finish(), Framing::Exact).ok()
+}
+
 /// Takes `msg`'s SDP out: no body, no Content-Type.
 pub(super) fn strip_sdp(rw: &mut Rewrite<'_>, msg: &Message) {
     let mut lines: Vec<usize> = msg.list(HeaderName::ContentType).map(|(i, _)| i).collect();
@@ -418,6 +529,6 @@ pub(super) fn strip_sdp(rw: &mut Rewrite<'_>, msg: &Message) {
     rw.set_body(Bytes::new());
 }
 
-fn call_id_text(msg: &Message) -> String {
+pub(super) fn call_id_text(msg: &Message) -> String {
     String::from_utf8_lossy(msg.call_id().unwrap_or_default()).into_owned()
 }

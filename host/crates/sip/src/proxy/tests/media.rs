@@ -396,8 +396,9 @@ t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
     assert!(!leaks(&early), "{early:?}");
     assert_eq!(relay.in_use(), 2);
 
-    // In the 200: Alice gets it without SDP, and the call, which could
-    // only be "connected, no audio", ends with a BYE to each party.
+    // In the 200: Alice gets it without SDP. The call, which could only be
+    // "connected, no audio", ends with a BYE to each party once Alice has
+    // ACKed (RFC 3261 §15: none to a party before its 2xx is ACKed).
     let ok = with_body(
         &answer(
             &fwd,
@@ -409,27 +410,59 @@ t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
         unreadable,
     );
     sim.udp(BOB, &ok);
+    let up = sim.one(ALICE);
+    assert_eq!(up.status(), Some(200));
+    assert!(up.body().is_empty() && up.header(HeaderName::ContentType).is_none());
+    assert!(!leaks(&up), "{up:?}");
+    assert_eq!(relay.in_use(), 0, "the relay is released at once");
+    assert_eq!(sim.proxy.stats().relayed_dialogs, 0);
+    // Bob resends his 200 (no ACK yet): Alice may not have the first, so it
+    // goes on, never with his SDP.
+    sim.udp(BOB, &ok);
+    let again = sim.one(ALICE);
+    assert_eq!(again.status(), Some(200));
+    assert!(again.body().is_empty() && !leaks(&again));
+
+    sim.udp(
+        ALICE,
+        "ACK sip:bob@127.0.0.1:5080 SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-m12a;rport\r
+Route: <sip:127.0.0.1:5060;lr>\r
+Max-Forwards: 70\r
+From: <sip:alice@a.example>;tag=fa\r
+To: <sip:bob@b.example>;tag=tb\r
+Call-ID: media-z9hG4bK-m12\r
+CSeq: 1 ACK\r
+Content-Length: 0\r
+\r
+",
+    );
     let out = sim.out();
-    let to_alice: Vec<&Message> = out
+    let to_bob: Vec<&Message> = out
         .iter()
-        .filter(|o| o.0 == addr(ALICE))
+        .filter(|o| o.0 == addr(BOB))
         .map(|o| &o.2)
         .collect();
-    assert_eq!(to_alice.len(), 2, "{out:?}");
-    assert_eq!(to_alice[0].status(), Some(200));
-    assert!(to_alice[0].body().is_empty() && !leaks(to_alice[0]));
-    assert_eq!(to_alice[1].method(), Some(Method::Bye));
-    let bye_to_bob = &out.iter().find(|o| o.0 == addr(BOB)).unwrap().2;
-    assert_eq!(bye_to_bob.method(), Some(Method::Bye));
-    for bye in [to_alice[1], bye_to_bob] {
+    let methods: Vec<Option<Method>> = to_bob.iter().map(|m| m.method()).collect();
+    assert_eq!(
+        methods,
+        [Some(Method::Ack), Some(Method::Bye)],
+        "the ACK first: {out:?}"
+    );
+    let bye_to_alice = &out
+        .iter()
+        .find(|o| o.0 == addr(ALICE))
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .2;
+    assert_eq!(bye_to_alice.method(), Some(Method::Bye));
+    assert_eq!(header(bye_to_alice, "From"), ["<sip:bob@b.example>;tag=tb"]);
+    for bye in [bye_to_alice, to_bob[1]] {
         let reason = &header(bye, "Reason")[0];
         assert!(
             reason.starts_with("SIP;cause=488;text=\"Not Acceptable Here ("),
             "{reason}"
         );
     }
-    assert_eq!(relay.in_use(), 0);
-    assert_eq!(sim.proxy.stats().relayed_dialogs, 0);
     let events: Vec<Event> = std::iter::from_fn(|| sim.proxy.poll_event()).collect();
     assert_eq!(
         events
@@ -439,15 +472,72 @@ t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
         1,
         "{events:?}"
     );
-
-    // Bob resends his 200 (no ACK yet), at once and after its transaction
-    // ended: never passed on with his SDP.
-    sim.udp(BOB, &ok);
-    assert!(sim.out().iter().all(|o| !leaks(&o.2)));
+    // An ACK resent releases nothing more; a 200 resent after the
+    // transaction ended still goes on without SDP.
+    sim.udp(
+        ALICE,
+        "ACK sip:bob@127.0.0.1:5080 SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-m12a;rport\r
+Route: <sip:127.0.0.1:5060;lr>\r
+Max-Forwards: 70\r
+From: <sip:alice@a.example>;tag=fa\r
+To: <sip:bob@b.example>;tag=tb\r
+Call-ID: media-z9hG4bK-m12\r
+CSeq: 1 ACK\r
+Content-Length: 0\r
+\r
+",
+    );
+    assert!(sim.out().iter().all(|o| o.2.method() != Some(Method::Bye)));
     sim.advance(Duration::from_secs(40));
     sim.out();
     sim.udp(BOB, &ok);
-    assert!(sim.out().iter().all(|o| o.0 != addr(ALICE)));
+    assert!(sim.out().iter().all(|o| !leaks(&o.2)));
+}
+
+#[test]
+fn a_refused_answer_in_a_reliable_provisional_ends_the_call_at_its_2xx() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    sim.udp(
+        ALICE,
+        &invite_with("z9hG4bK-m14", &sdp_at("198.51.100.1", 4000)),
+    );
+    let fwd = sim.sent_to(BOB);
+    // RFC 3262: the answer in a reliable 183 is the answer; the 2xx
+    // carries none.
+    let reliable = with_body(
+        &answer(
+            &fwd,
+            183,
+            "Session Progress",
+            "tb",
+            "Require: 100rel\r\nRSeq: 1\r\nContact: <sip:bob@127.0.0.1:5080>\r\n",
+        ),
+        "v=0\r\nc=IN IP4 198.51.100.2\r\nm=audio 70000 RTP/AVP 0\r\n",
+    );
+    sim.udp(BOB, &reliable);
+    assert!(sim.one(ALICE).body().is_empty());
+    assert_eq!(relay.in_use(), 2, "the call goes on until its 2xx");
+    sim.udp(
+        BOB,
+        &answer(
+            &fwd,
+            200,
+            "OK",
+            "tb",
+            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+        ),
+    );
+    assert_eq!(sim.one(ALICE).status(), Some(200));
+    assert_eq!(relay.in_use(), 0, "ended, not left silent");
+    let events: Vec<Event> = std::iter::from_fn(|| sim.proxy.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::MediaFailed { byes: 2, .. })),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -501,7 +591,12 @@ Content-Length: 0\r
         .unwrap_or_else(|| panic!("{out:?}"));
     assert!(ack_out.body().is_empty(), "{ack_out:?}");
     assert!(!String::from_utf8_lossy(ack_out.as_bytes()).contains("10.0.0.5"));
-    assert!(to_bob.iter().any(|m| m.method() == Some(Method::Bye)));
+    let methods: Vec<Option<Method>> = to_bob.iter().map(|m| m.method()).collect();
+    assert_eq!(
+        methods,
+        [Some(Method::Ack), Some(Method::Bye)],
+        "the ACK first"
+    );
     assert!(out
         .iter()
         .any(|o| o.0 == addr(ALICE) && o.2.method() == Some(Method::Bye)));
