@@ -131,6 +131,39 @@ fn media_of(m: &Message) -> sdp::MediaLine {
     sdp::inspect(m.body()).unwrap().media[0].clone()
 }
 
+/// Bob's 200 to the INVITE `fwd`, with `sdp` (none if empty).
+fn ok_from_bob(fwd: &Message, sdp: &str) -> String {
+    let ok = answer(
+        fwd,
+        200,
+        "OK",
+        "tb",
+        "Contact: <sip:bob@127.0.0.1:5080>\r\n",
+    );
+    if sdp.is_empty() {
+        ok
+    } else {
+        with_body(&ok, sdp)
+    }
+}
+
+/// Alice's ACK of the 2xx in call `media-{branch}`.
+fn ack_from_alice(branch: &str) -> String {
+    format!(
+        "ACK sip:bob@127.0.0.1:5080 SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}a;rport\r
+Route: <sip:127.0.0.1:5060;lr>\r
+Max-Forwards: 70\r
+From: <sip:alice@a.example>;tag=fa\r
+To: <sip:bob@b.example>;tag=tb\r
+Call-ID: media-{branch}\r
+CSeq: 1 ACK\r
+Content-Length: 0\r
+\r
+"
+    )
+}
+
 #[test]
 fn a_relayed_call_sees_the_relay_both_ways_and_its_bye_gives_the_ports_back() {
     let relay = TestRelay::new(30000, 30099);
@@ -147,16 +180,7 @@ fn a_relayed_call_sees_the_relay_both_ways_and_its_bye_gives_the_ports_back() {
     );
     assert_eq!(relay.in_use(), 2);
 
-    let ok = with_body(
-        &answer(
-            &fwd,
-            200,
-            "OK",
-            "tb",
-            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
-        ),
-        &sdp_at("198.51.100.2", 5000),
-    );
+    let ok = ok_from_bob(&fwd, &sdp_at("198.51.100.2", 5000));
     sim.udp(BOB, &ok);
     let to_alice = media_of(&sim.one(ALICE));
     assert_eq!(to_alice.address.to_string(), RELAY);
@@ -263,19 +287,7 @@ fn a_media_timeout_sends_a_bye_to_each_party_as_if_from_the_other() {
         &invite_with("z9hG4bK-m6", &sdp_at("198.51.100.1", 4000)),
     );
     let fwd = sim.sent_to(BOB);
-    sim.udp(
-        BOB,
-        &with_body(
-            &answer(
-                &fwd,
-                200,
-                "OK",
-                "tb",
-                "Contact: <sip:bob@127.0.0.1:5080>\r\n",
-            ),
-            &sdp_at("198.51.100.2", 5000),
-        ),
-    );
+    sim.udp(BOB, &ok_from_bob(&fwd, &sdp_at("198.51.100.2", 5000)));
     sim.one(ALICE);
     let now = sim.clock.now();
     sim.proxy.handle_media_timeout(now, 1);
@@ -399,16 +411,7 @@ t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
     // In the 200: Alice gets it without SDP. The call, which could only be
     // "connected, no audio", ends with a BYE to each party once Alice has
     // ACKed (RFC 3261 §15: none to a party before its 2xx is ACKed).
-    let ok = with_body(
-        &answer(
-            &fwd,
-            200,
-            "OK",
-            "tb",
-            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
-        ),
-        unreadable,
-    );
+    let ok = ok_from_bob(&fwd, unreadable);
     sim.udp(BOB, &ok);
     let up = sim.one(ALICE);
     assert_eq!(up.status(), Some(200));
@@ -423,20 +426,7 @@ t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
     assert_eq!(again.status(), Some(200));
     assert!(again.body().is_empty() && !leaks(&again));
 
-    sim.udp(
-        ALICE,
-        "ACK sip:bob@127.0.0.1:5080 SIP/2.0\r
-Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-m12a;rport\r
-Route: <sip:127.0.0.1:5060;lr>\r
-Max-Forwards: 70\r
-From: <sip:alice@a.example>;tag=fa\r
-To: <sip:bob@b.example>;tag=tb\r
-Call-ID: media-z9hG4bK-m12\r
-CSeq: 1 ACK\r
-Content-Length: 0\r
-\r
-",
-    );
+    sim.udp(ALICE, &ack_from_alice("z9hG4bK-m12"));
     let out = sim.out();
     let to_bob: Vec<&Message> = out
         .iter()
@@ -474,20 +464,7 @@ Content-Length: 0\r
     );
     // An ACK resent releases nothing more; a 200 resent after the
     // transaction ended still goes on without SDP.
-    sim.udp(
-        ALICE,
-        "ACK sip:bob@127.0.0.1:5080 SIP/2.0\r
-Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-m12a;rport\r
-Route: <sip:127.0.0.1:5060;lr>\r
-Max-Forwards: 70\r
-From: <sip:alice@a.example>;tag=fa\r
-To: <sip:bob@b.example>;tag=tb\r
-Call-ID: media-z9hG4bK-m12\r
-CSeq: 1 ACK\r
-Content-Length: 0\r
-\r
-",
-    );
+    sim.udp(ALICE, &ack_from_alice("z9hG4bK-m12"));
     assert!(sim.out().iter().all(|o| o.2.method() != Some(Method::Bye)));
     sim.advance(Duration::from_secs(40));
     sim.out();
@@ -519,16 +496,7 @@ fn a_refused_answer_in_a_reliable_provisional_ends_the_call_at_its_2xx() {
     sim.udp(BOB, &reliable);
     assert!(sim.one(ALICE).body().is_empty());
     assert_eq!(relay.in_use(), 2, "the call goes on until its 2xx");
-    sim.udp(
-        BOB,
-        &answer(
-            &fwd,
-            200,
-            "OK",
-            "tb",
-            "Contact: <sip:bob@127.0.0.1:5080>\r\n",
-        ),
-    );
+    sim.udp(BOB, &ok_from_bob(&fwd, ""));
     assert_eq!(sim.one(ALICE).status(), Some(200));
     assert_eq!(relay.in_use(), 0, "ended, not left silent");
     let events: Vec<Event> = std::iter::from_fn(|| sim.proxy.poll_event()).collect();
@@ -549,33 +517,11 @@ fn an_answer_in_an_ack_the_relay_refuses_goes_on_without_it_and_ends_the_call() 
     sim.udp(ALICE, &invite);
     let fwd = sim.sent_to(BOB);
     assert!(fwd.body().is_empty());
-    sim.udp(
-        BOB,
-        &with_body(
-            &answer(
-                &fwd,
-                200,
-                "OK",
-                "tb",
-                "Contact: <sip:bob@127.0.0.1:5080>\r\n",
-            ),
-            &sdp_at("198.51.100.2", 5000),
-        ),
-    );
+    sim.udp(BOB, &ok_from_bob(&fwd, &sdp_at("198.51.100.2", 5000)));
     assert_eq!(media_of(&sim.one(ALICE)).address.to_string(), RELAY);
     // Alice answers in her ACK with SDP the relay cannot read.
     let ack = with_body(
-        "ACK sip:bob@127.0.0.1:5080 SIP/2.0\r
-Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-m13a;rport\r
-Route: <sip:127.0.0.1:5060;lr>\r
-Max-Forwards: 70\r
-From: <sip:alice@a.example>;tag=fa\r
-To: <sip:bob@b.example>;tag=tb\r
-Call-ID: media-z9hG4bK-m13\r
-CSeq: 1 ACK\r
-Content-Length: 0\r
-\r
-",
+        &ack_from_alice("z9hG4bK-m13"),
         "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 70000 RTP/AVP 0\r\n",
     );
     sim.udp(ALICE, &ack);
