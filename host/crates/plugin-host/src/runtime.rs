@@ -8,7 +8,7 @@
 //! cap and, if configured, fuel; a trap poisons the instance, which is dropped.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime};
@@ -35,8 +35,41 @@ pub const WORLD_VERSIONS: &[&str] = &["0.2.0"];
 /// The package plugins import and export.
 pub const PACKAGE: &str = "weir:proxy";
 
-/// How often the deadline clock ticks.
+/// How often the deadline clock ticks while plugin code runs.
 const TICK: Duration = Duration::from_millis(1);
+
+/// …and while none does: an idle proxy is not woken a thousand times a
+/// second. (Code that runs without being counted in [`Clock::busy`] is still
+/// interrupted, this much later.)
+const IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// The deadline clock's thread, and how many plugin calls it is timing.
+#[derive(Debug, Default)]
+struct Clock {
+    busy: AtomicUsize,
+    thread: std::sync::OnceLock<thread::Thread>,
+}
+
+impl Clock {
+    /// Plugin code runs until the guard drops: the ticker ticks every
+    /// [`TICK`] meanwhile.
+    fn busy(&self) -> Busy<'_> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) == 0 {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
+        }
+        Busy(self)
+    }
+}
+
+struct Busy<'a>(&'a Clock);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Deadlines are only as punctual as the ticker's wake-ups. A plugin stuck in
 /// a loop keeps a core busy, and at normal priority the scheduler may let the
@@ -127,6 +160,7 @@ struct Inner {
     cache: Mutex<HashMap<[u8; 32], Component>>,
     next_id: AtomicU64,
     stop: Arc<AtomicBool>,
+    clock: Arc<Clock>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -169,16 +203,24 @@ impl Runtime {
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = engine.clone();
         let stopped = stop.clone();
-        thread::Builder::new()
+        let clock = Arc::new(Clock::default());
+        let timing = clock.clone();
+        let handle = thread::Builder::new()
             .name("plugin-deadline".into())
             .spawn(move || {
                 raise_priority();
                 // Ticks follow the wall clock, not the number of sleeps: a loaded
                 // machine oversleeps, and the deadline must not stretch with it.
+                // (A burst of ticks after an idle wait interrupts nothing
+                // early: the deadline callback reads the call's own clock.)
                 let start = std::time::Instant::now();
                 let mut ticked: u128 = 0;
                 while !stopped.load(Ordering::Relaxed) {
-                    thread::sleep(TICK);
+                    if timing.busy.load(Ordering::Acquire) == 0 {
+                        thread::park_timeout(IDLE_TICK);
+                    } else {
+                        thread::sleep(TICK);
+                    }
                     let due = start.elapsed().as_micros() / TICK.as_micros();
                     while ticked < due {
                         ticker.increment_epoch();
@@ -187,6 +229,7 @@ impl Runtime {
                 }
             })
             .map_err(|e| format!("deadline clock thread: {e}"))?;
+        let _ = clock.thread.set(handle.thread().clone());
         Ok(Runtime {
             inner: Arc::new(Inner {
                 engine,
@@ -195,6 +238,7 @@ impl Runtime {
                 cache: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 stop,
+                clock,
             }),
         })
     }
@@ -471,11 +515,15 @@ impl PluginVersion {
                 .set_fuel(f.saturating_mul(100))
                 .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         }
+        let clock = self.runtime.inner.clock.clone();
+        let busy = clock.busy();
         let plugin = self
             .pre
             .instantiate(&mut store)
             .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        drop(busy);
         Ok(Uninit {
+            clock,
             store,
             plugin,
             config: self.config_json.clone(),
@@ -485,6 +533,7 @@ impl PluginVersion {
 }
 
 struct Uninit {
+    clock: Arc<Clock>,
     store: Store<State>,
     plugin: Plugin,
     config: String,
@@ -493,13 +542,16 @@ struct Uninit {
 
 impl Uninit {
     fn init(mut self) -> Result<Warm, LoadError> {
+        let busy = self.clock.busy();
         let r = self
             .plugin
             .weir_proxy_handler()
             .call_init(&mut self.store, &self.config);
+        drop(busy);
         self.store.data_mut().flush_output(2);
         match r {
             Ok(Ok(())) => Ok(Warm {
+                clock: self.clock,
                 store: self.store,
                 plugin: self.plugin,
                 limits: self.limits,
@@ -512,6 +564,7 @@ impl Uninit {
 
 /// An instance ready for calls. After an `Err` it is poisoned: drop it.
 pub struct Warm {
+    clock: Arc<Clock>,
     store: Store<State>,
     plugin: Plugin,
     limits: Limits,
@@ -563,11 +616,14 @@ impl Warm {
             Ok(r) => r,
             Err(e) => return (None, Err(e)),
         };
+        let clock = self.clock.clone();
+        let busy = clock.busy();
         let r = export(
             &self.plugin,
             &mut self.store,
             Resource::new_borrow(res.rep()),
         );
+        drop(busy);
         self.store.data_mut().flush_output(2);
         let rep = self.take_back(res);
         let deadline = self.limits.deadline;
