@@ -70,6 +70,10 @@ pub struct Chain {
     fallback: FallbackRouter,
     seen_generation: u64,
     calls: u64,
+    /// Drops trapped instances off the request path: one may hold its whole
+    /// memory cap, and giving that back takes milliseconds the request that
+    /// trapped must not wait for (its answer is due within the deadline).
+    reaper: Option<std::sync::mpsc::Sender<Warm>>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -90,6 +94,29 @@ impl Chain {
             fallback,
             seen_generation: 0,
             calls: 0,
+            reaper: None,
+        }
+    }
+
+    /// Drops a poisoned instance on the reaper thread (started at the first
+    /// trap), or here if it cannot be started.
+    fn retire(&mut self, warm: Warm) {
+        if self.reaper.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Warm>();
+            let started = std::thread::Builder::new()
+                .name("plugin-reaper".into())
+                .spawn(move || rx.into_iter().for_each(drop));
+            if started.is_ok() {
+                self.reaper = Some(tx);
+            }
+        }
+        match &self.reaper {
+            Some(tx) => {
+                if let Err(back) = tx.send(warm) {
+                    drop(back.0);
+                }
+            }
+            None => drop(warm),
         }
     }
 
@@ -121,7 +148,9 @@ impl Chain {
         };
         if matches!(verdict, Err((_, true))) {
             // A trap poisons the instance.
-            self.warm.remove(&v.id);
+            if let Some((_, warm)) = self.warm.remove(&v.id) {
+                self.retire(warm);
+            }
         }
         (rep, verdict)
     }
@@ -252,7 +281,9 @@ impl Router for Chain {
             Ok(action) => action,
             Err((why, trapped)) => {
                 if trapped {
-                    self.warm.remove(&v.id);
+                    if let Some((_, warm)) = self.warm.remove(&v.id) {
+                        self.retire(warm);
+                    }
                 }
                 if plugin_failed(Some(&v), &v.name, &why, trapped, pinned.on_error) {
                     FailureAction::Reply {
