@@ -1115,37 +1115,20 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         let mut pool = PortPool::new(30000, 30099).unwrap();
         let mut s = Session::new("203.0.113.7".parse().unwrap());
         // Late offer: the callee's 200 offers, the caller's ACK answers.
-        s.describe(
-            &mut pool,
-            Side::B,
-            offer("10.1.1.1", 5000).as_bytes(),
-            None,
-            Repeat::Maybe,
-        )
-        .unwrap();
+        let (b_sdp, a_sdp) = (offer("10.1.1.1", 5000), offer("198.51.100.1", 4000));
+        s.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
+            .unwrap();
         assert!(!s.answered);
-        s.describe(
-            &mut pool,
-            Side::A,
-            offer("198.51.100.1", 4000).as_bytes(),
-            None,
-            Repeat::Maybe,
-        )
-        .unwrap();
+        s.describe(&mut pool, Side::A, a_sdp.as_bytes(), None, Repeat::Maybe)
+            .unwrap();
         assert!(s.answered);
         let facing_b = s.ports()[1];
         let nat = sock("192.0.2.9:7000");
         assert!(s.route(facing_b, nat).is_some(), "the private side latches");
         // A retransmitted 200 (or a hold re-INVITE naming the same address)
         // must not reopen the latch to whoever sends first.
-        s.describe(
-            &mut pool,
-            Side::B,
-            offer("10.1.1.1", 5000).as_bytes(),
-            None,
-            Repeat::Maybe,
-        )
-        .unwrap();
+        s.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
+            .unwrap();
         assert_eq!(s.route(facing_b, sock("203.0.113.66:7000")), None);
         assert!(s.route(facing_b, nat).is_some());
         assert_eq!(pool.in_use(), 2);

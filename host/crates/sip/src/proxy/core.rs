@@ -34,7 +34,7 @@ use crate::uri::{Host, Scheme, SipUri, Uri};
 
 mod relaying;
 
-use relaying::{call_id_text, Ending, StraySdp};
+use relaying::StraySdp;
 
 /// Prefix of every branch this proxy writes: the RFC 3261 magic cookie and a
 /// marker, then the loop-detection hash (16 hex digits), a dot and a random part.
@@ -2053,7 +2053,7 @@ impl Proxy {
                 // SRTP key) the relay stands in for.
                 Err(why) => {
                     relaying::strip_sdp(&mut rw, resp);
-                    refused = Some((id, why));
+                    refused = Some(why);
                 }
             }
         }
@@ -2064,27 +2064,8 @@ impl Proxy {
         }
         self.stats.forwarded_responses += 1;
         self.server_send(now, server, code, bytes);
-        let answered = initial && (200..300).contains(&code);
-        match refused {
-            // The answer to the initial offer, refused: the call could only
-            // be "connected, no audio", and ends once the caller has ACKed.
-            // Anywhere else (a 1xx, a re-INVITE's or an UPDATE's 2xx) the
-            // call goes on with the media it has; a reliable 1xx's answer
-            // is final (RFC 3262), so its 2xx ends the call.
-            Some((id, why)) => {
-                if !answered && code < 200 && resp.fields_named("RSeq").next().is_some() {
-                    self.media_doomed(id, &why);
-                }
-                let ending = answered.then_some(Ending::AfterAck);
-                self.media_failed(now, id, call_id_text(resp), why, ending);
-            }
-            None => {
-                if let (Some((id, _)), true) = (relayed, answered) {
-                    if let Some(why) = self.media_doom(id) {
-                        self.media_failed(now, id, call_id_text(resp), why, Some(Ending::AfterAck));
-                    }
-                }
-            }
+        if let Some((id, _)) = relayed {
+            self.media_sent(now, id, resp, code, initial, refused);
         }
     }
 

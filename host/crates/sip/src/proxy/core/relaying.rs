@@ -209,7 +209,7 @@ impl Proxy {
     /// without its SDP; `ending`: it was the answer completing the initial
     /// offer (in a 2xx or an ACK), so the call could only be "connected, no
     /// audio" and is ended with a BYE to each party.
-    pub(super) fn media_failed(
+    fn media_failed(
         &mut self,
         now: Instant,
         id: u64,
@@ -232,18 +232,39 @@ impl Proxy {
             .push_back(Event::MediaFailed { call_id, why, byes });
     }
 
-    /// A reliable provisional response's answer (RFC 3262) was refused: the
-    /// 2xx will carry none, and ends the call.
-    pub(super) fn media_doomed(&mut self, id: u64, why: &str) {
-        if let Some(d) = self.relayed.get_mut(id) {
-            d.doomed = Some(why.to_string());
+    /// Relayed dialog `id`'s response `resp` went upstream as `code`;
+    /// `refused`: why the relay refused its SDP (it went without it).
+    ///
+    /// The answer to the initial offer, refused, leaves a call that could
+    /// only be "connected, no audio": it ends once the caller has ACKed.
+    /// Anywhere else (a 1xx, a re-INVITE's or an UPDATE's 2xx) the call
+    /// goes on with the media it has, but a reliable 1xx's answer is final
+    /// (RFC 3262): the 2xx after it, carrying none, ends the call.
+    pub(super) fn media_sent(
+        &mut self,
+        now: Instant,
+        id: u64,
+        resp: &Message,
+        code: u16,
+        initial: bool,
+        refused: Option<String>,
+    ) {
+        let answered = initial && (200..300).contains(&code);
+        let why = match refused {
+            Some(why) => why,
+            None if answered => match self.relayed.get_mut(id).and_then(|d| d.doomed.take()) {
+                Some(why) => why,
+                None => return,
+            },
+            None => return,
+        };
+        if !answered && code < 200 && resp.fields_named("RSeq").next().is_some() {
+            if let Some(d) = self.relayed.get_mut(id) {
+                d.doomed = Some(why.clone());
+            }
         }
-    }
-
-    /// Why relayed dialog `id`'s answer was refused in a reliable
-    /// provisional response, once.
-    pub(super) fn media_doom(&mut self, id: u64) -> Option<String> {
-        self.relayed.get_mut(id)?.doomed.take()
+        let ending = answered.then_some(Ending::AfterAck);
+        self.media_failed(now, id, call_id_text(resp), why, ending);
     }
 
     /// The body a response of a relayed request goes on with (its SDP
@@ -480,7 +501,7 @@ fn reached_over_tls(target: &Target) -> bool {
 
 /// When the BYEs that end a relayed call go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ending {
+enum Ending {
     Now,
     /// Once the caller's ACK of the 2xx just sent has passed.
     AfterAck,
@@ -529,6 +550,6 @@ pub(super) fn strip_sdp(rw: &mut Rewrite<'_>, msg: &Message) {
     rw.set_body(Bytes::new());
 }
 
-pub(super) fn call_id_text(msg: &Message) -> String {
+fn call_id_text(msg: &Message) -> String {
     String::from_utf8_lossy(msg.call_id().unwrap_or_default()).into_owned()
 }

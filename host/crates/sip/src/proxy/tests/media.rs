@@ -131,6 +131,21 @@ fn media_of(m: &Message) -> sdp::MediaLine {
     sdp::inspect(m.body()).unwrap().media[0].clone()
 }
 
+/// What `out` sends to `party`, in order.
+fn sent_to<'a>(out: &'a [(SocketAddr, Transport, Message)], party: &str) -> Vec<&'a Message> {
+    out.iter()
+        .filter(|o| o.0 == addr(party))
+        .map(|o| &o.2)
+        .collect()
+}
+
+/// Alice's INVITE (SDP at 198.51.100.1:4000) in call `media-{branch}`, as
+/// it reaches Bob.
+fn alice_calls_bob(sim: &mut Sim, branch: &str) -> Message {
+    sim.udp(ALICE, &invite_with(branch, &sdp_at("198.51.100.1", 4000)));
+    sim.sent_to(BOB)
+}
+
 /// Bob's 200 to the INVITE `fwd`, with `sdp` (none if empty).
 fn ok_from_bob(fwd: &Message, sdp: &str) -> String {
     let ok = answer(
@@ -242,11 +257,7 @@ Content-Length: 0\r
 fn a_failed_or_refused_relayed_invite_holds_nothing() {
     let relay = TestRelay::new(30000, 30003);
     let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
-    sim.udp(
-        ALICE,
-        &invite_with("z9hG4bK-m2", &sdp_at("198.51.100.1", 4000)),
-    );
-    let fwd = sim.sent_to(BOB);
+    let fwd = alice_calls_bob(&mut sim, "z9hG4bK-m2");
     assert_eq!(relay.in_use(), 2);
     sim.udp(BOB, &answer(&fwd, 486, "Busy Here", "tb", ""));
     assert_eq!(sim.last_to(ALICE).status(), Some(486));
@@ -282,11 +293,7 @@ fn a_failed_or_refused_relayed_invite_holds_nothing() {
 fn a_media_timeout_sends_a_bye_to_each_party_as_if_from_the_other() {
     let relay = TestRelay::new(30000, 30099);
     let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
-    sim.udp(
-        ALICE,
-        &invite_with("z9hG4bK-m6", &sdp_at("198.51.100.1", 4000)),
-    );
-    let fwd = sim.sent_to(BOB);
+    let fwd = alice_calls_bob(&mut sim, "z9hG4bK-m6");
     sim.udp(BOB, &ok_from_bob(&fwd, &sdp_at("198.51.100.2", 5000)));
     sim.one(ALICE);
     let now = sim.clock.now();
@@ -386,11 +393,7 @@ fn srtp_termination_needs_tls_signalling_unless_configured_otherwise() {
 fn an_answer_the_relay_refuses_never_goes_on_with_its_sdp_and_ends_the_call() {
     let relay = TestRelay::new(30000, 30099);
     let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
-    sim.udp(
-        ALICE,
-        &invite_with("z9hG4bK-m12", &sdp_at("198.51.100.1", 4000)),
-    );
-    let fwd = sim.sent_to(BOB);
+    let fwd = alice_calls_bob(&mut sim, "z9hG4bK-m12");
     // Bob's SDP names his own address, but the relay cannot read it (a
     // port beyond 65535).
     let unreadable = "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\n\
@@ -428,11 +431,7 @@ t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
 
     sim.udp(ALICE, &ack_from_alice("z9hG4bK-m12"));
     let out = sim.out();
-    let to_bob: Vec<&Message> = out
-        .iter()
-        .filter(|o| o.0 == addr(BOB))
-        .map(|o| &o.2)
-        .collect();
+    let to_bob = sent_to(&out, BOB);
     let methods: Vec<Option<Method>> = to_bob.iter().map(|m| m.method()).collect();
     assert_eq!(
         methods,
@@ -476,11 +475,7 @@ t=0 0\r\nm=audio 70000 RTP/AVP 0\r\n";
 fn a_refused_answer_in_a_reliable_provisional_ends_the_call_at_its_2xx() {
     let relay = TestRelay::new(30000, 30099);
     let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
-    sim.udp(
-        ALICE,
-        &invite_with("z9hG4bK-m14", &sdp_at("198.51.100.1", 4000)),
-    );
-    let fwd = sim.sent_to(BOB);
+    let fwd = alice_calls_bob(&mut sim, "z9hG4bK-m14");
     // RFC 3262: the answer in a reliable 183 is the answer; the 2xx
     // carries none.
     let reliable = with_body(
@@ -526,11 +521,7 @@ fn an_answer_in_an_ack_the_relay_refuses_goes_on_without_it_and_ends_the_call() 
     );
     sim.udp(ALICE, &ack);
     let out = sim.out();
-    let to_bob: Vec<&Message> = out
-        .iter()
-        .filter(|o| o.0 == addr(BOB))
-        .map(|o| &o.2)
-        .collect();
+    let to_bob = sent_to(&out, BOB);
     let ack_out = to_bob
         .iter()
         .find(|m| m.method() == Some(Method::Ack))
