@@ -167,9 +167,8 @@ struct Call {
 
 struct CallState {
     session: Session,
-    sockets: HashMap<u16, Arc<UdpSocket>>,
-    /// The sockets' registrations with their worker.
-    reading: Vec<pump::Token>,
+    /// Each relay port's socket and its registration with the worker.
+    sockets: HashMap<u16, (Arc<UdpSocket>, pump::Token)>,
     created: Instant,
     answered_at: Option<Instant>,
     /// Packets counted at the last sweep, and since when that count stood.
@@ -320,8 +319,7 @@ impl Relay {
                 self.shared
                     .workers
                     .add(call.worker, sock.clone(), port, Arc::downgrade(call))?;
-            st.sockets.insert(port, sock);
-            st.reading.push(token);
+            st.sockets.insert(port, (sock, token));
         }
         Ok(())
     }
@@ -361,7 +359,6 @@ impl MediaRelay for Relay {
                     state: Mutex::new(CallState {
                         session,
                         sockets: HashMap::new(),
-                        reading: Vec::new(),
                         created: now,
                         answered_at: None,
                         seen: 0,
@@ -391,12 +388,14 @@ impl MediaRelay for Relay {
         for port in fresh {
             if let Err(e) = self.open(&entry, &mut st, port) {
                 warn!(port, error = %e, "relay port cannot be bound");
+                // Nothing of the refused description stays: a new call is
+                // gone, a re-offer withdrawn (its new ports back).
                 if new {
                     st.session.release(&mut table.pool);
-                    for t in st.reading.drain(..) {
-                        self.shared.workers.remove(t);
-                    }
+                } else {
+                    st.session.withdraw(&mut table.pool);
                 }
+                self.close_unheld(&mut st);
                 return Err(refusal(
                     503,
                     format!("Service Unavailable (relay port {port}: {e})"),
@@ -419,17 +418,41 @@ impl MediaRelay for Relay {
             return;
         };
         let mut st = lock(&call.state);
-        for t in st.reading.drain(..) {
-            self.shared.workers.remove(t);
-        }
-        st.sockets.clear();
         let streams = st.session.report();
         st.session.release(&mut table.pool);
+        self.close_unheld(&mut st);
         drop(st);
         call.counters.add_to(&mut table.retired);
         table.retired.add_streams(&streams);
         drop(table);
         log_ended(&call, &streams);
+    }
+
+    fn withdraw(&mut self, id: u64) {
+        let mut table = lock(&self.shared.table);
+        let Some(call) = table.calls.get(&id).cloned() else {
+            return;
+        };
+        let mut st = lock(&call.state);
+        if st.session.withdraw(&mut table.pool) {
+            self.close_unheld(&mut st);
+            debug!(call_id = %call.call_id, "relayed media: a refused offer withdrawn");
+        }
+    }
+}
+
+impl Relay {
+    /// Stops reading and closes the sockets of ports the call's session
+    /// no longer holds (all of them once it is released).
+    fn close_unheld(&self, st: &mut CallState) {
+        let held = st.session.ports();
+        st.sockets.retain(|port, (_, token)| {
+            let keep = held.contains(&(port & !1));
+            if !keep {
+                self.shared.workers.remove(*token);
+            }
+            keep
+        });
     }
 }
 
@@ -490,7 +513,7 @@ fn forward(call: &Call, port: u16, packet: &[u8], from: SocketAddr, buf: &mut Ve
         let mut st = lock(&call.state);
         match st.session.forward(now, port, from, buf) {
             Ok(route) => {
-                let out = st.sockets.get(&route.from_port).cloned();
+                let out = st.sockets.get(&route.from_port).map(|s| s.0.clone());
                 (route, out)
             }
             Err(Refused::Source) => {

@@ -65,8 +65,13 @@ impl SessionError {
 /// Whether a description may be one the relay already took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Repeat {
-    /// A request's (INVITE, re-INVITE, UPDATE): always a new offer or
-    /// answer, even in the same bytes as before (a session refresh).
+    /// An INVITE's or an UPDATE's: always a new offer (RFC 3261 §13.2.1,
+    /// RFC 3311), even in the same bytes as before (a session refresh) or
+    /// while the other party's offer awaits its answer (glare: both
+    /// requests will fail with 491, see [`Session::withdraw`]).
+    Offer,
+    /// Another request's (a PRACK's): new, the answer to a pending offer
+    /// or else an offer.
     Never,
     /// A response's or an ACK's: the same bytes as that party's last
     /// description are a resend (a 200 repeating its 183's answer, a 2xx or
@@ -185,14 +190,93 @@ impl Timing {
     }
 }
 
+/// A master key and the SRTP state kept under it (rollover counters,
+/// replay windows).
+#[derive(Debug)]
+struct Key {
+    crypto: Crypto,
+    ctx: srtp::Context,
+}
+
+impl Key {
+    fn new(crypto: Crypto) -> Result<Key, SrtpError> {
+        let ctx = srtp::Context::new(&crypto)?;
+        Ok(Key { crypto, ctx })
+    }
+
+    /// The same master key, salt and suite (the tag only names the line).
+    fn same(&self, c: &Crypto) -> bool {
+        self.crypto.suite == c.suite && self.crypto.key == c.key && self.crypto.salt == c.salt
+    }
+}
+
+/// The keys of a line whose SRTP the relay terminates.
+///
+/// A description that repeats a key (a hold, a session refresh) leaves its
+/// context be: replacing it would reset the rollover counter, and after the
+/// first 65,536 packets (22 minutes of audio) nothing would authenticate.
+/// The relay keeps its own key across descriptions too (no re-keying on a
+/// re-INVITE). A new key from the SRTP party is taken once a packet
+/// authenticates under it: until then its packets may still come under the
+/// old one (its description and its first packets under the new key race,
+/// and an offer may yet be refused).
 #[derive(Debug, Default)]
 struct Keys {
-    from_a: Option<srtp::Context>,
-    to_a: Option<srtp::Context>,
-    from_b: Option<srtp::Context>,
-    to_b: Option<srtp::Context>,
+    /// The SRTP party's key: what it sends is checked and decrypted with it.
+    theirs: Option<Key>,
+    /// Its new key, not heard in use yet.
+    next: Option<Key>,
+    /// The relay's key for that party: what it receives is encrypted with it.
+    ours: Option<Key>,
     /// The tag and suite the SRTP party offered, for the key answering it.
     offered: Option<(u32, Suite)>,
+}
+
+impl Keys {
+    /// Checks and decrypts a packet from the SRTP party, under its new key
+    /// when the current one refuses it (the new one then replaces it).
+    fn open(&mut self, rtcp: bool, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        let open = |k: &mut Key, packet: &mut Vec<u8>| {
+            if rtcp {
+                k.ctx.unprotect_rtcp(packet)
+            } else {
+                k.ctx.unprotect_rtp(packet)
+            }
+        };
+        let Some(current) = self.theirs.as_mut() else {
+            return Err(SrtpError::NoKey);
+        };
+        // A refused packet is left as it came (see `srtp::Context`).
+        let refused = match open(current, packet) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let Some(next) = self.next.as_mut() else {
+            return Err(refused);
+        };
+        open(next, packet).map_err(|_| refused)?;
+        self.theirs = self.next.take();
+        Ok(())
+    }
+
+    /// Encrypts a packet for the SRTP party.
+    fn seal(&mut self, rtcp: bool, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        let k = self.ours.as_mut().ok_or(SrtpError::NoKey)?;
+        if rtcp {
+            k.ctx.protect_rtcp(packet)
+        } else {
+            k.ctx.protect_rtp(packet)
+        }
+    }
+
+    /// The SRTP party's key from a description that went through.
+    fn take_theirs(&mut self, key: Key) {
+        match &self.theirs {
+            None => self.theirs = Some(key),
+            Some(current) if current.same(&key.crypto) => self.next = None,
+            Some(_) => self.next = Some(key),
+        }
+    }
 }
 
 impl Stream {
@@ -217,6 +301,57 @@ impl Stream {
             timing_b: Timing::default(),
             rx_a: Reception::default(),
             rx_b: Reception::default(),
+        }
+    }
+
+    /// What the descriptions so far made of this line (see [`Agreed`]).
+    fn terms(&self) -> Terms {
+        Terms {
+            a_sdp: self.a_sdp,
+            b_sdp: self.b_sdp,
+            a_said: self.a_said,
+            b_said: self.b_said,
+            from_a: self.from_a.clone(),
+            from_b: self.from_b.clone(),
+            held: self.held,
+            kind: self.kind.clone(),
+            a_formats: self.a_formats.clone(),
+            b_formats: self.b_formats.clone(),
+            a_srtp: self.a_srtp,
+            b_srtp: self.b_srtp,
+            timing_a: self.timing_a.clone(),
+            timing_b: self.timing_b.clone(),
+            offered: self.keys.offered,
+            had_next: self.keys.next.is_some(),
+        }
+    }
+
+    /// Back to `t`. A latch comes back only where the refused offer had
+    /// moved the party (else it kept what it heard since), and the SRTP
+    /// party's key only where the refused offer brought a new one that has
+    /// not been heard in use.
+    fn restore(&mut self, t: Terms) {
+        if self.a_said != t.a_said {
+            self.from_a = t.from_a;
+        }
+        if self.b_said != t.b_said {
+            self.from_b = t.from_b;
+        }
+        self.a_sdp = t.a_sdp;
+        self.b_sdp = t.b_sdp;
+        self.a_said = t.a_said;
+        self.b_said = t.b_said;
+        self.held = t.held;
+        self.kind = t.kind;
+        self.a_formats = t.a_formats;
+        self.b_formats = t.b_formats;
+        self.a_srtp = t.a_srtp;
+        self.b_srtp = t.b_srtp;
+        self.timing_a = t.timing_a;
+        self.timing_b = t.timing_b;
+        self.keys.offered = t.offered;
+        if !t.had_next {
+            self.keys.next = None;
         }
     }
 
@@ -248,13 +383,12 @@ pub struct StreamReport {
     pub from_b: Report,
 }
 
-/// SRTP keys to install on one stream once a description went through.
+/// What a description does to one stream's SRTP keys once it went through.
 struct KeyChange {
     edit: CryptoEdit,
-    /// The SRTP party's own key (decrypts what it sends).
-    from_srtp: Option<srtp::Context>,
-    /// The relay's key for that party (encrypts what it receives).
-    to_srtp: Option<srtp::Context>,
+    /// The SRTP party's key (from its description, see [`Keys::take_theirs`]),
+    /// or the relay's new key for it (None: the relay's stays).
+    key: Option<Key>,
     offered: Option<(u32, Suite)>,
 }
 
@@ -280,6 +414,38 @@ pub struct Route {
     pub to: SocketAddr,
 }
 
+/// One line as the descriptions so far made it, kept while an offer is
+/// pending (see [`Agreed`]).
+#[derive(Debug, Clone)]
+struct Terms {
+    a_sdp: Option<SocketAddr>,
+    b_sdp: Option<SocketAddr>,
+    a_said: Option<SocketAddr>,
+    b_said: Option<SocketAddr>,
+    from_a: Latch,
+    from_b: Latch,
+    held: bool,
+    kind: String,
+    a_formats: Vec<Format>,
+    b_formats: Vec<Format>,
+    a_srtp: bool,
+    b_srtp: bool,
+    timing_a: Timing,
+    timing_b: Timing,
+    offered: Option<(u32, Suite)>,
+    had_next: bool,
+}
+
+/// The media both parties last agreed on, kept from a new offer until its
+/// answer: a refused offer (a re-INVITE or UPDATE that failed, 491 on
+/// glare) leaves the session as it was (RFC 3264 §8), see
+/// [`Session::withdraw`].
+#[derive(Debug)]
+struct Agreed {
+    streams: Vec<Terms>,
+    last: [Option<Said>; 2],
+}
+
 /// One call's relay state.
 pub struct Session {
     relay: IpAddr,
@@ -300,13 +466,16 @@ pub struct Session {
     offer_suite: Suite,
     /// Each party's last description and what the relay made of it (A, B).
     last: [Option<Said>; 2],
+    /// While an offer in an answered call awaits its answer: what it
+    /// replaces.
+    agreed: Option<Agreed>,
 }
 
 /// A description as received and what was passed on for it: the same bytes again (a retransmitted 2xx, an ACK or
 /// INVITE resent) get the same answer and change nothing. Taken anew, a
 /// repeated answer would count as an offer (no offer is pending any more),
 /// and the relay's SRTP key would change under a party that already has it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Said {
     input: Vec<u8>,
     output: Vec<u8>,
@@ -343,6 +512,7 @@ impl Session {
             epoch: None,
             offer_suite: Suite::AesCm128HmacSha1_80,
             last: [None, None],
+            agreed: None,
         }
     }
 
@@ -375,7 +545,7 @@ impl Session {
         let slot = side as usize;
         // A resend changes nothing, roles included: a 2xx resent after the
         // ACK must not turn a late offer into one awaiting an answer again.
-        if repeat != Repeat::Never {
+        if matches!(repeat, Repeat::Maybe | Repeat::Only) {
             if let Some(said) = self.last[slot].as_ref().filter(|s| s.input == sdp_bytes) {
                 // …but the same answer to a new offer (a session refresh)
                 // still completes that exchange.
@@ -388,7 +558,7 @@ impl Session {
         if repeat == Repeat::Only {
             return Err(SessionError::NotAResend);
         }
-        let offer = self.pending_offer != Some(side.other());
+        let offer = repeat == Repeat::Offer || self.pending_offer != Some(side.other());
         let output = if offer {
             self.offer(pool, side, sdp_bytes, signalled_from)?
         } else {
@@ -434,6 +604,12 @@ impl Session {
         signalled_from: Option<IpAddr>,
     ) -> Result<Vec<u8>, SessionError> {
         let d = sdp::inspect(sdp_bytes)?;
+        // In an answered call, what this offer replaces until its answer
+        // (glare: the first pending offer's still stands for it).
+        let agreed = (self.answered && self.agreed.is_none()).then(|| Agreed {
+            streams: self.streams.iter().map(Stream::terms).collect(),
+            last: self.last.clone(),
+        });
         let active = d.media.iter().filter(|m| m.port != 0).count();
         // New media lines get their port pairs first; on any error they are
         // given back and the session is as it was.
@@ -469,6 +645,9 @@ impl Session {
         self.install(side, changes);
         self.learn(side, &d, signalled_from);
         self.pending_offer = Some(side);
+        if agreed.is_some() {
+            self.agreed = agreed;
+        }
         Ok(out)
     }
 
@@ -491,7 +670,25 @@ impl Session {
         self.learn(side, &d, signalled_from);
         self.answered = true;
         self.pending_offer = None;
+        self.agreed = None;
         Ok(out)
+    }
+
+    /// The pending offer was refused (its re-INVITE or UPDATE failed, or
+    /// never went out): the session is again what both parties last agreed
+    /// on, and the ports of media lines the offer added go back. False when
+    /// no offer of an answered call was pending (nothing changes).
+    pub fn withdraw(&mut self, pool: &mut PortPool) -> bool {
+        let Some(agreed) = self.agreed.take() else {
+            return false;
+        };
+        self.pending_offer = None;
+        self.forget_from(agreed.streams.len(), pool);
+        for (s, t) in self.streams.iter_mut().zip(agreed.streams) {
+            s.restore(t);
+        }
+        self.last = agreed.last;
+        true
     }
 
     /// Gives every port back (BYE, CANCEL, a failed call, a media timeout).
@@ -501,6 +698,7 @@ impl Session {
         }
         self.streams.clear();
         self.last = [None, None];
+        self.agreed = None;
     }
 
     /// A well-formed packet arrived on relay port `port` from `from`: where it
@@ -534,36 +732,18 @@ impl Session {
         }
         .map_err(Refused::Malformed)?;
         let (i, sender, route) = self.route_from(port, from).ok_or(Refused::Source)?;
-        let srtp_sender = self.terminate.as_ref().is_some_and(|(s, _)| *s == sender);
-        let terminating = self.terminate.is_some();
+        let srtp_party = self.terminate.as_ref().map(|(s, _)| *s);
+        let terminating = srtp_party.is_some();
         let at = now.saturating_duration_since(*self.epoch.get_or_insert(now));
         let stream = &mut self.streams[i];
-        let (rx, tx, timing, reception) = match sender {
-            Side::A => (
-                &mut stream.keys.from_a,
-                &mut stream.keys.to_b,
-                &stream.timing_a,
-                &mut stream.rx_a,
-            ),
-            Side::B => (
-                &mut stream.keys.from_b,
-                &mut stream.keys.to_a,
-                &stream.timing_b,
-                &mut stream.rx_b,
-            ),
+        let (timing, reception) = match sender {
+            Side::A => (&stream.timing_a, &mut stream.rx_a),
+            Side::B => (&stream.timing_b, &mut stream.rx_b),
         };
-        if rx.is_none() && srtp_sender {
-            // SRTP whose key is not known yet: never forwarded as if plain.
-            return Err(Refused::Srtp(SrtpError::NoKey));
-        }
         let rtcp = port % 2 == 1 || matches!(kind, Packet::Rtcp { .. });
-        if let Some(c) = rx {
-            let r = if rtcp {
-                c.unprotect_rtcp(packet)
-            } else {
-                c.unprotect_rtp(packet)
-            };
-            r.map_err(Refused::Srtp)?;
+        if srtp_party == Some(sender) {
+            // Without a key it is refused, never forwarded as if plain.
+            stream.keys.open(rtcp, packet).map_err(Refused::Srtp)?;
             if !rtcp {
                 rtp::classify(packet).map_err(Refused::Malformed)?;
             }
@@ -596,13 +776,9 @@ impl Session {
             }
             _ => reception.rtcp(packet.len()),
         }
-        if let Some(c) = tx {
-            let r = if rtcp {
-                c.protect_rtcp(packet)
-            } else {
-                c.protect_rtp(packet)
-            };
-            r.map_err(Refused::Srtp)?;
+        if srtp_party == Some(sender.other()) {
+            // Plain media never goes to the SRTP party, keyed or not.
+            stream.keys.seal(rtcp, packet).map_err(Refused::Srtp)?;
         }
         Ok(route)
     }
@@ -695,20 +871,19 @@ impl Session {
             if side == srtp_side {
                 // The SRTP party's key: the first suite the relay runs.
                 let mut refused = Vec::new();
-                let theirs = m.crypto.iter().find_map(|v| match Crypto::parse(v) {
-                    Ok(c) => match srtp::Context::new(&c) {
-                        Ok(ctx) => Some((c, ctx)),
+                let theirs = m.crypto.iter().find_map(|v| {
+                    match Crypto::parse(v)
+                        .map_err(|e| e.to_string())
+                        .and_then(|c| Key::new(c).map_err(|e| e.to_string()))
+                    {
+                        Ok(k) => Some(k),
                         Err(e) => {
-                            refused.push(e.to_string());
+                            refused.push(e);
                             None
                         }
-                    },
-                    Err(e) => {
-                        refused.push(e.to_string());
-                        None
                     }
                 });
-                let Some((c, ctx)) = theirs else {
+                let Some(key) = theirs else {
                     let why = if m.crypto.is_empty() {
                         "no a=crypto on the SRTP leg".to_string()
                     } else {
@@ -719,30 +894,50 @@ impl Session {
                     };
                     return Err(SessionError::Srtp(why));
                 };
+                let offered = (!answering).then_some((key.crypto.tag, key.crypto.suite));
                 out.push(KeyChange {
                     edit: CryptoEdit::Strip,
-                    from_srtp: Some(ctx),
-                    to_srtp: None,
-                    offered: (!answering).then_some((c.tag, c.suite)),
+                    key: Some(key),
+                    offered,
                 });
             } else {
-                // The relay's key for the SRTP party: a fresh one for an
-                // offer, the suite and tag it offered for an answer.
+                // The relay's key for the SRTP party: the one it has, in the
+                // suite (and under the tag) its offer asked for when
+                // answering; a fresh one where it has none that fits.
                 let (tag, suite) = if answering {
                     self.streams
                         .get(i)
                         .and_then(|s| s.keys.offered)
                         .ok_or_else(|| SessionError::Srtp("no SRTP offer to answer".into()))?
                 } else {
-                    (1, self.offer_suite)
+                    self.streams
+                        .get(i)
+                        .and_then(|s| s.keys.ours.as_ref())
+                        .map_or((1, self.offer_suite), |k| (k.crypto.tag, k.crypto.suite))
                 };
-                let ours = Crypto::generate(tag, suite, |b| keygen(b));
-                let ctx =
-                    srtp::Context::new(&ours).map_err(|e| SessionError::Srtp(e.to_string()))?;
+                let current = self
+                    .streams
+                    .get(i)
+                    .and_then(|s| s.keys.ours.as_ref())
+                    .filter(|k| k.crypto.suite == suite);
+                let (crypto, key) = match current {
+                    Some(k) => (
+                        Crypto {
+                            tag,
+                            ..k.crypto.clone()
+                        },
+                        None,
+                    ),
+                    None => {
+                        let ours = Crypto::generate(tag, suite, |b| keygen(b));
+                        let key = Key::new(ours.clone())
+                            .map_err(|e| SessionError::Srtp(e.to_string()))?;
+                        (ours, Some(key))
+                    }
+                };
                 out.push(KeyChange {
-                    edit: CryptoEdit::Set(ours.to_value()),
-                    from_srtp: None,
-                    to_srtp: Some(ctx),
+                    edit: CryptoEdit::Set(crypto.to_value()),
+                    key,
                     offered: None,
                 });
             }
@@ -756,15 +951,13 @@ impl Session {
             return;
         };
         for (s, c) in self.streams.iter_mut().zip(changes) {
-            let (from, to) = match srtp_side {
-                Side::A => (&mut s.keys.from_a, &mut s.keys.to_a),
-                Side::B => (&mut s.keys.from_b, &mut s.keys.to_b),
-            };
             if side == srtp_side {
-                *from = c.from_srtp;
+                if let Some(key) = c.key {
+                    s.keys.take_theirs(key);
+                }
                 s.keys.offered = c.offered;
-            } else {
-                *to = c.to_srtp;
+            } else if let Some(key) = c.key {
+                s.keys.ours = Some(key);
             }
         }
     }
@@ -1179,13 +1372,14 @@ m=audio 5000 RTP/SAVP 0\r\na=crypto:{}\r\n",
             Err(SessionError::NotAResend)
         );
         // A session refresh: A's INVITE in the same bytes is a new offer
-        // (a new relay key for B), and B's answer in its old bytes completes
-        // it: B's own re-INVITE afterwards is an offer again.
+        // (the relay keeps its key for B: no re-keying), and B's answer in
+        // its old bytes completes it: B's own re-INVITE afterwards is an
+        // offer again.
         let refresh = text(
-            s.describe(&mut pool, Side::A, a_offer.as_bytes(), None, Repeat::Never)
+            s.describe(&mut pool, Side::A, a_offer.as_bytes(), None, Repeat::Offer)
                 .unwrap(),
         );
-        assert!(refresh.contains("a=crypto") && refresh != to_b, "a new key");
+        assert_eq!(refresh, to_b, "the same ports and the same key");
         s.describe(&mut pool, Side::B, b_answer.as_bytes(), None, Repeat::Maybe)
             .unwrap();
         let b_reoffer = b_answer.replace("5000", "5004");
@@ -1377,5 +1571,265 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         s.answer(Side::B, offer("198.51.100.2", 5000).as_bytes(), None)
             .unwrap();
         assert!(!s.on_hold(), "resumed");
+    }
+
+    #[test]
+    fn a_refused_re_offer_leaves_the_call_as_it_was() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let (mut s, fa, fb, a, b) = call(&mut pool, "RTP/AVP 0", "RTP/AVP 0");
+        let mut p = rtp(0, 1, 160);
+        assert_eq!(s.forward(now(), fa, a, &mut p).unwrap().to, b);
+        // A moves and adds video; B refuses it (488, or 491 on glare).
+        let moved = format!(
+            "{}m=video 4010 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+            offer("198.51.100.9", 4002)
+        );
+        s.describe(&mut pool, Side::A, moved.as_bytes(), None, Repeat::Offer)
+            .unwrap();
+        assert_eq!((s.ports().len(), pool.in_use()), (4, 4));
+        assert!(s.withdraw(&mut pool));
+        assert!(!s.withdraw(&mut pool), "nothing pending any more");
+        assert_eq!(
+            (s.ports(), pool.in_use()),
+            (vec![fa, fb], 2),
+            "video's ports back"
+        );
+        // A's media still comes from where it was heard and goes where it
+        // was going; B's goes to A's old address.
+        let mut p = rtp(0, 2, 320);
+        assert_eq!(s.forward(now(), fa, a, &mut p).unwrap().to, b);
+        let mut p = rtp(0, 1, 160);
+        assert_eq!(s.forward(now(), fb, b, &mut p).unwrap().to, a);
+        let mut p = rtp(0, 3, 480);
+        assert_eq!(
+            s.forward(now(), fa, sock("198.51.100.9:4002"), &mut p),
+            Err(Refused::Source),
+            "the refused offer's address never latched"
+        );
+        // No offer pending: B's answer-shaped SDP in a PRACK or a 2xx
+        // is an offer now, and its answer completes it.
+        s.describe(
+            &mut pool,
+            Side::B,
+            offer("198.51.100.2", 5000).as_bytes(),
+            None,
+            Repeat::Never,
+        )
+        .unwrap();
+        s.describe(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
+        assert!(!s.withdraw(&mut pool), "answered: nothing to withdraw");
+    }
+
+    #[test]
+    fn glare_takes_both_offers_as_offers_and_withdraws_to_what_was_agreed() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let (mut s, fa, fb, a, b) = call(&mut pool, "RTP/AVP 0", "RTP/AVP 0");
+        // Both re-INVITE at once, each moving its media: B's offer is no
+        // answer to A's.
+        let held = format!("{}a=sendonly\r\n", offer("198.51.100.1", 4004));
+        s.describe(&mut pool, Side::A, held.as_bytes(), None, Repeat::Offer)
+            .unwrap();
+        s.describe(
+            &mut pool,
+            Side::B,
+            offer("198.51.100.2", 5008).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        assert!(s.withdraw(&mut pool), "an offer was pending, not answered");
+        // Both failed with 491: each party's media goes where it went.
+        assert!(!s.withdraw(&mut pool));
+        let mut p = rtp(0, 1, 160);
+        assert_eq!(
+            s.forward(now(), fa, a, &mut p).unwrap().to,
+            b,
+            "B's old port"
+        );
+        let mut p = rtp(0, 1, 160);
+        assert_eq!(
+            s.forward(now(), fb, b, &mut p).unwrap().to,
+            a,
+            "A's old port"
+        );
+        assert!(!s.on_hold());
+    }
+
+    /// SDP with one SRTP audio line under `key`.
+    fn savp(addr: &str, port: u16, key: &Crypto) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\n\
+m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
+            key.to_value()
+        )
+    }
+
+    #[test]
+    fn srtp_contexts_outlive_re_invites_and_a_new_key_takes_over_once_heard() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        let mut n = 0u8;
+        s.terminate_srtp(
+            Side::A,
+            Box::new(move |b| {
+                n = n.wrapping_add(1);
+                b.fill(n);
+            }),
+        );
+        let (a, b) = (sock("198.51.100.1:4000"), sock("198.51.100.2:5000"));
+        let old = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(7));
+        let new = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(8));
+        let to_b = s
+            .describe(
+                &mut pool,
+                Side::A,
+                savp("198.51.100.1", 4000, &old).as_bytes(),
+                None,
+                Repeat::Offer,
+            )
+            .unwrap();
+        assert!(!String::from_utf8(to_b).unwrap().contains("crypto"));
+        let answer = s
+            .describe(
+                &mut pool,
+                Side::B,
+                offer("198.51.100.2", 5000).as_bytes(),
+                None,
+                Repeat::Maybe,
+            )
+            .unwrap();
+        let (fa, fb) = (s.ports()[0], s.ports()[1]);
+        let mut sender = srtp::Context::new(&old).unwrap();
+        let send = |ctx: &mut srtp::Context, s: &mut Session, seq: u16| {
+            let mut p = rtp(0, seq, u32::from(seq) * 160);
+            ctx.protect_rtp(&mut p).unwrap();
+            s.forward(now(), fa, a, &mut p).map(|_| p)
+        };
+        // Past the first rollover of the sequence number (ROC 1).
+        for seq in [65_530u16, 65_535, 0, 1] {
+            assert!(send(&mut sender, &mut s, seq).is_ok(), "seq {seq}");
+        }
+        // A hold and a resume in A's same key, one from each party: the
+        // context (its rollover counter) goes on, and the relay's key too.
+        let held = format!("{}a=sendonly\r\n", savp("198.51.100.1", 4000, &old));
+        s.describe(&mut pool, Side::A, held.as_bytes(), None, Repeat::Offer)
+            .unwrap();
+        let again = s
+            .describe(
+                &mut pool,
+                Side::B,
+                offer("198.51.100.2", 5000).as_bytes(),
+                None,
+                Repeat::Maybe,
+            )
+            .unwrap();
+        assert_eq!(again, answer, "the relay's key is kept");
+        let to_a = s
+            .describe(
+                &mut pool,
+                Side::B,
+                offer("198.51.100.2", 5000).as_bytes(),
+                None,
+                Repeat::Offer,
+            )
+            .unwrap();
+        let relay_key = |sdp: &[u8]| sdp::inspect(sdp).unwrap().media[0].crypto[0].clone();
+        assert_eq!(relay_key(&to_a), relay_key(&answer));
+        s.describe(
+            &mut pool,
+            Side::A,
+            savp("198.51.100.1", 4000, &old).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
+        assert!(send(&mut sender, &mut s, 2).is_ok(), "ROC 1 still known");
+        // What the relay sends A decrypts under the key it gave A first.
+        let mut rx = srtp::Context::new(&Crypto::parse(&relay_key(&answer)).unwrap()).unwrap();
+        let mut p = rtp(0, 9, 1440);
+        s.forward(now(), fb, b, &mut p).unwrap();
+        rx.unprotect_rtp(&mut p).unwrap();
+
+        // A re-offers a new key; B refuses: the old key goes on, the new
+        // one is never taken.
+        let mut renewed = srtp::Context::new(&new).unwrap();
+        s.describe(
+            &mut pool,
+            Side::A,
+            savp("198.51.100.1", 4000, &new).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        assert!(
+            send(&mut sender, &mut s, 3).is_ok(),
+            "the old key until the answer"
+        );
+        assert!(s.withdraw(&mut pool));
+        assert_eq!(
+            send(&mut renewed, &mut s, 4),
+            Err(Refused::Srtp(SrtpError::Auth))
+        );
+        assert!(send(&mut sender, &mut s, 5).is_ok());
+        // Again, accepted: packets under either key pass until the first
+        // under the new one; then only the new one does.
+        s.describe(
+            &mut pool,
+            Side::A,
+            savp("198.51.100.1", 4000, &new).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        s.describe(
+            &mut pool,
+            Side::B,
+            offer("198.51.100.2", 5000).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
+        assert!(
+            send(&mut sender, &mut s, 6).is_ok(),
+            "in flight under the old key"
+        );
+        assert!(send(&mut renewed, &mut s, 7).is_ok(), "the new key, heard");
+        assert_eq!(
+            send(&mut sender, &mut s, 8),
+            Err(Refused::Srtp(SrtpError::Auth))
+        );
+        assert!(send(&mut renewed, &mut s, 9).is_ok());
+    }
+
+    #[test]
+    fn plain_media_never_reaches_the_srtp_party_before_its_key() {
+        // A's leg is SRTP: until the relay has answered A with its key,
+        // nothing B sends goes to A (it used to go plain).
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.terminate_srtp(Side::A, Box::new(|b| b.fill(3)));
+        let key = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(7));
+        s.describe(
+            &mut pool,
+            Side::A,
+            savp("198.51.100.1", 4000, &key).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        let fb = s.ports()[1];
+        // B's early packet, before the relay answered A with its key.
+        let mut p = rtp(0, 1, 160);
+        assert_eq!(
+            s.forward(now(), fb, sock("198.51.100.2:5000"), &mut p),
+            Err(Refused::Srtp(SrtpError::NoKey))
+        );
     }
 }

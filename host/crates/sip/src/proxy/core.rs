@@ -1935,9 +1935,14 @@ impl Proxy {
                 .to()
                 .and_then(Result::ok)
                 .is_some_and(|t| t.tag().is_none());
-        if let (Some((id, _)), true) = (c.media, initial) {
+        match (c.media, initial) {
             // The call failed: its relay goes too.
-            self.release_media(id);
+            (Some((id, _)), true) => self.release_media(id),
+            // A re-INVITE or UPDATE failed: its offer goes too.
+            (Some((id, _)), false) if matches!(c.method, Method::Invite | Method::Update) => {
+                self.media_refused(id);
+            }
+            _ => {}
         }
         let Some(c) = self.contexts.get_mut(ctx) else {
             return;

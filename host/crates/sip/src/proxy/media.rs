@@ -101,6 +101,11 @@ pub trait MediaRelay: Send {
     fn describe(&mut self, call: &MediaCall<'_>, sdp: &[u8]) -> Result<Vec<u8>, MediaRefusal>;
     /// The dialog ended: every port back. Unknown ids are ignored.
     fn release(&mut self, id: u64);
+    /// The offer pending in the dialog was refused (its re-INVITE or
+    /// UPDATE failed): its media goes on as last agreed, and ports the
+    /// offer took go back. Unknown ids, and dialogs with no offer pending,
+    /// are ignored.
+    fn withdraw(&mut self, id: u64);
 }
 
 /// No relay configured: a router asking for one gets a 500 naming it.
@@ -116,6 +121,8 @@ impl MediaRelay for NoRelay {
     }
 
     fn release(&mut self, _: u64) {}
+
+    fn withdraw(&mut self, _: u64) {}
 }
 
 /// What a BYE to one party needs: where it goes and the dialog as that party

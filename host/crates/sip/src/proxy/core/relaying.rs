@@ -439,14 +439,14 @@ impl Proxy {
         signalled_from: Option<IpAddr>,
         late: bool,
     ) -> Result<Option<Message>, MediaRefusal> {
-        // A request's SDP is always new (a refresh may repeat its bytes); a
-        // response's or an ACK's may be a resend.
-        let repeat = if late {
-            Repeat::Only
-        } else if msg.is_request() && msg.method() != Some(Method::Ack) {
-            Repeat::Never
-        } else {
-            Repeat::Maybe
+        // A request's SDP is always new (a refresh may repeat its bytes),
+        // and an INVITE's or UPDATE's an offer; a response's or an ACK's
+        // may be a resend.
+        let repeat = match msg.method() {
+            _ if late => Repeat::Only,
+            Some(Method::Invite | Method::Update) if msg.is_request() => Repeat::Offer,
+            Some(m) if msg.is_request() && m != Method::Ack => Repeat::Never,
+            _ => Repeat::Maybe,
         };
         if !media::has_sdp(msg) {
             return Ok(None);
@@ -464,10 +464,22 @@ impl Proxy {
         rw.set_body(Bytes::from(sdp));
         Message::parse(rw.finish(), Framing::Exact)
             .map(Some)
-            .map_err(|e| MediaRefusal {
-                status: 500,
-                reason: format!("Server Internal Error (relayed SDP unusable: {e:?})"),
+            .map_err(|e| {
+                // Refused after all: an offer it made is not pending.
+                self.media.withdraw(id);
+                MediaRefusal {
+                    status: 500,
+                    reason: format!("Server Internal Error (relayed SDP unusable: {e:?})"),
+                }
             })
+    }
+
+    /// A relayed dialog's re-INVITE or UPDATE failed: an offer it carried is
+    /// withdrawn (RFC 3264 §8: the session stays as it was).
+    pub(super) fn media_refused(&mut self, id: u64) {
+        if self.relayed.get_mut(id).is_some() {
+            self.media.withdraw(id);
+        }
     }
 }
 

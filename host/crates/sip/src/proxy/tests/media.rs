@@ -74,6 +74,14 @@ impl MediaRelay for TestRelay {
         }
         released.push(id);
     }
+
+    fn withdraw(&mut self, id: u64) {
+        let mut st = self.0.lock().unwrap();
+        let State { pool, sessions, .. } = &mut *st;
+        if let Some(s) = sessions.get_mut(&id) {
+            s.withdraw(pool.as_mut().unwrap());
+        }
+    }
 }
 
 /// Forwards every initial request to Bob with `mode`.
@@ -538,4 +546,125 @@ fn an_answer_in_an_ack_the_relay_refuses_goes_on_without_it_and_ends_the_call() 
         .iter()
         .any(|o| o.0 == addr(ALICE) && o.2.method() == Some(Method::Bye)));
     assert_eq!(relay.in_use(), 0);
+}
+
+/// A response to the in-dialog request `req`: its dialog's own headers.
+fn reply_in_dialog(req: &Message, code: u16, reason: &str) -> String {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for f in req.fields_all() {
+        if matches!(
+            f.name,
+            HeaderName::Via
+                | HeaderName::From
+                | HeaderName::To
+                | HeaderName::CallId
+                | HeaderName::CSeq
+        ) {
+            s.push_str(&String::from_utf8_lossy(&req.as_bytes()[f.line.range()]));
+        }
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s
+}
+
+/// A re-INVITE in call `media-{call}` from `who` ("alice" or "bob") with
+/// `sdp`.
+fn reinvite(call: &str, who: &str, branch: &str, cseq: u32, sdp: &str) -> String {
+    let (from, to, ruri, port, from_tag, to_tag) = match who {
+        "alice" => (
+            "alice@a.example",
+            "bob@b.example",
+            "bob@127.0.0.1:5080",
+            5070,
+            "fa",
+            "tb",
+        ),
+        _ => (
+            "bob@b.example",
+            "alice@a.example",
+            "alice@127.0.0.1:5070",
+            5080,
+            "tb",
+            "fa",
+        ),
+    };
+    with_body(
+        &format!(
+            "INVITE sip:{ruri} SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r
+Route: <sip:127.0.0.1:5060;lr>\r
+Max-Forwards: 70\r
+From: <sip:{from}>;tag={from_tag}\r
+To: <sip:{to}>;tag={to_tag}\r
+Call-ID: media-{call}\r
+CSeq: {cseq} INVITE\r
+Content-Length: 0\r
+\r
+"
+        ),
+        sdp,
+    )
+}
+
+#[test]
+fn re_invites_refused_in_glare_leave_the_relayed_media_as_it_was() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    let call = "z9hG4bK-m9";
+    let fwd = alice_calls_bob(&mut sim, call);
+    let to_bob = media_of(&fwd);
+    sim.udp(BOB, &ok_from_bob(&fwd, &sdp_at("198.51.100.2", 5000)));
+    let to_alice = media_of(&sim.one(ALICE));
+    sim.udp(ALICE, &ack_from_alice(call));
+    sim.out();
+    assert_eq!(relay.in_use(), 2);
+    let alice = SocketAddr::from(([198, 51, 100, 1], 4000));
+    let bob = SocketAddr::from(([198, 51, 100, 2], 5000));
+    let route = |relay: &TestRelay, port: u16, from: SocketAddr| {
+        let mut st = relay.0.lock().unwrap();
+        let s = st.sessions.values_mut().next().unwrap();
+        s.route(port, from).map(|r| r.to)
+    };
+    assert_eq!(route(&relay, to_alice.port, alice), Some(bob));
+
+    // Both re-INVITE at once: Bob moves and adds video, Alice holds.
+    let video = "m=video 6002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n";
+    let moved = format!("{}{video}", sdp_at("198.51.100.9", 6000));
+    sim.udp(BOB, &reinvite(call, "bob", "z9hG4bK-m9b", 7, &moved));
+    let bobs = sim.sent_to(ALICE);
+    assert_eq!(relay.in_use(), 4, "video's ports");
+    let held = sdp_at("198.51.100.1", 4000).replace("sendrecv", "sendonly");
+    sim.udp(ALICE, &reinvite(call, "alice", "z9hG4bK-m9a", 2, &held));
+    let alices = sim.sent_to(BOB);
+    // Alice's offer is an offer: it points Bob at his own relay port, and
+    // is not taken as the answer to Bob's.
+    assert_eq!(media_of(&alices).port, to_bob.port);
+    // Each party refuses the other's: 491.
+    sim.udp(ALICE, &reply_in_dialog(&bobs, 491, "Request Pending"));
+    assert_eq!(sim.last_to(BOB).status(), Some(491));
+    sim.udp(BOB, &reply_in_dialog(&alices, 491, "Request Pending"));
+    assert_eq!(sim.last_to(ALICE).status(), Some(491));
+    assert_eq!(relay.in_use(), 2, "the refused offer's ports are back");
+    // Media goes where both last agreed: to Bob's old address.
+    assert_eq!(route(&relay, to_alice.port, alice), Some(bob));
+
+    // A re-INVITE answered with 2xx still moves it.
+    sim.udp(
+        BOB,
+        &reinvite(call, "bob", "z9hG4bK-m9c", 8, &sdp_at("198.51.100.9", 6000)),
+    );
+    let again = sim.sent_to(ALICE);
+    let ok = with_body(
+        &reply_in_dialog(&again, 200, "OK").replace(
+            "Content-Length: 0\r\n\r\n",
+            "Contact: <sip:alice@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n",
+        ),
+        &sdp_at("198.51.100.1", 4000),
+    );
+    sim.udp(ALICE, &ok);
+    assert_eq!(sim.last_to(BOB).status(), Some(200));
+    assert_eq!(
+        route(&relay, to_alice.port, alice),
+        Some(SocketAddr::from(([198, 51, 100, 9], 6000)))
+    );
 }
