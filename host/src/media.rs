@@ -390,10 +390,12 @@ impl MediaRelay for Relay {
                 warn!(port, error = %e, "relay port cannot be bound");
                 // Nothing of the refused description stays: a new call is
                 // gone, a re-offer withdrawn (its new ports back).
+                // (Fresh ports come of an offer. On glare, the first
+                // offer goes too: the second was refused, so both will be.)
                 if new {
                     st.session.release(&mut table.pool);
                 } else {
-                    st.session.withdraw(&mut table.pool);
+                    st.session.withdraw(&mut table.pool, side);
                 }
                 self.close_unheld(&mut st);
                 return Err(refusal(
@@ -428,13 +430,17 @@ impl MediaRelay for Relay {
         log_ended(&call, &streams);
     }
 
-    fn withdraw(&mut self, id: u64) {
+    fn withdraw(&mut self, id: u64, from: Party) {
+        let side = match from {
+            Party::Caller => Side::A,
+            Party::Callee => Side::B,
+        };
         let mut table = lock(&self.shared.table);
         let Some(call) = table.calls.get(&id).cloned() else {
             return;
         };
         let mut st = lock(&call.state);
-        if st.session.withdraw(&mut table.pool) {
+        if st.session.withdraw(&mut table.pool, side) {
             self.close_unheld(&mut st);
             debug!(call_id = %call.call_id, "relayed media: a refused offer withdrawn");
         }
@@ -601,5 +607,100 @@ async fn sweep(shared: std::sync::Weak<Shared>, timeouts: mpsc::Sender<Input>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use weir_media::relay::Repeat;
+    use weir_sip::proxy::MediaPolicy;
+
+    fn sdp(port: u16, video: Option<u16>) -> Vec<u8> {
+        let mut s = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio {port} RTP/AVP 0\r\n"
+        );
+        if let Some(v) = video {
+            s.push_str(&format!(
+                "m=video {v} RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n"
+            ));
+        }
+        s.into_bytes()
+    }
+
+    fn call(from: Party, repeat: Repeat) -> MediaCall<'static> {
+        MediaCall {
+            id: 1,
+            call_id: b"withdrawn",
+            from,
+            mode: MediaMode::Relay,
+            signalled_from: None,
+            repeat,
+        }
+    }
+
+    fn bindable(port: u16) -> bool {
+        UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_offer_closes_the_sockets_it_opened_and_media_goes_on() {
+        let settings = MediaSettings {
+            policy: MediaPolicy::Always,
+            port_range: (41_200, 41_239),
+            address: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+            timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(600),
+            max_sessions: 10,
+            workers: 1,
+            srtp_over_plain_sip: false,
+            srtp_suite: weir_media::crypto::Suite::AesCm128HmacSha1_80,
+        };
+        let (tx, _rx) = mpsc::channel(4);
+        let mut relay = Relay::start(settings, tx).unwrap();
+        let alice = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let bob = UdpSocket::bind("127.0.0.1:0").unwrap();
+        bob.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (a, b) = (alice.local_addr().unwrap(), bob.local_addr().unwrap());
+        relay
+            .describe(&call(Party::Caller, Repeat::Offer), &sdp(a.port(), None))
+            .unwrap();
+        let to_alice = relay
+            .describe(&call(Party::Callee, Repeat::Maybe), &sdp(b.port(), None))
+            .unwrap();
+        let facing_a = weir_media::sdp::inspect(&to_alice).unwrap().media[0].port;
+        assert_eq!(relay.stats().ports_in_use, 4);
+
+        // Alice adds video; Bob refuses (488).
+        let to_bob = relay
+            .describe(
+                &call(Party::Caller, Repeat::Offer),
+                &sdp(a.port(), Some(a.port() + 2)),
+            )
+            .unwrap();
+        let video = weir_media::sdp::inspect(&to_bob).unwrap().media[1].port;
+        assert_eq!(relay.stats().ports_in_use, 8);
+        assert!(!bindable(video), "the video port is open");
+        relay.withdraw(1, Party::Callee);
+        assert_eq!(relay.stats().ports_in_use, 8, "Bob made no offer");
+        relay.withdraw(1, Party::Caller);
+        assert_eq!(relay.stats().ports_in_use, 4);
+        assert!(
+            bindable(video) && bindable(video + 1),
+            "its sockets are closed"
+        );
+
+        // The audio still flows, Alice to Bob.
+        let mut rtp = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 9];
+        rtp.extend_from_slice(&[0xff; 160]);
+        alice.send_to(&rtp, ("127.0.0.1", facing_a)).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = bob.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &rtp[..]);
+        relay.release(1);
+        assert_eq!(relay.stats().ports_in_use, 0);
     }
 }

@@ -52,6 +52,12 @@ pub struct Crypto {
     pub suite: Suite,
     pub key: Vec<u8>,
     pub salt: Vec<u8>,
+    /// How many SRTP and SRTCP packets the key may protect (`|2^20`); None:
+    /// the suite's own limit (RFC 3711 §9.2).
+    pub lifetime: Option<u64>,
+    /// The master key identifier each packet under this key carries
+    /// (`|1:4`: value 1 in 4 bytes, big-endian), RFC 3711 §3.1.
+    pub mki: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Crypto {
@@ -73,8 +79,41 @@ pub enum CryptoError {
     Suite(String),
     #[error("the key is not base64 of {0} bytes")]
     Key(usize),
-    #[error("key lifetimes and MKIs are not supported")]
+    #[error("more than one key, or session parameters, are not supported")]
     Unsupported,
+    #[error("the key lifetime or MKI \"{0}\" is not \"2^n\", a number, or \"value:length\" (1 to 128 bytes)")]
+    Param(String),
+}
+
+/// The longest MKI (RFC 4568 §6.1: 1 to 128 bytes).
+const MKI_MAX: usize = 128;
+
+/// `2^n` or a decimal count of packets.
+fn lifetime(v: &str) -> Option<u64> {
+    match v.strip_prefix("2^") {
+        Some(n) => n.parse::<u32>().ok().filter(|n| *n < 64).map(|n| 1u64 << n),
+        None => v.parse::<u64>().ok(),
+    }
+    .filter(|n| *n > 0)
+}
+
+/// `value:length`: the value big-endian in `length` bytes.
+fn mki(v: &str) -> Option<Vec<u8>> {
+    let (value, len) = v.split_once(':')?;
+    let value: u128 = value.parse().ok()?;
+    let len: usize = len.parse().ok().filter(|l| (1..=MKI_MAX).contains(l))?;
+    let bytes = value.to_be_bytes();
+    let used = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .map_or(0, |i| bytes.len() - i);
+    if used > len {
+        return None;
+    }
+    let mut out = vec![0u8; len];
+    let n = len.min(bytes.len());
+    out[len - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    Some(out)
 }
 
 impl Crypto {
@@ -100,12 +139,18 @@ impl Crypto {
         if inline.contains(';') {
             return Err(CryptoError::Unsupported);
         }
+        // key|lifetime|MKI, key|MKI or key|lifetime (an MKI has a colon).
         let mut fields = inline.split('|');
         let encoded = fields.next().ok_or(CryptoError::Syntax)?;
-        for extra in fields {
-            // The default lifetime (2^31 for SRTP, 2^48) may be spelt out.
-            if extra != "2^31" && extra != "2^48" {
-                return Err(CryptoError::Unsupported);
+        let (mut life, mut id) = (None, None);
+        for (i, extra) in fields.enumerate() {
+            let bad = || CryptoError::Param(extra.chars().take(40).collect());
+            if extra.contains(':') && id.is_none() {
+                id = Some(mki(extra).ok_or_else(bad)?);
+            } else if i == 0 && !extra.contains(':') {
+                life = Some(lifetime(extra).ok_or_else(bad)?);
+            } else {
+                return Err(bad());
             }
         }
         let (key_len, salt_len) = suite.key_salt_len();
@@ -121,6 +166,8 @@ impl Crypto {
             suite,
             key: bytes[..key_len].to_vec(),
             salt: bytes[key_len..].to_vec(),
+            lifetime: life,
+            mki: id,
         })
     }
 
@@ -134,6 +181,8 @@ impl Crypto {
             suite,
             key: bytes[..key_len].to_vec(),
             salt: bytes[key_len..].to_vec(),
+            lifetime: None,
+            mki: None,
         }
     }
 
@@ -141,12 +190,26 @@ impl Crypto {
     pub fn to_value(&self) -> String {
         let mut bytes = self.key.clone();
         bytes.extend_from_slice(&self.salt);
-        format!(
+        let mut v = format!(
             "{} {} inline:{}",
             self.tag,
             self.suite.name(),
             STANDARD.encode(bytes)
-        )
+        );
+        if let Some(n) = self.lifetime {
+            if n.is_power_of_two() {
+                v.push_str(&format!("|2^{}", n.trailing_zeros()));
+            } else {
+                v.push_str(&format!("|{n}"));
+            }
+        }
+        if let Some(id) = &self.mki {
+            // (Parsed from a u128: bytes before the last 16 are zeros.)
+            let tail = &id[id.len().saturating_sub(16)..];
+            let value = tail.iter().fold(0u128, |v, b| (v << 8) | u128::from(*b));
+            v.push_str(&format!("|{value}:{}", id.len()));
+        }
+        v
     }
 }
 
@@ -157,8 +220,7 @@ mod tests {
 
     #[test]
     fn rfc_4568_example_reads_and_writes_back() {
-        // RFC 4568 §4's example key (its lifetime and MKI removed: refused
-        // below).
+        // RFC 4568 §4's example key, without its lifetime and MKI first.
         let v = "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
         let c = Crypto::parse(v).unwrap();
         assert_eq!((c.tag, c.suite), (1, Suite::AesCm128HmacSha1_80));
@@ -167,7 +229,20 @@ mod tests {
         assert_eq!(c.to_value(), v);
         assert!(!format!("{c:?}").contains("YS"), "no key in Debug");
         let c = Crypto::parse(&format!("{v}|2^31")).unwrap();
-        assert_eq!(c.tag, 1);
+        assert_eq!((c.tag, c.lifetime, c.mki), (1, Some(1 << 31), None));
+        // As the RFC has it: 2^20 packets, MKI 1 in 4 bytes.
+        let full = format!("{v}|2^20|1:4");
+        let c = Crypto::parse(&full).unwrap();
+        assert_eq!(
+            (c.lifetime, c.mki.clone()),
+            (Some(1 << 20), Some(vec![0, 0, 0, 1]))
+        );
+        assert_eq!(c.to_value(), full);
+        let c = Crypto::parse(&format!("{v}|1000|258:2")).unwrap();
+        assert_eq!((c.lifetime, c.mki.clone()), (Some(1000), Some(vec![1, 2])));
+        assert_eq!(c.to_value(), format!("{v}|1000|258:2"));
+        let c = Crypto::parse(&format!("{v}|7:1")).unwrap();
+        assert_eq!((c.lifetime, c.mki), (None, Some(vec![7])));
     }
 
     #[test]
@@ -175,8 +250,36 @@ mod tests {
         let key = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
         for (v, e) in [
             (
-                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^20|1:4"),
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^20|1:4;inline:{key}|2^20|2:4"),
                 CryptoError::Unsupported,
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^64"),
+                CryptoError::Param("2^64".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|0"),
+                CryptoError::Param("0".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|256:1"),
+                CryptoError::Param("256:1".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:0"),
+                CryptoError::Param("1:0".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:129"),
+                CryptoError::Param("1:129".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1:4|2^20"),
+                CryptoError::Param("2^20".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^20|2^20"),
+                CryptoError::Param("2^20".into()),
             ),
             (
                 format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key} UNENCRYPTED_SRTP"),

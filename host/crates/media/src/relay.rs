@@ -192,7 +192,7 @@ impl Timing {
 
 /// A master key and the SRTP state kept under it (rollover counters,
 /// replay windows).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Key {
     crypto: Crypto,
     ctx: srtp::Context,
@@ -204,9 +204,13 @@ impl Key {
         Ok(Key { crypto, ctx })
     }
 
-    /// The same master key, salt and suite (the tag only names the line).
+    /// The same master key, salt, suite and MKI (the tag only names the
+    /// line; a lifetime restated changes nothing).
     fn same(&self, c: &Crypto) -> bool {
-        self.crypto.suite == c.suite && self.crypto.key == c.key && self.crypto.salt == c.salt
+        self.crypto.suite == c.suite
+            && self.crypto.key == c.key
+            && self.crypto.salt == c.salt
+            && self.crypto.mki == c.mki
     }
 }
 
@@ -322,19 +326,19 @@ impl Stream {
             timing_a: self.timing_a.clone(),
             timing_b: self.timing_b.clone(),
             offered: self.keys.offered,
-            had_next: self.keys.next.is_some(),
+            next: self.keys.next.clone(),
         }
     }
 
-    /// Back to `t`. A latch comes back only where the refused offer had
-    /// moved the party (else it kept what it heard since), and the SRTP
-    /// party's key only where the refused offer brought a new one that has
-    /// not been heard in use.
+    /// Back to `t`. A latch the refused offer reopened comes back unless
+    /// it has heard its party since (a party that moved, the offer refused
+    /// or not, is where its packets come from). A key heard in use stays
+    /// (see [`Keys`]); one agreed but not heard yet comes back.
     fn restore(&mut self, t: Terms) {
-        if self.a_said != t.a_said {
+        if self.a_said != t.a_said && self.from_a.source().is_none() {
             self.from_a = t.from_a;
         }
-        if self.b_said != t.b_said {
+        if self.b_said != t.b_said && self.from_b.source().is_none() {
             self.from_b = t.from_b;
         }
         self.a_sdp = t.a_sdp;
@@ -350,9 +354,8 @@ impl Stream {
         self.timing_a = t.timing_a;
         self.timing_b = t.timing_b;
         self.keys.offered = t.offered;
-        if !t.had_next {
-            self.keys.next = None;
-        }
+        let heard = |k: &Key| self.keys.theirs.as_ref().is_some_and(|h| h.same(&k.crypto));
+        self.keys.next = t.next.filter(|k| !heard(k));
     }
 
     fn report(&self) -> StreamReport {
@@ -433,7 +436,7 @@ struct Terms {
     timing_a: Timing,
     timing_b: Timing,
     offered: Option<(u32, Suite)>,
-    had_next: bool,
+    next: Option<Key>,
 }
 
 /// The media both parties last agreed on, kept from a new offer until its
@@ -454,6 +457,9 @@ pub struct Session {
     pub answered: bool,
     /// The party whose offer awaits an answer.
     pending_offer: Option<Side>,
+    /// Which parties (A, B) made an offer that is neither answered nor
+    /// withdrawn (both, on glare).
+    outstanding: [bool; 2],
     /// Packets dropped: from a wrong source, or before the other side's
     /// address is known.
     pub dropped: u64,
@@ -507,6 +513,7 @@ impl Session {
             streams: Vec::new(),
             answered: false,
             pending_offer: None,
+            outstanding: [false; 2],
             dropped: 0,
             terminate: None,
             epoch: None,
@@ -545,13 +552,12 @@ impl Session {
         let slot = side as usize;
         // A resend changes nothing, roles included: a 2xx resent after the
         // ACK must not turn a late offer into one awaiting an answer again.
-        if matches!(repeat, Repeat::Maybe | Repeat::Only) {
+        // The same bytes in answer to a new offer (a session refresh, or
+        // the other party's move) are that offer's answer all the same, and
+        // are taken as one; but never from a response no transaction knows.
+        let answers = self.pending_offer == Some(side.other()) && repeat == Repeat::Maybe;
+        if matches!(repeat, Repeat::Maybe | Repeat::Only) && !answers {
             if let Some(said) = self.last[slot].as_ref().filter(|s| s.input == sdp_bytes) {
-                // …but the same answer to a new offer (a session refresh)
-                // still completes that exchange.
-                if self.pending_offer == Some(side.other()) {
-                    self.pending_offer = None;
-                }
                 return Ok(said.output.clone());
             }
         }
@@ -645,6 +651,7 @@ impl Session {
         self.install(side, changes);
         self.learn(side, &d, signalled_from);
         self.pending_offer = Some(side);
+        self.outstanding[side as usize] = true;
         if agreed.is_some() {
             self.agreed = agreed;
         }
@@ -670,19 +677,28 @@ impl Session {
         self.learn(side, &d, signalled_from);
         self.answered = true;
         self.pending_offer = None;
+        self.outstanding = [false; 2];
         self.agreed = None;
         Ok(out)
     }
 
-    /// The pending offer was refused (its re-INVITE or UPDATE failed, or
-    /// never went out): the session is again what both parties last agreed
-    /// on, and the ports of media lines the offer added go back. False when
-    /// no offer of an answered call was pending (nothing changes).
-    pub fn withdraw(&mut self, pool: &mut PortPool) -> bool {
+    /// The offer `side` made was refused (its re-INVITE or UPDATE failed,
+    /// or never went out): the session is again what both parties last
+    /// agreed on, and the ports of media lines the offer added go back.
+    /// False when `side` has no offer outstanding in an answered call
+    /// (nothing changes).
+    ///
+    /// On glare both offers are outstanding and both requests fail (491):
+    /// the first refusal takes the session back, the second finds nothing.
+    pub fn withdraw(&mut self, pool: &mut PortPool, side: Side) -> bool {
+        if !self.outstanding[side as usize] {
+            return false;
+        }
         let Some(agreed) = self.agreed.take() else {
             return false;
         };
         self.pending_offer = None;
+        self.outstanding = [false; 2];
         self.forget_from(agreed.streams.len(), pool);
         for (s, t) in self.streams.iter_mut().zip(agreed.streams) {
             s.restore(t);
@@ -1587,8 +1603,9 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         s.describe(&mut pool, Side::A, moved.as_bytes(), None, Repeat::Offer)
             .unwrap();
         assert_eq!((s.ports().len(), pool.in_use()), (4, 4));
-        assert!(s.withdraw(&mut pool));
-        assert!(!s.withdraw(&mut pool), "nothing pending any more");
+        assert!(!s.withdraw(&mut pool, Side::B), "B made no offer");
+        assert!(s.withdraw(&mut pool, Side::A));
+        assert!(!s.withdraw(&mut pool, Side::A), "nothing pending any more");
         assert_eq!(
             (s.ports(), pool.in_use()),
             (vec![fa, fb], 2),
@@ -1624,7 +1641,58 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
             Repeat::Maybe,
         )
         .unwrap();
-        assert!(!s.withdraw(&mut pool), "answered: nothing to withdraw");
+        assert!(
+            !s.withdraw(&mut pool, Side::B),
+            "answered: nothing to withdraw"
+        );
+
+        // B moves; A's answer repeats its last bytes (its o= version
+        // unchanged): the answer all the same. A refused hold of A's later
+        // leaves B where it moved.
+        s.describe(
+            &mut pool,
+            Side::B,
+            offer("198.51.100.2", 5002).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        s.describe(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
+        let hold = format!("{}a=sendonly\r\n", offer("198.51.100.1", 4000));
+        s.describe(&mut pool, Side::A, hold.as_bytes(), None, Repeat::Offer)
+            .unwrap();
+        assert!(s.withdraw(&mut pool, Side::A));
+        let mut p = rtp(0, 4, 640);
+        assert_eq!(
+            s.forward(now(), fa, a, &mut p).unwrap().to,
+            sock("198.51.100.2:5002"),
+            "B's move was answered: it stays"
+        );
+        // A moves and is heard there before its offer is refused: where its
+        // packets come from is kept (a handover), where they go too.
+        let moved = offer("198.51.100.9", 4002);
+        s.describe(&mut pool, Side::A, moved.as_bytes(), None, Repeat::Offer)
+            .unwrap();
+        let there = sock("198.51.100.9:4002");
+        let mut p = rtp(0, 5, 800);
+        assert!(s.forward(now(), fa, there, &mut p).is_ok());
+        assert!(s.withdraw(&mut pool, Side::A));
+        let mut p = rtp(0, 6, 960);
+        assert!(s.forward(now(), fa, there, &mut p).is_ok(), "still latched");
+        let mut p = rtp(0, 2, 320);
+        assert_eq!(
+            s.forward(now(), fb, sock("198.51.100.2:5002"), &mut p)
+                .unwrap()
+                .to,
+            there
+        );
     }
 
     #[test]
@@ -1644,9 +1712,9 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
             Repeat::Offer,
         )
         .unwrap();
-        assert!(s.withdraw(&mut pool), "an offer was pending, not answered");
+        assert!(s.withdraw(&mut pool, Side::B), "B's offer is no answer");
         // Both failed with 491: each party's media goes where it went.
-        assert!(!s.withdraw(&mut pool));
+        assert!(!s.withdraw(&mut pool, Side::A));
         let mut p = rtp(0, 1, 160);
         assert_eq!(
             s.forward(now(), fa, a, &mut p).unwrap().to,
@@ -1772,7 +1840,7 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
             send(&mut sender, &mut s, 3).is_ok(),
             "the old key until the answer"
         );
-        assert!(s.withdraw(&mut pool));
+        assert!(s.withdraw(&mut pool, Side::A));
         assert_eq!(
             send(&mut renewed, &mut s, 4),
             Err(Refused::Srtp(SrtpError::Auth))
@@ -1806,6 +1874,43 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
             Err(Refused::Srtp(SrtpError::Auth))
         );
         assert!(send(&mut renewed, &mut s, 9).is_ok());
+        // A third key, agreed but not heard yet, then a fourth refused:
+        // the third is still the one A moves to.
+        let third = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(10));
+        let fourth = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(11));
+        for (key, answered) in [(&third, true), (&fourth, false)] {
+            s.describe(
+                &mut pool,
+                Side::A,
+                savp("198.51.100.1", 4000, key).as_bytes(),
+                None,
+                Repeat::Offer,
+            )
+            .unwrap();
+            if answered {
+                s.describe(
+                    &mut pool,
+                    Side::B,
+                    offer("198.51.100.2", 5000).as_bytes(),
+                    None,
+                    Repeat::Maybe,
+                )
+                .unwrap();
+            }
+        }
+        assert!(s.withdraw(&mut pool, Side::A));
+        let mut refused = srtp::Context::new(&fourth).unwrap();
+        assert_eq!(
+            send(&mut refused, &mut s, 10),
+            Err(Refused::Srtp(SrtpError::Auth))
+        );
+        assert!(send(&mut renewed, &mut s, 11).is_ok(), "the second, until…");
+        let mut agreed = srtp::Context::new(&third).unwrap();
+        assert!(send(&mut agreed, &mut s, 12).is_ok(), "…the third is heard");
+        assert_eq!(
+            send(&mut renewed, &mut s, 13),
+            Err(Refused::Srtp(SrtpError::Auth))
+        );
     }
 
     #[test]

@@ -45,6 +45,12 @@ pub enum SrtpError {
     Suite(&'static str),
     #[error("no key yet for this party's SRTP")]
     NoKey,
+    #[error("the MKI names no key the relay has")]
+    Mki,
+    #[error("the key's lifetime is used up (it must be renewed)")]
+    Expired,
+    #[error("a sequence number already sent under this key (its keystream must not be reused)")]
+    Reuse,
 }
 
 /// The most SSRCs one context follows (a leg has one or two; more is
@@ -170,9 +176,15 @@ impl Stream {
 }
 
 /// One direction's SRTP and SRTCP state.
+#[derive(Clone)]
 pub struct Context {
     /// The SRTP tag's length (10 or 4 for HMAC-SHA1, 16 for GCM).
     tag_len: usize,
+    /// The MKI every packet under this key carries (empty: none): before
+    /// the HMAC tag, after GCM's (RFC 3711 §3.1, RFC 7714 §8.1 and §9.1).
+    mki: Vec<u8>,
+    /// Packets (SRTP and SRTCP) the key may still protect or admit.
+    left: u64,
     rtp: Transform,
     rtcp: Transform,
     streams: HashMap<u32, Stream>,
@@ -291,6 +303,8 @@ impl Context {
         };
         Ok(Context {
             tag_len,
+            mki: c.mki.clone().unwrap_or_default(),
+            left: c.lifetime.unwrap_or(u64::MAX),
             rtp,
             rtcp,
             streams: HashMap::new(),
@@ -315,18 +329,39 @@ impl Context {
         self.streams.insert(ssrc, st);
     }
 
+    /// Refuses a packet once the key's lifetime is used up.
+    fn check_left(&self) -> Result<(), SrtpError> {
+        if self.left == 0 {
+            return Err(SrtpError::Expired);
+        }
+        Ok(())
+    }
+
+    /// One more packet under the key.
+    fn count(&mut self) {
+        if self.left != u64::MAX {
+            self.left -= 1;
+        }
+    }
+
     /// Encrypts an RTP packet in place and appends its tag.
     pub fn protect_rtp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
         let n = header_len(packet).ok_or(SrtpError::TooShort)?;
+        self.check_left()?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         let mut st = self.stream(ssrc);
         let v = st.estimate(seq);
         let index = (u64::from(v) << 16) | u64::from(seq);
+        // RFC 3711 §9.1: one index, one keystream. A sender that starts its
+        // numbering again under the same SSRC (the relay keeps its key
+        // across re-INVITEs) would have the relay encrypt two packets alike.
+        st.replay.check(index).map_err(|_| SrtpError::Reuse)?;
         match &self.rtp {
             Transform::Cm(k) => {
                 crypt(k, ssrc, index, &mut packet[n..]);
                 let t = tag(k, &[packet, &v.to_be_bytes()]);
+                packet.extend_from_slice(&self.mki);
                 packet.extend_from_slice(&t[..self.tag_len]);
             }
             Transform::Gcm(g) => {
@@ -336,21 +371,32 @@ impl Context {
                     .encrypt_in_place_detached(&g.iv(ssrc, v, &seq.to_be_bytes()), header, payload)
                     .map_err(|_| SrtpError::TooShort)?;
                 packet.extend_from_slice(&t);
+                packet.extend_from_slice(&self.mki);
             }
         }
         st.update(v, seq);
         self.keep(ssrc, st);
+        self.count();
         Ok(())
     }
 
     /// Checks an SRTP packet's tag and freshness, then decrypts it in place
     /// (the tag removed). Nothing is counted for a packet that fails.
     pub fn unprotect_rtp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        // `len`: the end of what is authenticated (and kept).
         let len = packet
             .len()
-            .checked_sub(self.tag_len)
+            .checked_sub(self.tag_len + self.mki.len())
             .ok_or(SrtpError::TooShort)?;
         let n = header_len(&packet[..len]).ok_or(SrtpError::TooShort)?;
+        let (mki_at, tag_at) = match self.rtp {
+            Transform::Cm(_) => (len, len + self.mki.len()),
+            Transform::Gcm(_) => (len + self.tag_len, len),
+        };
+        if packet[mki_at..mki_at + self.mki.len()] != self.mki[..] {
+            return Err(SrtpError::Mki);
+        }
+        self.check_left()?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         let mut st = self.stream(ssrc);
@@ -360,7 +406,8 @@ impl Context {
         match &self.rtp {
             Transform::Cm(k) => {
                 let t = tag(k, &[&packet[..len], &v.to_be_bytes()]);
-                if !bool::from(t[..self.tag_len].ct_eq(&packet[len..])) {
+                let theirs = &packet[tag_at..tag_at + self.tag_len];
+                if !bool::from(t[..self.tag_len].ct_eq(theirs)) {
                     return Err(SrtpError::Auth);
                 }
                 packet.truncate(len);
@@ -368,7 +415,8 @@ impl Context {
             }
             Transform::Gcm(g) => {
                 let (header, rest) = packet.split_at_mut(n);
-                let (payload, t) = rest.split_at_mut(len - n);
+                let (payload, rest) = rest.split_at_mut(len - n);
+                let t = &rest[..self.tag_len];
                 let iv = g.iv(ssrc, v, &seq.to_be_bytes());
                 g.aead
                     .decrypt_in_place_detached(&iv, header, payload, Tag::from_slice(t))
@@ -378,6 +426,7 @@ impl Context {
         }
         st.update(v, seq);
         self.keep(ssrc, st);
+        self.count();
         Ok(())
     }
 
@@ -387,6 +436,7 @@ impl Context {
         if packet.len() < 8 {
             return Err(SrtpError::TooShort);
         }
+        self.check_left()?;
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         if self.rtcp_index.len() >= MAX_SSRCS && !self.rtcp_index.contains_key(&ssrc) {
             self.rtcp_index.clear();
@@ -400,6 +450,7 @@ impl Context {
                 crypt(k, ssrc, u64::from(index), &mut packet[8..]);
                 packet.extend_from_slice(&e_index);
                 let t = tag(k, &[packet]);
+                packet.extend_from_slice(&self.mki);
                 packet.extend_from_slice(&t[..SRTCP_TAG]);
             }
             // RFC 7714 §9: header ‖ ciphertext ‖ tag ‖ E‖index, the first
@@ -418,24 +469,32 @@ impl Context {
                     .map_err(|_| SrtpError::TooShort)?;
                 packet.extend_from_slice(&t);
                 packet.extend_from_slice(&e_index);
+                packet.extend_from_slice(&self.mki);
             }
         }
+        self.count();
         Ok(())
     }
 
     /// Checks and decrypts an SRTCP packet in place (trailer removed).
     pub fn unprotect_rtcp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
-        // The trailer: E‖index then the tag (AES-CM), or the tag then
-        // E‖index (GCM).
+        // The trailer: E‖index, the MKI if any, then the tag (AES-CM); or
+        // the tag, E‖index, then the MKI (GCM).
         let (tag_len, index_at) = match &self.rtcp {
             Transform::Cm(_) => (SRTCP_TAG, 0),
             Transform::Gcm(_) => (GCM_TAG, GCM_TAG),
         };
+        let m = self.mki.len();
         let len = packet
             .len()
-            .checked_sub(tag_len + 4)
+            .checked_sub(tag_len + 4 + m)
             .filter(|&l| l >= 8)
             .ok_or(SrtpError::TooShort)?;
+        let mki_at = len + index_at + 4;
+        if packet[mki_at..mki_at + m] != self.mki[..] {
+            return Err(SrtpError::Mki);
+        }
+        self.check_left()?;
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         let at = len + index_at;
         let e_index =
@@ -447,7 +506,7 @@ impl Context {
         match &self.rtcp {
             Transform::Cm(k) => {
                 let t = tag(k, &[&packet[..len + 4]]);
-                if !bool::from(t[..SRTCP_TAG].ct_eq(&packet[len + 4..])) {
+                if !bool::from(t[..SRTCP_TAG].ct_eq(&packet[len + 4 + m..])) {
                     return Err(SrtpError::Auth);
                 }
                 packet.truncate(len);
@@ -480,6 +539,7 @@ impl Context {
             self.rtcp_replay.clear();
         }
         self.rtcp_replay.insert(ssrc, replay);
+        self.count();
         Ok(())
     }
 }
@@ -596,6 +656,8 @@ mod tests {
         };
         Context {
             tag_len: GCM_TAG,
+            mki: Vec::new(),
+            left: u64::MAX,
             rtp: Transform::Gcm(g.clone()),
             rtcp: Transform::Gcm(g),
             streams: HashMap::new(),
@@ -659,6 +721,8 @@ mod tests {
             suite: Suite::AeadAes128Gcm,
             key: hex("000102030405060708090a0b0c0d0e0f"),
             salt: hex("a0a1a2a3a4a5a6a7a8a9aaab"),
+            lifetime: None,
+            mki: None,
         };
         let plain = hex("800f1234decafbadcafebabeabababababababababababababababab");
         let mut p = plain.clone();
@@ -714,6 +778,127 @@ mod tests {
         tx.protect_rtcp(&mut bad).unwrap();
         bad[9] ^= 0x40;
         assert_eq!(rx.unprotect_rtcp(&mut bad), Err(SrtpError::Auth));
+    }
+
+    #[test]
+    fn an_mki_sits_where_rfc_3711_and_7714_put_it_unauthenticated() {
+        for suite in [
+            Suite::AesCm128HmacSha1_80,
+            Suite::AesCm128HmacSha1_32,
+            Suite::AeadAes128Gcm,
+        ] {
+            let plain = crypto(suite, 7);
+            let with_mki = Crypto {
+                mki: Some(vec![0, 0, 0, 1]),
+                ..plain.clone()
+            };
+            let tag = match suite {
+                Suite::AesCm128HmacSha1_80 => 10,
+                Suite::AesCm128HmacSha1_32 => 4,
+                Suite::AeadAes128Gcm => 16,
+            };
+            let gcm = suite == Suite::AeadAes128Gcm;
+            let (mut tx, mut rx) = (
+                Context::new(&with_mki).unwrap(),
+                Context::new(&with_mki).unwrap(),
+            );
+            let mut reference = Context::new(&plain).unwrap();
+            // SRTP: the MKI before the HMAC tag, after GCM's; the same
+            // packet as without it otherwise (neither encrypted nor
+            // authenticated).
+            let audio = rtp(9, 0xabcd, b"hello, audio");
+            let (mut p, mut r) = (audio.clone(), audio.clone());
+            tx.protect_rtp(&mut p).unwrap();
+            reference.protect_rtp(&mut r).unwrap();
+            let at = if gcm { r.len() } else { r.len() - tag };
+            assert_eq!(p.len(), r.len() + 4);
+            assert_eq!(&p[at..at + 4], &[0, 0, 0, 1], "{suite:?}");
+            assert_eq!([&p[..at], &p[at + 4..]].concat(), r, "{suite:?}");
+            // Another MKI names another key: refused, the packet untouched.
+            let mut other = p.clone();
+            other[at + 3] = 2;
+            let copy = other.clone();
+            assert_eq!(rx.unprotect_rtp(&mut other), Err(SrtpError::Mki));
+            assert_eq!(other, copy);
+            rx.unprotect_rtp(&mut p).unwrap();
+            assert_eq!(p, audio);
+            // SRTCP: after E‖index, before the tag (after GCM's tag and
+            // E‖index).
+            let rr = [0x81, 201, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+            let (mut p, mut r) = (rr.to_vec(), rr.to_vec());
+            tx.protect_rtcp(&mut p).unwrap();
+            reference.protect_rtcp(&mut r).unwrap();
+            let at = if gcm { r.len() } else { r.len() - 10 };
+            assert_eq!(&p[at..at + 4], &[0, 0, 0, 1], "{suite:?}");
+            assert_eq!([&p[..at], &p[at + 4..]].concat(), r, "{suite:?}");
+            let mut other = p.clone();
+            other[at] = 9;
+            assert_eq!(rx.unprotect_rtcp(&mut other), Err(SrtpError::Mki));
+            rx.unprotect_rtcp(&mut p).unwrap();
+            assert_eq!(p, rr);
+            // Without an MKI the last bytes would be read as tag: refused.
+            let mut r2 = rr.to_vec();
+            reference.protect_rtcp(&mut r2).unwrap();
+            assert!(rx.unprotect_rtcp(&mut r2).is_err());
+        }
+    }
+
+    #[test]
+    fn no_index_is_encrypted_twice_under_one_key() {
+        let c = crypto(Suite::AesCm128HmacSha1_80, 4);
+        let mut tx = Context::new(&c).unwrap();
+        for seq in [100u16, 101, 99] {
+            tx.protect_rtp(&mut rtp(seq, 7, b"a")).unwrap();
+        }
+        // The same numbers again (a sender starting over under its SSRC):
+        // the same keystream; refused, as is one too old to tell.
+        for seq in [100u16, 99, 30] {
+            assert_eq!(
+                tx.protect_rtp(&mut rtp(seq, 7, b"b")),
+                Err(SrtpError::Reuse)
+            );
+        }
+        // Late but never sent: its own keystream.
+        tx.protect_rtp(&mut rtp(40, 7, b"late")).unwrap();
+        tx.protect_rtp(&mut rtp(102, 7, b"c")).unwrap();
+        tx.protect_rtp(&mut rtp(100, 8, b"another SSRC")).unwrap();
+    }
+
+    #[test]
+    fn a_key_is_used_for_its_lifetime_and_no_longer() {
+        let c = Crypto {
+            lifetime: Some(3),
+            ..crypto(Suite::AesCm128HmacSha1_80, 1)
+        };
+        let (mut tx, mut rx) = (Context::new(&c).unwrap(), Context::new(&c).unwrap());
+        let mut sent = Vec::new();
+        for seq in 0..3 {
+            let mut p = rtp(seq, 1, b"x");
+            tx.protect_rtp(&mut p).unwrap();
+            sent.push(p);
+        }
+        assert_eq!(
+            tx.protect_rtp(&mut rtp(3, 1, b"x")),
+            Err(SrtpError::Expired)
+        );
+        let rr = [0x81, 201, 0, 1, 0, 0, 0, 1];
+        assert_eq!(tx.protect_rtcp(&mut rr.to_vec()), Err(SrtpError::Expired));
+        // Receiving: an SRTCP packet counts too; a refused one does not.
+        let mut bad = sent[0].clone();
+        bad[12] ^= 1;
+        assert_eq!(rx.unprotect_rtp(&mut bad), Err(SrtpError::Auth));
+        for p in &mut sent[..2] {
+            rx.unprotect_rtp(p).unwrap();
+        }
+        let mut other = Context::new(&Crypto {
+            lifetime: None,
+            ..c.clone()
+        })
+        .unwrap();
+        let mut report = rr.to_vec();
+        other.protect_rtcp(&mut report).unwrap();
+        rx.unprotect_rtcp(&mut report).unwrap();
+        assert_eq!(rx.unprotect_rtp(&mut sent[2]), Err(SrtpError::Expired));
     }
 
     #[test]

@@ -1939,8 +1939,11 @@ impl Proxy {
             // The call failed: its relay goes too.
             (Some((id, _)), true) => self.release_media(id),
             // A re-INVITE or UPDATE failed: its offer goes too.
-            (Some((id, _)), false) if matches!(c.method, Method::Invite | Method::Update) => {
-                self.media_refused(id);
+            (Some((id, responder)), false)
+                if matches!(c.method, Method::Invite | Method::Update) =>
+            {
+                let request = c.request.clone();
+                self.media_refused(id, responder, &request);
             }
             _ => {}
         }
@@ -2059,6 +2062,12 @@ impl Proxy {
                 Err(why) => {
                     relaying::strip_sdp(&mut rw, resp);
                     refused = Some(why);
+                    // A re-INVITE's or UPDATE's 2xx without the answer it
+                    // had: the offer is off, the call keeps its media.
+                    let ok = resp.status().is_some_and(|s| (200..300).contains(&s));
+                    if ok && !initial {
+                        self.media.withdraw(id, responder.other());
+                    }
                 }
             }
         }

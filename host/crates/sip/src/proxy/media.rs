@@ -101,11 +101,11 @@ pub trait MediaRelay: Send {
     fn describe(&mut self, call: &MediaCall<'_>, sdp: &[u8]) -> Result<Vec<u8>, MediaRefusal>;
     /// The dialog ended: every port back. Unknown ids are ignored.
     fn release(&mut self, id: u64);
-    /// The offer pending in the dialog was refused (its re-INVITE or
+    /// The offer `from` made in the dialog was refused (its re-INVITE or
     /// UPDATE failed): its media goes on as last agreed, and ports the
-    /// offer took go back. Unknown ids, and dialogs with no offer pending,
-    /// are ignored.
-    fn withdraw(&mut self, id: u64);
+    /// offer took go back. Unknown ids, and parties with no offer
+    /// outstanding, are ignored.
+    fn withdraw(&mut self, id: u64, from: Party);
 }
 
 /// No relay configured: a router asking for one gets a 500 naming it.
@@ -122,7 +122,7 @@ impl MediaRelay for NoRelay {
 
     fn release(&mut self, _: u64) {}
 
-    fn withdraw(&mut self, _: u64) {}
+    fn withdraw(&mut self, _: u64, _: Party) {}
 }
 
 /// What a BYE to one party needs: where it goes and the dialog as that party

@@ -465,8 +465,10 @@ impl Proxy {
         Message::parse(rw.finish(), Framing::Exact)
             .map(Some)
             .map_err(|e| {
-                // Refused after all: an offer it made is not pending.
-                self.media.withdraw(id);
+                // Refused after all: an offer it made is not outstanding.
+                if repeat == Repeat::Offer {
+                    self.media.withdraw(id, from);
+                }
                 MediaRefusal {
                     status: 500,
                     reason: format!("Server Internal Error (relayed SDP unusable: {e:?})"),
@@ -474,11 +476,12 @@ impl Proxy {
             })
     }
 
-    /// A relayed dialog's re-INVITE or UPDATE failed: an offer it carried is
-    /// withdrawn (RFC 3264 §8: the session stays as it was).
-    pub(super) fn media_refused(&mut self, id: u64) {
-        if self.relayed.get_mut(id).is_some() {
-            self.media.withdraw(id);
+    /// Relayed dialog `id`'s re-INVITE or UPDATE `request`, whose answer
+    /// was `responder`'s, failed: the offer it carried (if it carried SDP)
+    /// is withdrawn (RFC 3264 §8: the session stays as it was).
+    pub(super) fn media_refused(&mut self, id: u64, responder: Party, request: &Message) {
+        if media::has_sdp(request) && self.relayed.get_mut(id).is_some() {
+            self.media.withdraw(id, responder.other());
         }
     }
 }

@@ -75,11 +75,15 @@ impl MediaRelay for TestRelay {
         released.push(id);
     }
 
-    fn withdraw(&mut self, id: u64) {
+    fn withdraw(&mut self, id: u64, from: Party) {
         let mut st = self.0.lock().unwrap();
         let State { pool, sessions, .. } = &mut *st;
+        let side = match from {
+            Party::Caller => Side::A,
+            Party::Callee => Side::B,
+        };
         if let Some(s) = sessions.get_mut(&id) {
-            s.withdraw(pool.as_mut().unwrap());
+            s.withdraw(pool.as_mut().unwrap(), side);
         }
     }
 }
@@ -570,6 +574,12 @@ fn reply_in_dialog(req: &Message, code: u16, reason: &str) -> String {
 /// A re-INVITE in call `media-{call}` from `who` ("alice" or "bob") with
 /// `sdp`.
 fn reinvite(call: &str, who: &str, branch: &str, cseq: u32, sdp: &str) -> String {
+    in_dialog("INVITE", call, who, branch, cseq, sdp)
+}
+
+/// A `method` request in call `media-{call}` from `who` ("alice" or "bob"),
+/// with `sdp` (none if empty).
+fn in_dialog(method: &str, call: &str, who: &str, branch: &str, cseq: u32, sdp: &str) -> String {
     let (from, to, ruri, port, from_tag, to_tag) = match who {
         "alice" => (
             "alice@a.example",
@@ -588,22 +598,24 @@ fn reinvite(call: &str, who: &str, branch: &str, cseq: u32, sdp: &str) -> String
             "fa",
         ),
     };
-    with_body(
-        &format!(
-            "INVITE sip:{ruri} SIP/2.0\r
+    let request = format!(
+        "{method} sip:{ruri} SIP/2.0\r
 Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r
 Route: <sip:127.0.0.1:5060;lr>\r
 Max-Forwards: 70\r
 From: <sip:{from}>;tag={from_tag}\r
 To: <sip:{to}>;tag={to_tag}\r
 Call-ID: media-{call}\r
-CSeq: {cseq} INVITE\r
+CSeq: {cseq} {method}\r
 Content-Length: 0\r
 \r
 "
-        ),
-        sdp,
-    )
+    );
+    if sdp.is_empty() {
+        request
+    } else {
+        with_body(&request, sdp)
+    }
 }
 
 #[test]
@@ -636,8 +648,6 @@ fn re_invites_refused_in_glare_leave_the_relayed_media_as_it_was() {
     let held = sdp_at("198.51.100.1", 4000).replace("sendrecv", "sendonly");
     sim.udp(ALICE, &reinvite(call, "alice", "z9hG4bK-m9a", 2, &held));
     let alices = sim.sent_to(BOB);
-    // Alice's offer is an offer: it points Bob at his own relay port, and
-    // is not taken as the answer to Bob's.
     assert_eq!(media_of(&alices).port, to_bob.port);
     // Each party refuses the other's: 491.
     sim.udp(ALICE, &reply_in_dialog(&bobs, 491, "Request Pending"));
@@ -666,5 +676,59 @@ fn re_invites_refused_in_glare_leave_the_relayed_media_as_it_was() {
     assert_eq!(
         route(&relay, to_alice.port, alice),
         Some(SocketAddr::from(([198, 51, 100, 9], 6000)))
+    );
+}
+
+#[test]
+fn a_failed_request_without_sdp_leaves_a_pending_offer_be() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    let call = "z9hG4bK-m10";
+    let fwd = alice_calls_bob(&mut sim, call);
+    sim.udp(BOB, &ok_from_bob(&fwd, &sdp_at("198.51.100.2", 5000)));
+    sim.out();
+    sim.udp(ALICE, &ack_from_alice(call));
+    sim.out();
+    // Alice adds video; Bob's phone asks its user.
+    let video = "m=video 4002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n";
+    let offer = format!("{}{video}", sdp_at("198.51.100.1", 4000));
+    sim.udp(ALICE, &reinvite(call, "alice", "z9hG4bK-m10a", 2, &offer));
+    let to_bob = sim.sent_to(BOB);
+    assert_eq!(relay.in_use(), 4);
+    // Meanwhile Alice's own session-timer UPDATE, without SDP, is refused.
+    sim.udp(
+        ALICE,
+        &in_dialog("UPDATE", call, "alice", "z9hG4bK-m10u", 3, ""),
+    );
+    let update = sim.sent_to(BOB);
+    assert_eq!(update.method(), Some(Method::Update));
+    sim.udp(BOB, &reply_in_dialog(&update, 501, "Not Implemented"));
+    assert_eq!(sim.last_to(ALICE).status(), Some(501));
+    assert_eq!(relay.in_use(), 4, "Alice's offer still stands");
+    // Bob accepts the video: his 200 is the answer, its SDP the relay's.
+    let answer = format!(
+        "{}m=video 5002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
+        sdp_at("198.51.100.2", 5000)
+    );
+    let ok = with_body(
+        &reply_in_dialog(&to_bob, 200, "OK").replace(
+            "Content-Length: 0\r\n\r\n",
+            "Contact: <sip:bob@127.0.0.1:5080>\r\nContent-Length: 0\r\n\r\n",
+        ),
+        &answer,
+    );
+    sim.udp(BOB, &ok);
+    let to_alice = sim.last_to(ALICE);
+    assert_eq!(to_alice.status(), Some(200));
+    let d = sdp::inspect(to_alice.body()).unwrap();
+    assert_eq!(d.media.len(), 2);
+    assert!(d
+        .media
+        .iter()
+        .all(|m| m.address.to_string() == RELAY && m.port >= 30000));
+    assert_eq!(
+        relay.in_use(),
+        4,
+        "taken as the answer: nothing new allocated"
     );
 }
