@@ -191,6 +191,9 @@ pub struct Context {
     rtcp_replay: HashMap<u32, Replay>,
     /// Next SRTCP index per SSRC (sending).
     rtcp_index: HashMap<u32, u32>,
+    /// The last RTP packet protected per SSRC, as it was before: the one
+    /// packet that may be protected again (see `protect_rtp`).
+    last_sent: HashMap<u32, Vec<u8>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -310,6 +313,7 @@ impl Context {
             streams: HashMap::new(),
             rtcp_replay: HashMap::new(),
             rtcp_index: HashMap::new(),
+            last_sent: HashMap::new(),
         })
     }
 
@@ -356,7 +360,23 @@ impl Context {
         // RFC 3711 §9.1: one index, one keystream. A sender that starts its
         // numbering again under the same SSRC (the relay keeps its key
         // across re-INVITEs) would have the relay encrypt two packets alike.
-        st.replay.check(index).map_err(|_| SrtpError::Reuse)?;
+        // The same packet again is fine (the same bytes under the same
+        // keystream tell nothing new): RFC 4733 senders resend an event's
+        // end packet under one sequence number, and libsrtp-based ones
+        // allow it for that (allow_repeat_tx).
+        let again = self
+            .last_sent
+            .get(&ssrc)
+            .is_some_and(|l| l[..] == packet[..]);
+        if !again {
+            st.replay.check(index).map_err(|_| SrtpError::Reuse)?;
+        }
+        if self.last_sent.len() >= MAX_SSRCS && !self.last_sent.contains_key(&ssrc) {
+            self.last_sent.clear();
+        }
+        let last = self.last_sent.entry(ssrc).or_default();
+        last.clear();
+        last.extend_from_slice(packet);
         match &self.rtp {
             Transform::Cm(k) => {
                 crypt(k, ssrc, index, &mut packet[n..]);
@@ -663,6 +683,7 @@ mod tests {
             streams: HashMap::new(),
             rtcp_replay: HashMap::new(),
             rtcp_index: HashMap::new(),
+            last_sent: HashMap::new(),
         }
     }
 
@@ -860,6 +881,17 @@ mod tests {
         }
         // Late but never sent: its own keystream.
         tx.protect_rtp(&mut rtp(40, 7, b"late")).unwrap();
+        // The last packet again, byte for byte (RFC 4733's resent end of
+        // an event): the same ciphertext, so allowed; altered, refused.
+        let end = rtp(103, 7, b"end of event");
+        let (mut first, mut again) = (end.clone(), end.clone());
+        tx.protect_rtp(&mut first).unwrap();
+        tx.protect_rtp(&mut again).unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            tx.protect_rtp(&mut rtp(103, 7, b"not the end!")),
+            Err(SrtpError::Reuse)
+        );
         tx.protect_rtp(&mut rtp(102, 7, b"c")).unwrap();
         tx.protect_rtp(&mut rtp(100, 8, b"another SSRC")).unwrap();
     }
