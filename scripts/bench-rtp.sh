@@ -13,6 +13,8 @@
 #                                           rtpengine is skipped
 #   LOADGEN=srtp-load                       plain RTP from that generator too, to compare
 #   VIA_PLUGIN=1                            plain relay chosen by the test plugin (media = relay)
+#   MUX=1                                   both parties put a=rtcp-mux in their SDP (the relay
+#                                           then holds one socket per party instead of two)
 #   FLOOR=1                                 instead of weir, tests/src/bin/udp-floor: one recvfrom
 #                                           and one sendto per packet on epoll and nothing else,
 #                                           the kernel's cost per relayed packet here (plain RTP

@@ -29,6 +29,9 @@ import time
 
 def sdp(port, sess, crypto=None):
     proto, extra = ("RTP/SAVP", "a=crypto:%s\r\n" % crypto) if crypto else ("RTP/AVP", "")
+    if os.environ.get("MUX") == "1":
+        # Both parties multiplex RTCP (RFC 5761): the relay closes its RTCP sockets.
+        extra += "a=rtcp-mux\r\n"
     return ("v=0\r\no=- %d 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
             "m=audio %d %s 0\r\na=rtpmap:0 PCMU/8000\r\n%sa=sendrecv\r\n" % (sess, port, proto, extra))
 

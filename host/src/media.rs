@@ -299,28 +299,60 @@ impl Relay {
         out
     }
 
-    /// Has the call's worker read the pair at `rtp_port` (its sockets were
-    /// bound when the pool handed it out).
-    fn open(&self, call: &Arc<Call>, st: &mut CallState, rtp_port: u16) -> std::io::Result<()> {
-        let pair = lock(&self.shared.bound).remove(&rtp_port);
-        let (rtp, rtcp) = match pair {
-            Some(p) => p,
-            None => {
-                let bind = |p: u16| {
-                    std::net::UdpSocket::bind(SocketAddr::new(self.shared.settings.address, p))
-                };
-                (bind(rtp_port)?, bind(rtp_port + 1)?)
+    /// Has the call's worker read every port its session needs, and closes
+    /// the sockets of ports it no longer needs (a released or withdrawn line,
+    /// RTCP now multiplexed: see `Session::sockets`). A pair the pool has
+    /// just handed out comes bound (see `bound`); a port opened again is
+    /// bound anew. On an error, the port that failed.
+    fn sync_sockets(
+        &self,
+        call: &Arc<Call>,
+        st: &mut CallState,
+    ) -> Result<(), (u16, std::io::Error)> {
+        let wanted = st.session.sockets();
+        st.sockets.retain(|port, (_, token)| {
+            let keep = wanted.contains(port);
+            if !keep {
+                self.shared.workers.remove(*token);
             }
-        };
-        for (port, sock) in [(rtp_port, rtp), (rtp_port + 1, rtcp)] {
-            sock.set_nonblocking(true)?;
-            let sock = Arc::new(sock);
-            let token =
-                self.shared
-                    .workers
-                    .add(call.worker, sock.clone(), port, Arc::downgrade(call))?;
-            st.sockets.insert(port, (sock, token));
+            keep
+        });
+        let bind = |p: u16| UdpSocket::bind(SocketAddr::new(self.shared.settings.address, p));
+        for &port in &wanted {
+            if st.sockets.contains_key(&port) {
+                continue;
+            }
+            let sock = match lock(&self.shared.bound).remove(&(port & !1)) {
+                Some((rtp, rtcp)) if port % 2 == 0 => {
+                    // Its RTCP partner, when needed, is opened next.
+                    if wanted.contains(&(port + 1)) && !st.sockets.contains_key(&(port + 1)) {
+                        self.register(call, st, port + 1, rtcp)
+                            .map_err(|e| (port + 1, e))?;
+                    }
+                    rtp
+                }
+                Some((_, rtcp)) => rtcp,
+                None => bind(port).map_err(|e| (port, e))?,
+            };
+            self.register(call, st, port, sock).map_err(|e| (port, e))?;
         }
+        Ok(())
+    }
+
+    fn register(
+        &self,
+        call: &Arc<Call>,
+        st: &mut CallState,
+        port: u16,
+        sock: UdpSocket,
+    ) -> std::io::Result<()> {
+        sock.set_nonblocking(true)?;
+        let sock = Arc::new(sock);
+        let token =
+            self.shared
+                .workers
+                .add(call.worker, sock.clone(), port, Arc::downgrade(call))?;
+        st.sockets.insert(port, (sock, token));
         Ok(())
     }
 }
@@ -371,7 +403,6 @@ impl MediaRelay for Relay {
             }
         };
         let mut st = lock(&entry.state);
-        let before = st.session.ports();
         let out = st
             .session
             .describe(&mut table.pool, side, sdp, call.signalled_from, call.repeat)
@@ -379,30 +410,23 @@ impl MediaRelay for Relay {
                 let (status, reason) = e.sip_status();
                 refusal(status, reason)
             })?;
-        let fresh: Vec<u16> = st
-            .session
-            .ports()
-            .into_iter()
-            .filter(|p| !before.contains(p))
-            .collect();
-        for port in fresh {
-            if let Err(e) = self.open(&entry, &mut st, port) {
-                warn!(port, error = %e, "relay port cannot be bound");
-                // Nothing of the refused description stays: a new call is
-                // gone, a re-offer withdrawn (its new ports back).
-                // (Fresh ports come of an offer. On glare, the first
-                // offer goes too: the second was refused, so both will be.)
-                if new {
-                    st.session.release(&mut table.pool);
-                } else {
-                    st.session.withdraw(&mut table.pool, side);
-                }
-                self.close_unheld(&mut st);
-                return Err(refusal(
-                    503,
-                    format!("Service Unavailable (relay port {port}: {e})"),
-                ));
+        if let Err((port, e)) = self.sync_sockets(&entry, &mut st) {
+            warn!(port, error = %e, "relay port cannot be bound");
+            // Nothing of the refused description stays: a new call is gone,
+            // a re-offer withdrawn (its new ports back; on glare the first
+            // offer goes too: the second was refused, so both will be). An
+            // answer's (RTCP no longer multiplexed) leaves the call as it is:
+            // its RTCP port stays closed.
+            if new {
+                st.session.release(&mut table.pool);
+            } else {
+                st.session.withdraw(&mut table.pool, side);
             }
+            let _ = self.sync_sockets(&entry, &mut st);
+            return Err(refusal(
+                503,
+                format!("Service Unavailable (relay port {port}: {e})"),
+            ));
         }
         if st.session.answered && st.answered_at.is_none() {
             st.answered_at = Some(Instant::now());
@@ -422,7 +446,7 @@ impl MediaRelay for Relay {
         let mut st = lock(&call.state);
         let streams = st.session.report();
         st.session.release(&mut table.pool);
-        self.close_unheld(&mut st);
+        let _ = self.sync_sockets(&call, &mut st);
         drop(st);
         call.counters.add_to(&mut table.retired);
         table.retired.add_streams(&streams);
@@ -441,24 +465,11 @@ impl MediaRelay for Relay {
         };
         let mut st = lock(&call.state);
         if st.session.withdraw(&mut table.pool, side) {
-            self.close_unheld(&mut st);
+            if let Err((port, e)) = self.sync_sockets(&call, &mut st) {
+                warn!(call_id = %call.call_id, port, error = %e, "relay port cannot be bound again");
+            }
             debug!(call_id = %call.call_id, "relayed media: a refused offer withdrawn");
         }
-    }
-}
-
-impl Relay {
-    /// Stops reading and closes the sockets of ports the call's session
-    /// no longer holds (all of them once it is released).
-    fn close_unheld(&self, st: &mut CallState) {
-        let held = st.session.ports();
-        st.sockets.retain(|port, (_, token)| {
-            let keep = held.contains(&(port & !1));
-            if !keep {
-                self.shared.workers.remove(*token);
-            }
-            keep
-        });
     }
 }
 
@@ -702,5 +713,60 @@ m=audio {port} RTP/AVP 0\r\n"
         assert_eq!(&buf[..n], &rtp[..]);
         relay.release(1);
         assert_eq!(relay.stats().ports_in_use, 0);
+    }
+
+    #[tokio::test]
+    async fn rtcp_sockets_close_once_both_parties_multiplex() {
+        let settings = MediaSettings {
+            policy: MediaPolicy::Always,
+            port_range: (41_240, 41_279),
+            address: "127.0.0.1".parse().unwrap(),
+            advertise: "127.0.0.1".parse().unwrap(),
+            timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(600),
+            max_sessions: 10,
+            workers: 1,
+            srtp_over_plain_sip: false,
+            srtp_suite: weir_media::crypto::Suite::AesCm128HmacSha1_80,
+        };
+        let (tx, _rx) = mpsc::channel(4);
+        let mut relay = Relay::start(settings, tx).unwrap();
+        let alice = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let bob = UdpSocket::bind("127.0.0.1:0").unwrap();
+        bob.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (a, b) = (alice.local_addr().unwrap(), bob.local_addr().unwrap());
+        let mux = |port: u16| {
+            let mut s = sdp(port, None);
+            s.extend_from_slice(b"a=rtcp-mux\r\n");
+            s
+        };
+        let to_bob = relay
+            .describe(&call(Party::Caller, Repeat::Offer), &mux(a.port()))
+            .unwrap();
+        let facing_b = weir_media::sdp::inspect(&to_bob).unwrap().media[0].port;
+        assert!(!bindable(facing_b + 1), "open until the answer");
+        let to_alice = relay
+            .describe(&call(Party::Callee, Repeat::Maybe), &mux(b.port()))
+            .unwrap();
+        let facing_a = weir_media::sdp::inspect(&to_alice).unwrap().media[0].port;
+        assert!(bindable(facing_a + 1) && bindable(facing_b + 1), "closed");
+        assert_eq!(relay.stats().ports_in_use, 4, "still reserved");
+        // RTP, then RTCP on the RTP port, reach Bob.
+        let mut rtp = vec![0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 9];
+        rtp.extend_from_slice(&[0xff; 160]);
+        let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
+        let mut buf = [0u8; 512];
+        for p in [&rtp[..], &rr[..]] {
+            alice.send_to(p, ("127.0.0.1", facing_a)).unwrap();
+            let (n, from) = bob.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from.port()), (p, facing_b));
+        }
+        // A re-offer without rtcp-mux opens them again.
+        relay
+            .describe(&call(Party::Caller, Repeat::Offer), &sdp(a.port(), None))
+            .unwrap();
+        assert!(!bindable(facing_a + 1) && !bindable(facing_b + 1));
+        relay.release(1);
+        assert!(bindable(facing_a) && bindable(facing_a + 1));
     }
 }

@@ -88,20 +88,28 @@ pub enum CryptoError {
 /// The longest MKI (RFC 4568 §6.1: 1 to 128 bytes).
 const MKI_MAX: usize = 128;
 
+/// Digits only (`str::parse` would take a leading `+`).
+fn digits<T: std::str::FromStr>(v: &str) -> Option<T> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
 /// `2^n` or a decimal count of packets.
 fn lifetime(v: &str) -> Option<u64> {
     match v.strip_prefix("2^") {
-        Some(n) => n.parse::<u32>().ok().filter(|n| *n < 64).map(|n| 1u64 << n),
-        None => v.parse::<u64>().ok(),
+        Some(n) => digits::<u32>(n).filter(|n| *n < 64).map(|n| 1u64 << n),
+        None => digits::<u64>(v),
     }
-    .filter(|n| *n > 0)
+    .filter(|n| *n > 1)
 }
 
 /// `value:length`: the value big-endian in `length` bytes.
 fn mki(v: &str) -> Option<Vec<u8>> {
     let (value, len) = v.split_once(':')?;
-    let value: u128 = value.parse().ok()?;
-    let len: usize = len.parse().ok().filter(|l| (1..=MKI_MAX).contains(l))?;
+    let value: u128 = digits(value)?;
+    let len: usize = digits(len).filter(|l| (1..=MKI_MAX).contains(l))?;
     let bytes = value.to_be_bytes();
     let used = bytes
         .iter()
@@ -258,8 +266,16 @@ mod tests {
                 CryptoError::Param("2^64".into()),
             ),
             (
-                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|0"),
-                CryptoError::Param("0".into()),
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|1"),
+                CryptoError::Param("1".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|2^+5"),
+                CryptoError::Param("2^+5".into()),
+            ),
+            (
+                format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|+1:4"),
+                CryptoError::Param("+1:4".into()),
             ),
             (
                 format!("1 AES_CM_128_HMAC_SHA1_80 inline:{key}|256:1"),

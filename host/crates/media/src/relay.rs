@@ -128,6 +128,10 @@ struct Stream {
     b_formats: Vec<Format>,
     /// Each party's line is SRTP: where the relay does not terminate it,
     /// headers are authenticated end to end and never renumbered.
+    /// Each party's line has `a=rtcp-mux` (RFC 5761): with both, RTCP
+    /// shares the RTP ports and the RTCP sockets are closed.
+    a_mux: bool,
+    b_mux: bool,
     a_srtp: bool,
     b_srtp: bool,
     /// What each party's packets are, on their way to the other: payload
@@ -299,6 +303,8 @@ impl Stream {
             kind: String::new(),
             a_formats: Vec::new(),
             b_formats: Vec::new(),
+            a_mux: false,
+            b_mux: false,
             a_srtp: false,
             b_srtp: false,
             timing_a: Timing::default(),
@@ -321,6 +327,8 @@ impl Stream {
             kind: self.kind.clone(),
             a_formats: self.a_formats.clone(),
             b_formats: self.b_formats.clone(),
+            a_mux: self.a_mux,
+            b_mux: self.b_mux,
             a_srtp: self.a_srtp,
             b_srtp: self.b_srtp,
             timing_a: self.timing_a.clone(),
@@ -349,6 +357,8 @@ impl Stream {
         self.kind = t.kind;
         self.a_formats = t.a_formats;
         self.b_formats = t.b_formats;
+        self.a_mux = t.a_mux;
+        self.b_mux = t.b_mux;
         self.a_srtp = t.a_srtp;
         self.b_srtp = t.b_srtp;
         self.timing_a = t.timing_a;
@@ -431,6 +441,8 @@ struct Terms {
     kind: String,
     a_formats: Vec<Format>,
     b_formats: Vec<Format>,
+    a_mux: bool,
+    b_mux: bool,
     a_srtp: bool,
     b_srtp: bool,
     timing_a: Timing,
@@ -595,6 +607,24 @@ impl Session {
             .iter()
             .flat_map(|s| [s.facing_a, s.facing_b])
             .collect()
+    }
+
+    /// The ports that need a socket: each RTP port, and its RTCP port
+    /// unless both parties multiplex RTCP on the RTP port (RFC 5761: both
+    /// descriptions carry `a=rtcp-mux`; until the answer says so, the
+    /// offerer may still send RTCP apart). The RTCP port stays reserved
+    /// either way.
+    pub fn sockets(&self) -> Vec<u16> {
+        let mut out = Vec::with_capacity(self.streams.len() * 4);
+        for s in &self.streams {
+            for p in [s.facing_a, s.facing_b] {
+                out.push(p);
+                if !(s.a_mux && s.b_mux) {
+                    out.push(p + 1);
+                }
+            }
+        }
+        out
     }
 
     /// An offer from `side` (the initial INVITE's from A; a re-INVITE's from
@@ -1015,10 +1045,12 @@ impl Session {
                 Side::A => {
                     s.a_formats.clone_from(&m.formats);
                     s.a_srtp = m.srtp;
+                    s.a_mux = m.rtcp_mux;
                 }
                 Side::B => {
                     s.b_formats.clone_from(&m.formats);
                     s.b_srtp = m.srtp;
+                    s.b_mux = m.rtcp_mux;
                 }
             }
             s.timing_a = Timing::new(&s.a_formats, &s.b_formats);
@@ -1936,5 +1968,79 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
             s.forward(now(), fb, sock("198.51.100.2:5000"), &mut p),
             Err(Refused::Srtp(SrtpError::NoKey))
         );
+    }
+
+    #[test]
+    fn rtcp_sockets_are_needed_until_both_parties_multiplex() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mux = |sdp: String| format!("{sdp}a=rtcp-mux\r\n");
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.describe(
+            &mut pool,
+            Side::A,
+            mux(offer("198.51.100.1", 4000)).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        let (fa, fb) = (s.ports()[0], s.ports()[1]);
+        assert_eq!(
+            s.sockets(),
+            vec![fa, fa + 1, fb, fb + 1],
+            "the answer may refuse"
+        );
+        s.describe(
+            &mut pool,
+            Side::B,
+            mux(offer("198.51.100.2", 5000)).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
+        assert_eq!(s.sockets(), vec![fa, fb]);
+        // A re-offer without it, answered without it: RTCP apart again.
+        s.describe(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        assert_eq!(s.sockets().len(), 4);
+        assert!(s.withdraw(&mut pool, Side::A), "refused: multiplexed still");
+        assert_eq!(s.sockets(), vec![fa, fb]);
+        // Muxed RTCP goes from RTP port to RTP port.
+        let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 1];
+        let (a, b) = (sock("198.51.100.1:4000"), sock("198.51.100.2:5000"));
+        let mut p = rtp(0, 1, 160);
+        s.forward(now(), fa, a, &mut p).unwrap();
+        let mut p = rr.to_vec();
+        assert_eq!(
+            s.forward(now(), fa, a, &mut p).unwrap(),
+            Route {
+                from_port: fb,
+                to: b
+            }
+        );
+        // Not multiplexed by the answerer: both apart.
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.describe(
+            &mut pool,
+            Side::A,
+            mux(offer("198.51.100.1", 4000)).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        s.describe(
+            &mut pool,
+            Side::B,
+            offer("198.51.100.2", 5000).as_bytes(),
+            None,
+            Repeat::Maybe,
+        )
+        .unwrap();
+        assert_eq!(s.sockets().len(), 4);
     }
 }

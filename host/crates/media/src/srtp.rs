@@ -183,8 +183,11 @@ pub struct Context {
     /// The MKI every packet under this key carries (empty: none): before
     /// the HMAC tag, after GCM's (RFC 3711 §3.1, RFC 7714 §8.1 and §9.1).
     mki: Vec<u8>,
-    /// Packets (SRTP and SRTCP) the key may still protect or admit.
-    left: u64,
+    /// SRTP and SRTCP packets the key may still protect or admit: fewer
+    /// than its lifetime each (RFC 4568 §6.1), 2^48 and 2^31 by default
+    /// (RFC 3711 §9.2).
+    left_rtp: u64,
+    left_rtcp: u64,
     rtp: Transform,
     rtcp: Transform,
     streams: HashMap<u32, Stream>,
@@ -307,7 +310,8 @@ impl Context {
         Ok(Context {
             tag_len,
             mki: c.mki.clone().unwrap_or_default(),
-            left: c.lifetime.unwrap_or(u64::MAX),
+            left_rtp: c.lifetime.unwrap_or(1 << 48) - 1,
+            left_rtcp: c.lifetime.unwrap_or(1 << 31) - 1,
             rtp,
             rtcp,
             streams: HashMap::new(),
@@ -333,25 +337,29 @@ impl Context {
         self.streams.insert(ssrc, st);
     }
 
-    /// Refuses a packet once the key's lifetime is used up.
-    fn check_left(&self) -> Result<(), SrtpError> {
-        if self.left == 0 {
+    /// Refuses a packet once the key's lifetime is used up (for its kind).
+    fn check_left(&self, rtcp: bool) -> Result<(), SrtpError> {
+        let left = if rtcp { self.left_rtcp } else { self.left_rtp };
+        if left == 0 {
             return Err(SrtpError::Expired);
         }
         Ok(())
     }
 
-    /// One more packet under the key.
-    fn count(&mut self) {
-        if self.left != u64::MAX {
-            self.left -= 1;
-        }
+    /// One more packet of a kind under the key.
+    fn count(&mut self, rtcp: bool) {
+        let left = if rtcp {
+            &mut self.left_rtcp
+        } else {
+            &mut self.left_rtp
+        };
+        *left = left.saturating_sub(1);
     }
 
     /// Encrypts an RTP packet in place and appends its tag.
     pub fn protect_rtp(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
         let n = header_len(packet).ok_or(SrtpError::TooShort)?;
-        self.check_left()?;
+        self.check_left(false)?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         let mut st = self.stream(ssrc);
@@ -396,7 +404,7 @@ impl Context {
         }
         st.update(v, seq);
         self.keep(ssrc, st);
-        self.count();
+        self.count(false);
         Ok(())
     }
 
@@ -416,7 +424,7 @@ impl Context {
         if packet[mki_at..mki_at + self.mki.len()] != self.mki[..] {
             return Err(SrtpError::Mki);
         }
-        self.check_left()?;
+        self.check_left(false)?;
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         let mut st = self.stream(ssrc);
@@ -446,7 +454,7 @@ impl Context {
         }
         st.update(v, seq);
         self.keep(ssrc, st);
-        self.count();
+        self.count(false);
         Ok(())
     }
 
@@ -456,7 +464,7 @@ impl Context {
         if packet.len() < 8 {
             return Err(SrtpError::TooShort);
         }
-        self.check_left()?;
+        self.check_left(true)?;
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         if self.rtcp_index.len() >= MAX_SSRCS && !self.rtcp_index.contains_key(&ssrc) {
             self.rtcp_index.clear();
@@ -492,7 +500,7 @@ impl Context {
                 packet.extend_from_slice(&self.mki);
             }
         }
-        self.count();
+        self.count(true);
         Ok(())
     }
 
@@ -514,7 +522,7 @@ impl Context {
         if packet[mki_at..mki_at + m] != self.mki[..] {
             return Err(SrtpError::Mki);
         }
-        self.check_left()?;
+        self.check_left(true)?;
         let ssrc = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
         let at = len + index_at;
         let e_index =
@@ -559,7 +567,7 @@ impl Context {
             self.rtcp_replay.clear();
         }
         self.rtcp_replay.insert(ssrc, replay);
-        self.count();
+        self.count(true);
         Ok(())
     }
 }
@@ -677,7 +685,8 @@ mod tests {
         Context {
             tag_len: GCM_TAG,
             mki: Vec::new(),
-            left: u64::MAX,
+            left_rtp: u64::MAX,
+            left_rtcp: u64::MAX,
             rtp: Transform::Gcm(g.clone()),
             rtcp: Transform::Gcm(g),
             streams: HashMap::new(),
@@ -897,40 +906,48 @@ mod tests {
     }
 
     #[test]
-    fn a_key_is_used_for_its_lifetime_and_no_longer() {
+    fn a_key_is_used_for_fewer_packets_than_its_lifetime() {
+        // RFC 4568 §6.1: SRTP and SRTCP packets each fewer than it.
         let c = Crypto {
             lifetime: Some(3),
             ..crypto(Suite::AesCm128HmacSha1_80, 1)
         };
+        let unlimited = Crypto {
+            lifetime: None,
+            ..c.clone()
+        };
         let (mut tx, mut rx) = (Context::new(&c).unwrap(), Context::new(&c).unwrap());
-        let mut sent = Vec::new();
-        for seq in 0..3 {
-            let mut p = rtp(seq, 1, b"x");
-            tx.protect_rtp(&mut p).unwrap();
-            sent.push(p);
+        let mut sender = Context::new(&unlimited).unwrap();
+        for seq in 0..2 {
+            tx.protect_rtp(&mut rtp(seq, 1, b"x")).unwrap();
         }
         assert_eq!(
-            tx.protect_rtp(&mut rtp(3, 1, b"x")),
+            tx.protect_rtp(&mut rtp(2, 1, b"x")),
             Err(SrtpError::Expired)
         );
         let rr = [0x81, 201, 0, 1, 0, 0, 0, 1];
+        for _ in 0..2 {
+            tx.protect_rtcp(&mut rr.to_vec()).unwrap();
+        }
         assert_eq!(tx.protect_rtcp(&mut rr.to_vec()), Err(SrtpError::Expired));
-        // Receiving: an SRTCP packet counts too; a refused one does not.
+        // Receiving: a refused packet does not count.
+        let mut sent: Vec<Vec<u8>> = (0..3)
+            .map(|seq| {
+                let mut p = rtp(seq, 1, b"x");
+                sender.protect_rtp(&mut p).unwrap();
+                p
+            })
+            .collect();
         let mut bad = sent[0].clone();
         bad[12] ^= 1;
         assert_eq!(rx.unprotect_rtp(&mut bad), Err(SrtpError::Auth));
         for p in &mut sent[..2] {
             rx.unprotect_rtp(p).unwrap();
         }
-        let mut other = Context::new(&Crypto {
-            lifetime: None,
-            ..c.clone()
-        })
-        .unwrap();
-        let mut report = rr.to_vec();
-        other.protect_rtcp(&mut report).unwrap();
-        rx.unprotect_rtcp(&mut report).unwrap();
         assert_eq!(rx.unprotect_rtp(&mut sent[2]), Err(SrtpError::Expired));
+        let mut report = rr.to_vec();
+        sender.protect_rtcp(&mut report).unwrap();
+        rx.unprotect_rtcp(&mut report).unwrap();
     }
 
     #[test]

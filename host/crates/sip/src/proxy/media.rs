@@ -16,6 +16,7 @@
 //! answers by their order (RFC 3264), as a proxy cannot see the roles.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -203,17 +204,18 @@ pub(crate) struct RelayedDialogs {
     by_key: HashMap<DialogKey, RelayedDialog>,
     by_id: HashMap<u64, DialogKey>,
     /// Dialogs this proxy ended itself (media timeout, an answer the relay
-    /// refused), the latest [`ENDED_KEPT`]: a 2xx the callee resends
-    /// meanwhile goes on without its SDP, and the caller's ACK releases the
-    /// BYEs waiting for it.
+    /// refused), for as long as their 2xx may be resent (64·T1, RFC 3261
+    /// §13.3.1.4): a 2xx resent meanwhile goes on without its SDP, and the
+    /// caller's ACK releases the BYEs waiting for it.
     ended: HashMap<DialogKey, Ended>,
-    ended_order: VecDeque<(DialogKey, u64)>,
+    /// When each was ended (oldest first), with its entry's number.
+    ended_order: VecDeque<(Instant, DialogKey, u64)>,
     ended_seq: u64,
 }
 
-/// How many dialogs ended by the proxy are remembered (a resent 2xx comes
-/// within 32 s of the first: 64·T1).
-const ENDED_KEPT: usize = 4096;
+/// The most ended dialogs remembered, whatever their age: memory stays
+/// bounded (about 500 calls ended by the proxy every second for 32 s).
+const ENDED_MAX: usize = 16_384;
 
 impl RelayedDialogs {
     pub fn len(&self) -> usize {
@@ -268,21 +270,38 @@ impl RelayedDialogs {
         Some((key, d))
     }
 
-    /// Remembers a dialog the proxy ended, with the BYEs that wait for the
-    /// caller's ACK, if any.
-    pub fn remember_ended(&mut self, key: DialogKey, after_ack: Option<Byes>) {
+    /// Remembers a dialog the proxy ended at `now`, with the BYEs that wait
+    /// for the caller's ACK, if any, for `keep` (64·T1); older ones are
+    /// forgotten.
+    pub fn remember_ended(
+        &mut self,
+        now: Instant,
+        keep: Duration,
+        key: DialogKey,
+        after_ack: Option<Byes>,
+    ) {
         self.ended_seq += 1;
         let seq = self.ended_seq;
-        self.ended_order.push_back((key.clone(), seq));
+        self.ended_order.push_back((now, key.clone(), seq));
         self.ended.insert(key, Ended { seq, after_ack });
-        while self.ended_order.len() > ENDED_KEPT {
-            if let Some((old, seq)) = self.ended_order.pop_front() {
+        while let Some((at, _, _)) = self.ended_order.front() {
+            let stale = now.saturating_duration_since(*at) > keep;
+            if !stale && self.ended_order.len() <= ENDED_MAX {
+                break;
+            }
+            if let Some((_, old, seq)) = self.ended_order.pop_front() {
                 // Only if not ended again since.
                 if self.ended.get(&old).is_some_and(|e| e.seq == seq) {
                     self.ended.remove(&old);
                 }
             }
         }
+    }
+
+    /// How many ended dialogs are remembered.
+    #[cfg(test)]
+    pub fn ended_len(&self) -> usize {
+        self.ended.len()
     }
 
     /// True when `msg` belongs to a dialog the proxy ended itself.
@@ -344,4 +363,40 @@ pub(crate) fn bye(leg: &Leg, call_id: &[u8], server: Option<&str>, reason: &str)
     }
     m.extend_from_slice(b"Content-Length: 0\r\n\r\n");
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: usize) -> DialogKey {
+        (Bytes::from(format!("call-{n}")), Bytes::from_static(b"tag"))
+    }
+
+    #[test]
+    fn ended_dialogs_are_remembered_for_their_2xx_resends_and_no_longer() {
+        let mut d = RelayedDialogs::default();
+        let t0 = Instant::now();
+        let keep = Duration::from_secs(37);
+        d.remember_ended(t0, keep, key(1), None);
+        d.remember_ended(t0 + Duration::from_secs(30), keep, key(2), None);
+        assert_eq!(d.ended_len(), 2, "both within 64·T1");
+        // However many end in between: the first is still known at 37 s.
+        for n in 3..5_000 {
+            d.remember_ended(t0 + Duration::from_secs(37), keep, key(n), None);
+        }
+        assert!(d.ended.contains_key(&key(1)));
+        d.remember_ended(t0 + Duration::from_secs(38), keep, key(5_000), None);
+        assert!(!d.ended.contains_key(&key(1)), "past 64·T1");
+        assert!(d.ended.contains_key(&key(2)));
+        // Ended again since: its newer entry stays when the old one goes.
+        d.remember_ended(t0 + Duration::from_secs(40), keep, key(2), None);
+        d.remember_ended(t0 + Duration::from_secs(68), keep, key(5_001), None);
+        assert!(d.ended.contains_key(&key(2)));
+        // Memory stays bounded whatever the rate.
+        for n in 0..ENDED_MAX + 10 {
+            d.remember_ended(t0 + Duration::from_secs(70), keep, key(10_000 + n), None);
+        }
+        assert_eq!(d.ended_len(), ENDED_MAX);
+    }
 }

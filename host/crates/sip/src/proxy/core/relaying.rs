@@ -379,6 +379,7 @@ impl Proxy {
         when: Ending,
     ) -> Option<(String, usize)> {
         let (key, d) = self.relayed.end(id)?;
+        let keep = self.cfg.timers.t1 * 64 + self.cfg.timers.t4;
         self.media.release(id);
         let byes = Byes {
             call_id: d.call_id.clone(),
@@ -389,9 +390,9 @@ impl Proxy {
         match when {
             Ending::Now => {
                 self.send_byes(now, &byes);
-                self.relayed.remember_ended(key, None);
+                self.relayed.remember_ended(now, keep, key, None);
             }
-            Ending::AfterAck => self.relayed.remember_ended(key, Some(byes)),
+            Ending::AfterAck => self.relayed.remember_ended(now, keep, key, Some(byes)),
         }
         Some((String::from_utf8_lossy(&d.call_id).into_owned(), n))
     }
