@@ -29,6 +29,11 @@ pub struct Latch {
     expected: Option<std::net::IpAddr>,
     signalled_from: Option<std::net::IpAddr>,
     source: Option<SocketAddr>,
+    /// Where the party's RTCP (on the relay's RTCP port) comes from: only
+    /// from the host its RTP latched onto, and the first such source is
+    /// where its RTCP goes (symmetric RTCP, RFC 4961: behind a NAT, not
+    /// its RTP port + 1).
+    rtcp_source: Option<SocketAddr>,
     /// Packets refused because they came from elsewhere.
     pub dropped: u64,
 }
@@ -67,6 +72,26 @@ impl Latch {
         self.source
     }
 
+    /// The source the party's RTCP latched onto, if any.
+    pub fn rtcp_source(&self) -> Option<SocketAddr> {
+        self.rtcp_source
+    }
+
+    /// Judges a well-formed RTCP packet from `from` on the RTCP port.
+    pub fn check_rtcp(&mut self, from: SocketAddr) -> Verdict {
+        match (self.source, self.rtcp_source) {
+            (Some(rtp), None) if rtp.ip() == from.ip() => {
+                self.rtcp_source = Some(from);
+                Verdict::Latched
+            }
+            (Some(_), Some(s)) if s == from => Verdict::Accept,
+            _ => {
+                self.dropped += 1;
+                Verdict::Drop
+            }
+        }
+    }
+
     /// Judges a well-formed packet from `from`.
     pub fn check(&mut self, from: SocketAddr) -> Verdict {
         match self.source {
@@ -92,6 +117,7 @@ impl Latch {
     /// the next good packet latches again.
     pub fn relatch(&mut self) {
         self.source = None;
+        self.rtcp_source = None;
     }
 }
 
@@ -146,5 +172,27 @@ mod tests {
         assert_eq!(l.check("203.0.113.66:4000".parse().unwrap()), Verdict::Drop);
         assert_eq!(l.check("127.0.0.1:4000".parse().unwrap()), Verdict::Latched);
         assert_eq!(l.check("192.0.2.2:4000".parse().unwrap()), Verdict::Drop);
+    }
+
+    #[test]
+    fn rtcp_latches_from_the_rtp_host_and_then_only_that_source() {
+        let nat_rtp: SocketAddr = "192.0.2.50:61000".parse().unwrap();
+        let nat_rtcp: SocketAddr = "192.0.2.50:61234".parse().unwrap();
+        let mut l = Latch::new("10.0.0.5".parse().unwrap());
+        assert_eq!(l.check_rtcp(nat_rtcp), Verdict::Drop, "no RTP heard yet");
+        assert_eq!(l.check(nat_rtp), Verdict::Latched);
+        assert_eq!(
+            l.check_rtcp("203.0.113.66:61234".parse().unwrap()),
+            Verdict::Drop
+        );
+        assert_eq!(l.check_rtcp(nat_rtcp), Verdict::Latched);
+        assert_eq!(l.check_rtcp(nat_rtcp), Verdict::Accept);
+        assert_eq!(
+            l.check_rtcp("192.0.2.50:61001".parse().unwrap()),
+            Verdict::Drop
+        );
+        assert_eq!(l.rtcp_source(), Some(nat_rtcp));
+        l.relatch();
+        assert_eq!(l.rtcp_source(), None);
     }
 }

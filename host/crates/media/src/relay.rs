@@ -128,6 +128,9 @@ struct Stream {
     b_formats: Vec<Format>,
     /// Each party's line is SRTP: where the relay does not terminate it,
     /// headers are authenticated end to end and never renumbered.
+    /// The RTCP port each party's SDP named (`a=rtcp`, RFC 3605), if any.
+    a_rtcp_port: Option<u16>,
+    b_rtcp_port: Option<u16>,
     /// Each party's line has `a=rtcp-mux` (RFC 5761): with both, RTCP
     /// shares the RTP ports and the RTCP sockets are closed.
     a_mux: bool,
@@ -303,6 +306,8 @@ impl Stream {
             kind: String::new(),
             a_formats: Vec::new(),
             b_formats: Vec::new(),
+            a_rtcp_port: None,
+            b_rtcp_port: None,
             a_mux: false,
             b_mux: false,
             a_srtp: false,
@@ -327,6 +332,8 @@ impl Stream {
             kind: self.kind.clone(),
             a_formats: self.a_formats.clone(),
             b_formats: self.b_formats.clone(),
+            a_rtcp_port: self.a_rtcp_port,
+            b_rtcp_port: self.b_rtcp_port,
             a_mux: self.a_mux,
             b_mux: self.b_mux,
             a_srtp: self.a_srtp,
@@ -357,6 +364,8 @@ impl Stream {
         self.kind = t.kind;
         self.a_formats = t.a_formats;
         self.b_formats = t.b_formats;
+        self.a_rtcp_port = t.a_rtcp_port;
+        self.b_rtcp_port = t.b_rtcp_port;
         self.a_mux = t.a_mux;
         self.b_mux = t.b_mux;
         self.a_srtp = t.a_srtp;
@@ -366,6 +375,31 @@ impl Stream {
         self.keys.offered = t.offered;
         let heard = |k: &Key| self.keys.theirs.as_ref().is_some_and(|h| h.same(&k.crypto));
         self.keys.next = t.next.filter(|k| !heard(k));
+    }
+
+    /// Where `side`'s RTP (or RTCP on its own port) goes: where it was
+    /// heard from, else where its SDP said (RTCP: its `a=rtcp` port, or the
+    /// RTP port + 1 of either); None while a private address it named is
+    /// no destination (see `Session::learn`).
+    fn destination(&self, side: Side, rtcp: bool) -> Option<SocketAddr> {
+        let (latch, sdp, rtcp_port) = match side {
+            Side::A => (&self.from_a, self.a_sdp, self.a_rtcp_port),
+            Side::B => (&self.from_b, self.b_sdp, self.b_rtcp_port),
+        };
+        if !rtcp {
+            return latch.source().or(sdp);
+        }
+        if let Some(heard) = latch.rtcp_source() {
+            return Some(heard);
+        }
+        match (latch.source(), sdp) {
+            (Some(rtp), _) => Some(SocketAddr::new(rtp.ip(), rtp.port().saturating_add(1))),
+            (None, Some(sdp)) => Some(SocketAddr::new(
+                sdp.ip(),
+                rtcp_port.unwrap_or(sdp.port().saturating_add(1)),
+            )),
+            (None, None) => None,
+        }
     }
 
     fn report(&self) -> StreamReport {
@@ -441,6 +475,8 @@ struct Terms {
     kind: String,
     a_formats: Vec<Format>,
     b_formats: Vec<Format>,
+    a_rtcp_port: Option<u16>,
+    b_rtcp_port: Option<u16>,
     a_mux: bool,
     b_mux: bool,
     a_srtp: bool,
@@ -866,28 +902,22 @@ impl Session {
         } else {
             Side::B
         };
-        let (latch, to, out_port) = if s.facing_a == rtp_port {
-            (&mut s.from_a, s.from_b.source().or(s.b_sdp), s.facing_b)
-        } else {
-            (&mut s.from_b, s.from_a.source().or(s.a_sdp), s.facing_a)
+        let to = match sender {
+            Side::A => s.destination(Side::B, rtcp),
+            Side::B => s.destination(Side::A, rtcp),
         };
-        // RTCP (RTP port + 1) is taken only from the host RTP latched onto.
+        let (latch, out_port) = match sender {
+            Side::A => (&mut s.from_a, s.facing_b),
+            Side::B => (&mut s.from_b, s.facing_a),
+        };
         let verdict = if rtcp {
-            match latch.source() {
-                Some(s) if s.ip() == from.ip() => Verdict::Accept,
-                _ => Verdict::Drop,
-            }
+            latch.check_rtcp(from)
         } else {
             latch.check(from)
         };
         let Some(to) = to.filter(|_| verdict != Verdict::Drop) else {
             self.dropped += 1;
             return None;
-        };
-        let to = if rtcp {
-            SocketAddr::new(to.ip(), to.port().saturating_add(1))
-        } else {
-            to
         };
         Some((
             i,
@@ -1046,11 +1076,13 @@ impl Session {
                     s.a_formats.clone_from(&m.formats);
                     s.a_srtp = m.srtp;
                     s.a_mux = m.rtcp_mux;
+                    s.a_rtcp_port = m.rtcp_port;
                 }
                 Side::B => {
                     s.b_formats.clone_from(&m.formats);
                     s.b_srtp = m.srtp;
                     s.b_mux = m.rtcp_mux;
+                    s.b_rtcp_port = m.rtcp_port;
                 }
             }
             s.timing_a = Timing::new(&s.a_formats, &s.b_formats);
@@ -2042,5 +2074,69 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         )
         .unwrap();
         assert_eq!(s.sockets().len(), 4);
+    }
+
+    #[test]
+    fn rtcp_goes_where_the_partys_rtcp_comes_from_else_where_its_sdp_says() {
+        let mut pool = PortPool::new(30000, 30099).unwrap();
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        s.describe(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        // B: public, RTCP on a port of its own (a=rtcp).
+        let b_sdp = format!("{}a=rtcp:5009\r\n", offer("198.51.100.2", 5000));
+        s.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
+            .unwrap();
+        let (fa, fb) = (s.ports()[0], s.ports()[1]);
+        let a = sock("198.51.100.1:4000");
+        let rr = |ssrc: u8| vec![0x80u8, 201, 0, 1, 0, 0, 0, ssrc];
+        let mut p = rtp(0, 1, 160);
+        s.forward(now(), fa, a, &mut p).unwrap();
+        let mut p = rr(1);
+        assert_eq!(
+            s.forward(now(), fa + 1, sock("198.51.100.1:4001"), &mut p)
+                .unwrap(),
+            Route {
+                from_port: fb + 1,
+                to: sock("198.51.100.2:5009")
+            },
+            "B not heard yet: its a=rtcp port"
+        );
+        // B is heard, RTP and RTCP from the ports its NAT chose.
+        let (b_rtp, b_rtcp) = (sock("198.51.100.2:61000"), sock("198.51.100.2:61234"));
+        let mut p = rtp(0, 1, 160);
+        s.forward(now(), fb, b_rtp, &mut p).unwrap();
+        let mut p = rr(1);
+        assert_eq!(
+            s.forward(now(), fa + 1, sock("198.51.100.1:4001"), &mut p)
+                .unwrap()
+                .to,
+            sock("198.51.100.2:61001"),
+            "RTP heard, RTCP not: its RTP port + 1"
+        );
+        let mut p = rr(2);
+        assert_eq!(
+            s.forward(now(), fb + 1, b_rtcp, &mut p).unwrap().to,
+            sock("198.51.100.1:4001")
+        );
+        let mut p = rr(1);
+        assert_eq!(
+            s.forward(now(), fa + 1, sock("198.51.100.1:4001"), &mut p)
+                .unwrap()
+                .to,
+            b_rtcp,
+            "symmetric RTCP"
+        );
+        // Another source on B's host: dropped.
+        let mut p = rr(2);
+        assert_eq!(
+            s.forward(now(), fb + 1, sock("198.51.100.2:61235"), &mut p),
+            Err(Refused::Source)
+        );
     }
 }

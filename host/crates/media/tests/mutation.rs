@@ -206,6 +206,9 @@ fn storm(suite: Suite, seed: u64) {
     let a: SocketAddr = "198.51.100.1:4000".parse().unwrap();
     let b: SocketAddr = "198.51.100.2:5000".parse().unwrap();
     let stranger: SocketAddr = "192.0.2.66:4000".parse().unwrap();
+    // Each party sends RTCP apart from its RTP port + 1, as endpoints do.
+    let rtcp_from =
+        |party: SocketAddr, port: u16| SocketAddr::new(party.ip(), party.port() + port % 2);
 
     // Every original is relayed once (latching both parties), so that any
     // copy of it later is a replay.
@@ -227,11 +230,13 @@ fn storm(suite: Suite, seed: u64) {
     let t = Instant::now();
     for (port, p) in &a_seeds {
         let mut p = p.clone();
-        s.forward(t, *port, a, &mut p).expect("A's real packet");
+        s.forward(t, *port, rtcp_from(a, *port), &mut p)
+            .expect("A's real packet");
     }
     for (port, p) in &b_seeds {
         let mut p = p.clone();
-        s.forward(t, *port, b, &mut p).expect("B's real packet");
+        s.forward(t, *port, rtcp_from(b, *port), &mut p)
+            .expect("B's real packet");
     }
 
     let started = Instant::now();
@@ -249,7 +254,7 @@ fn storm(suite: Suite, seed: u64) {
                 let mut p = mutate(&mut rng, seed);
                 let input = p.clone();
                 let port = if rng.below(8) == 0 { port ^ 1 } else { *port };
-                let got = s.forward(now, port, a, &mut p);
+                let got = s.forward(now, port, rtcp_from(a, port), &mut p);
                 assert!(
                     got.is_err(),
                     "{}: an altered SRTP packet passed as {:?}: {input:02x?}",
@@ -263,7 +268,7 @@ fn storm(suite: Suite, seed: u64) {
                 let (port, seed) = &b_seeds[rng.below(b_seeds.len())];
                 let mut p = mutate(&mut rng, seed);
                 let input = p.clone();
-                if let Ok(route) = s.forward(now, *port, b, &mut p) {
+                if let Ok(route) = s.forward(now, *port, rtcp_from(b, *port), &mut p) {
                     // Out of the matching port facing A: RTP or RTCP.
                     assert_eq!(route.to.port(), a.port() + (*port - facing_b));
                     // The RTCP port carries RTCP; the RTP port both, told
