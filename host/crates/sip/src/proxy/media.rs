@@ -158,6 +158,9 @@ pub(crate) struct RelayedDialog {
     /// Why the answer in a reliable provisional response (RFC 3262) was
     /// refused: the 2xx that follows without SDP ends the call.
     pub doomed: Option<String>,
+    /// The initial INVITE's CSeq number, as the caller sent it: an ACK from
+    /// the caller with it acknowledges the call's own 2xx.
+    pub initial_cseq: u32,
 }
 
 /// BYEs that end a relayed call, sent once the caller's ACK of the 2xx

@@ -112,6 +112,7 @@ impl Proxy {
             },
             to_callee: Leg::default(),
             doomed: None,
+            initial_cseq: cseq_number(received).unwrap_or(0),
         };
         if let Some(old) = self.relayed.insert(&request, dialog) {
             self.media.release(old.id);
@@ -160,9 +161,11 @@ impl Proxy {
     /// In a relayed dialog its SDP (the answer to an offer in a 2xx) is
     /// relayed like the rest. One the relay refuses goes on without it (an
     /// ACK has no answer to refuse it with, and its own SDP names what the
-    /// relay stands in for), and the call, whose media could never flow,
-    /// is ended. In a dialog the proxy ended, it releases the BYEs waiting
-    /// for it.
+    /// relay stands in for). When it answered the call's own 2xx, the
+    /// call, whose media could never flow, is ended; when a re-INVITE's,
+    /// the 2xx's offer is withdrawn and the call goes on with the media it
+    /// had. In a dialog the proxy ended, it releases the BYEs waiting for
+    /// it.
     pub(super) fn media_ack(
         &mut self,
         msg: Message,
@@ -181,16 +184,23 @@ impl Proxy {
             return (out, byes);
         };
         let (id, mode) = (d.id, d.mode);
+        let initial = from == Party::Caller && cseq_number(&msg) == Some(d.initial_cseq);
         match self.relay_sdp(id, from, mode, &msg, Some(source), false) {
             Ok(Some(sent)) => (Some(sent), None),
             Ok(None) => (Some(msg), None),
             Err(r) => {
-                let end = AfterAck::End {
-                    id,
-                    call_id: call_id_text(&msg),
-                    why: r.reason,
+                let (call_id, why) = (call_id_text(&msg), r.reason);
+                let then = if initial {
+                    AfterAck::End { id, call_id, why }
+                } else {
+                    AfterAck::Withdraw {
+                        id,
+                        offerer: from.other(),
+                        call_id,
+                        why,
+                    }
                 };
-                (without_sdp(&msg), Some(end))
+                (without_sdp(&msg), Some(then))
             }
         }
     }
@@ -201,6 +211,15 @@ impl Proxy {
             AfterAck::Byes(byes) => self.send_byes(now, &byes),
             AfterAck::End { id, call_id, why } => {
                 self.media_failed(now, id, call_id, why, Some(Ending::Now));
+            }
+            AfterAck::Withdraw {
+                id,
+                offerer,
+                call_id,
+                why,
+            } => {
+                self.media.withdraw(id, offerer);
+                self.media_failed(now, id, call_id, why, None);
             }
         }
     }
@@ -528,9 +547,16 @@ enum Ending {
 pub(super) enum AfterAck {
     /// BYEs that waited for it.
     Byes(Byes),
-    /// Its answer was refused: the call ends.
+    /// Its answer to the call's own 2xx was refused: the call ends.
     End {
         id: u64,
+        call_id: String,
+        why: String,
+    },
+    /// Its answer to a re-INVITE's 2xx was refused: that offer is off.
+    Withdraw {
+        id: u64,
+        offerer: Party,
         call_id: String,
         why: String,
     },

@@ -732,3 +732,52 @@ fn a_failed_request_without_sdp_leaves_a_pending_offer_be() {
         "taken as the answer: nothing new allocated"
     );
 }
+
+#[test]
+fn a_refused_answer_in_a_re_invites_ack_withdraws_its_offer_and_keeps_the_call() {
+    let relay = TestRelay::new(30000, 30099);
+    let mut sim = relayed_sim(MediaMode::Relay, &relay, |_| {});
+    let call = "z9hG4bK-m11";
+    let fwd = alice_calls_bob(&mut sim, call);
+    sim.udp(BOB, &ok_from_bob(&fwd, &sdp_at("198.51.100.2", 5000)));
+    let to_alice = media_of(&sim.one(ALICE));
+    sim.udp(ALICE, &ack_from_alice(call));
+    sim.out();
+    // Bob re-INVITEs without SDP; Alice offers (moving) in her 200.
+    sim.udp(BOB, &reinvite(call, "bob", "z9hG4bK-m11r", 7, ""));
+    let reinv = sim.sent_to(ALICE);
+    let ok = with_body(
+        &reply_in_dialog(&reinv, 200, "OK").replace(
+            "Content-Length: 0\r\n\r\n",
+            "Contact: <sip:alice@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n",
+        ),
+        &sdp_at("198.51.100.9", 4008),
+    );
+    sim.udp(ALICE, &ok);
+    assert_eq!(sim.last_to(BOB).status(), Some(200));
+    // Bob answers in his ACK with SDP the relay cannot read.
+    let ack = in_dialog(
+        "ACK",
+        call,
+        "bob",
+        "z9hG4bK-m11k",
+        7,
+        "v=0\r\no=- 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\nt=0 0\r\nm=audio 70000 RTP/AVP 0\r\n",
+    );
+    sim.udp(BOB, &ack);
+    let out = sim.out();
+    let to_alice_now = sent_to(&out, ALICE);
+    assert_eq!(to_alice_now.len(), 1, "the ACK only, no BYE: {out:?}");
+    assert_eq!(to_alice_now[0].method(), Some(Method::Ack));
+    assert!(to_alice_now[0].body().is_empty());
+    assert!(sent_to(&out, BOB).is_empty(), "no BYE to Bob");
+    assert_eq!(relay.in_use(), 2, "the call keeps its relay");
+    // Alice's offer is off: her media still goes to Bob's address.
+    let mut st = relay.0.lock().unwrap();
+    let s = st.sessions.values_mut().next().unwrap();
+    let alice = SocketAddr::from(([198, 51, 100, 1], 4000));
+    assert_eq!(
+        s.route(to_alice.port, alice).map(|r| r.to),
+        Some(SocketAddr::from(([198, 51, 100, 2], 5000)))
+    );
+}
