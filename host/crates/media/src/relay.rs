@@ -131,10 +131,12 @@ struct Stream {
     /// The RTCP port each party's SDP named (`a=rtcp`, RFC 3605), if any.
     a_rtcp_port: Option<u16>,
     b_rtcp_port: Option<u16>,
-    /// Each party's line has `a=rtcp-mux` (RFC 5761): with both, RTCP
-    /// shares the RTP ports and the RTCP sockets are closed.
+    /// Each party's last description of the line has `a=rtcp-mux`.
     a_mux: bool,
     b_mux: bool,
+    /// The last answer agreed to multiplex RTCP on the RTP ports (RFC 5761
+    /// §5.1.1: offer and answer both carry `a=rtcp-mux`).
+    muxed: bool,
     a_srtp: bool,
     b_srtp: bool,
     /// What each party's packets are, on their way to the other: payload
@@ -310,6 +312,7 @@ impl Stream {
             b_rtcp_port: None,
             a_mux: false,
             b_mux: false,
+            muxed: false,
             a_srtp: false,
             b_srtp: false,
             timing_a: Timing::default(),
@@ -382,9 +385,9 @@ impl Stream {
     /// RTP port + 1 of either); None while a private address it named is
     /// no destination (see `Session::learn`).
     fn destination(&self, side: Side, rtcp: bool) -> Option<SocketAddr> {
-        let (latch, sdp, rtcp_port) = match side {
-            Side::A => (&self.from_a, self.a_sdp, self.a_rtcp_port),
-            Side::B => (&self.from_b, self.b_sdp, self.b_rtcp_port),
+        let (latch, sdp, said, rtcp_port) = match side {
+            Side::A => (&self.from_a, self.a_sdp, self.a_said, self.a_rtcp_port),
+            Side::B => (&self.from_b, self.b_sdp, self.b_said, self.b_rtcp_port),
         };
         if !rtcp {
             return latch.source().or(sdp);
@@ -393,6 +396,11 @@ impl Stream {
             return Some(heard);
         }
         match (latch.source(), sdp) {
+            // Heard where its SDP said (no NAT between): its a=rtcp holds.
+            (Some(rtp), _) if Some(rtp) == said && rtcp_port.is_some() => Some(SocketAddr::new(
+                rtp.ip(),
+                rtcp_port.unwrap_or(rtp.port().saturating_add(1)),
+            )),
             (Some(rtp), _) => Some(SocketAddr::new(rtp.ip(), rtp.port().saturating_add(1))),
             (None, Some(sdp)) => Some(SocketAddr::new(
                 sdp.ip(),
@@ -646,16 +654,22 @@ impl Session {
     }
 
     /// The ports that need a socket: each RTP port, and its RTCP port
-    /// unless both parties multiplex RTCP on the RTP port (RFC 5761: both
-    /// descriptions carry `a=rtcp-mux`; until the answer says so, the
-    /// offerer may still send RTCP apart). The RTCP port stays reserved
-    /// either way.
+    /// unless the last answer agreed to multiplex RTCP on the RTP port
+    /// (RFC 5761: offer and answer carry `a=rtcp-mux`) and no pending offer
+    /// goes without it (its answer may not multiplex). The RTCP port stays
+    /// reserved either way.
     pub fn sockets(&self) -> Vec<u16> {
         let mut out = Vec::with_capacity(self.streams.len() * 4);
         for s in &self.streams {
+            // A pending offer without it may be answered without it.
+            let offer_keeps = match self.pending_offer {
+                Some(Side::A) => s.a_mux,
+                Some(Side::B) => s.b_mux,
+                None => true,
+            };
             for p in [s.facing_a, s.facing_b] {
                 out.push(p);
-                if !(s.a_mux && s.b_mux) {
+                if !(s.muxed && offer_keeps) {
                     out.push(p + 1);
                 }
             }
@@ -741,6 +755,9 @@ impl Session {
         let out = sdp::rewrite_with(sdp_bytes, self.relay, &self.facing(side.other()), &edits)?;
         self.install(side, changes);
         self.learn(side, &d, signalled_from);
+        for s in &mut self.streams {
+            s.muxed = s.a_mux && s.b_mux;
+        }
         self.answered = true;
         self.pending_offer = None;
         self.outstanding = [false; 2];
@@ -2074,6 +2091,19 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         )
         .unwrap();
         assert_eq!(s.sockets().len(), 4);
+        // B offers it later: nothing agreed until A's answer says so.
+        let b_mux = mux(offer("198.51.100.2", 5000));
+        s.describe(&mut pool, Side::B, b_mux.as_bytes(), None, Repeat::Offer)
+            .unwrap();
+        assert_eq!(s.sockets().len(), 4, "A still sends RTCP apart");
+        assert!(s.withdraw(&mut pool, Side::B));
+        assert_eq!(s.sockets().len(), 4);
+        s.describe(&mut pool, Side::B, b_mux.as_bytes(), None, Repeat::Offer)
+            .unwrap();
+        let a_mux = mux(offer("198.51.100.1", 4000));
+        s.describe(&mut pool, Side::A, a_mux.as_bytes(), None, Repeat::Maybe)
+            .unwrap();
+        assert_eq!(s.sockets().len(), 2);
     }
 
     #[test]
@@ -2106,6 +2136,30 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
                 to: sock("198.51.100.2:5009")
             },
             "B not heard yet: its a=rtcp port"
+        );
+        // B heard where its SDP said (no NAT): its a=rtcp port still.
+        let mut s2 = Session::new("203.0.113.7".parse().unwrap());
+        s2.describe(
+            &mut pool,
+            Side::A,
+            offer("198.51.100.1", 4000).as_bytes(),
+            None,
+            Repeat::Offer,
+        )
+        .unwrap();
+        s2.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
+            .unwrap();
+        let (fa2, fb2) = (s2.ports()[0], s2.ports()[1]);
+        for (port, from) in [(fa2, a), (fb2, sock("198.51.100.2:5000"))] {
+            let mut p = rtp(0, 1, 160);
+            s2.forward(now(), port, from, &mut p).unwrap();
+        }
+        let mut p = rr(1);
+        assert_eq!(
+            s2.forward(now(), fa2 + 1, sock("198.51.100.1:4001"), &mut p)
+                .unwrap()
+                .to,
+            sock("198.51.100.2:5009")
         );
         // B is heard, RTP and RTCP from the ports its NAT chose.
         let (b_rtp, b_rtcp) = (sock("198.51.100.2:61000"), sock("198.51.100.2:61234"));

@@ -311,7 +311,8 @@ impl Context {
             tag_len,
             mki: c.mki.clone().unwrap_or_default(),
             left_rtp: c.lifetime.unwrap_or(1 << 48) - 1,
-            left_rtcp: c.lifetime.unwrap_or(1 << 31) - 1,
+            // Past 2^31 the SRTCP index would wrap (its keystreams repeat).
+            left_rtcp: c.lifetime.unwrap_or(1 << 31).min(1 << 31) - 1,
             rtp,
             rtcp,
             streams: HashMap::new(),

@@ -161,6 +161,10 @@ pub(crate) struct RelayedDialog {
     /// The initial INVITE's CSeq number, as the caller sent it: an ACK from
     /// the caller with it acknowledges the call's own 2xx.
     pub initial_cseq: u32,
+    /// A re-INVITE's 2xx whose offer was withdrawn when the relay refused
+    /// the answer in its ACK (who sent it, its CSeq number): resent (the
+    /// ACK may have been lost), it goes on without its SDP.
+    pub withdrawn_2xx: Option<(Party, u32)>,
 }
 
 /// BYEs that end a relayed call, sent once the caller's ACK of the 2xx

@@ -113,6 +113,7 @@ impl Proxy {
             to_callee: Leg::default(),
             doomed: None,
             initial_cseq: cseq_number(received).unwrap_or(0),
+            withdrawn_2xx: None,
         };
         if let Some(old) = self.relayed.insert(&request, dialog) {
             self.media.release(old.id);
@@ -193,6 +194,9 @@ impl Proxy {
                 let then = if initial {
                     AfterAck::End { id, call_id, why }
                 } else {
+                    if let Some(d) = self.relayed.get_mut(id) {
+                        d.withdrawn_2xx = cseq_number(&msg).map(|c| (from.other(), c));
+                    }
                     AfterAck::Withdraw {
                         id,
                         offerer: from.other(),
@@ -358,7 +362,14 @@ impl Proxy {
             return StraySdp::Keep;
         };
         let (id, mode) = (d.id, d.mode);
-        match self.relay_sdp(id, asked_by.other(), mode, msg, source, true) {
+        let responder = asked_by.other();
+        if d.withdrawn_2xx
+            .is_some_and(|w| w == (responder, cseq_number(msg).unwrap_or(0)))
+        {
+            // Its offer is off: on without it (the ACK may be lost).
+            return StraySdp::Strip;
+        }
+        match self.relay_sdp(id, responder, mode, msg, source, true) {
             Ok(Some(sent)) => StraySdp::Replace(sent.body_bytes()),
             Ok(None) => StraySdp::Keep,
             // Not a resend of what the relay took (another fork's 2xx):

@@ -772,6 +772,14 @@ fn a_refused_answer_in_a_re_invites_ack_withdraws_its_offer_and_keeps_the_call()
     assert!(to_alice_now[0].body().is_empty());
     assert!(sent_to(&out, BOB).is_empty(), "no BYE to Bob");
     assert_eq!(relay.in_use(), 2, "the call keeps its relay");
+    // That ACK lost, Alice resends her 200: on to Bob (who ACKs again),
+    // without the offer that is off.
+    sim.advance(Duration::from_secs(1));
+    sim.out();
+    sim.udp(ALICE, &ok);
+    let resent = sim.last_to(BOB);
+    assert_eq!(resent.status(), Some(200));
+    assert!(resent.body().is_empty(), "{resent:?}");
     // Alice's offer is off: her media still goes to Bob's address.
     let mut st = relay.0.lock().unwrap();
     let s = st.sessions.values_mut().next().unwrap();
