@@ -666,11 +666,12 @@ m=audio {port} RTP/AVP 0\r\n"
         UdpSocket::bind(("127.0.0.1", port)).is_ok()
     }
 
-    #[tokio::test]
-    async fn a_withdrawn_offer_closes_the_sockets_it_opened_and_media_goes_on() {
+    /// A relay on `ports` of 127.0.0.1 with one worker, and Alice's and
+    /// Bob's media sockets (Bob's reads time out after 2 s).
+    fn relay_between(ports: (u16, u16)) -> (Relay, UdpSocket, UdpSocket) {
         let settings = MediaSettings {
             policy: MediaPolicy::Always,
-            port_range: (41_200, 41_239),
+            port_range: ports,
             address: "127.0.0.1".parse().unwrap(),
             advertise: "127.0.0.1".parse().unwrap(),
             timeout: Duration::from_secs(60),
@@ -681,10 +682,16 @@ m=audio {port} RTP/AVP 0\r\n"
             srtp_suite: weir_media::crypto::Suite::AesCm128HmacSha1_80,
         };
         let (tx, _rx) = mpsc::channel(4);
-        let mut relay = Relay::start(settings, tx).unwrap();
+        let relay = Relay::start(settings, tx).unwrap();
         let alice = UdpSocket::bind("127.0.0.1:0").unwrap();
         let bob = UdpSocket::bind("127.0.0.1:0").unwrap();
         bob.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        (relay, alice, bob)
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_offer_closes_the_sockets_it_opened_and_media_goes_on() {
+        let (mut relay, alice, bob) = relay_between((41_200, 41_239));
         let (a, b) = (alice.local_addr().unwrap(), bob.local_addr().unwrap());
         relay
             .describe(&call(Party::Caller, Repeat::Offer), &sdp(a.port(), None))
@@ -727,23 +734,7 @@ m=audio {port} RTP/AVP 0\r\n"
 
     #[tokio::test]
     async fn rtcp_sockets_close_once_both_parties_multiplex() {
-        let settings = MediaSettings {
-            policy: MediaPolicy::Always,
-            port_range: (41_240, 41_279),
-            address: "127.0.0.1".parse().unwrap(),
-            advertise: "127.0.0.1".parse().unwrap(),
-            timeout: Duration::from_secs(60),
-            hold_timeout: Duration::from_secs(600),
-            max_sessions: 10,
-            workers: 1,
-            srtp_over_plain_sip: false,
-            srtp_suite: weir_media::crypto::Suite::AesCm128HmacSha1_80,
-        };
-        let (tx, _rx) = mpsc::channel(4);
-        let mut relay = Relay::start(settings, tx).unwrap();
-        let alice = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let bob = UdpSocket::bind("127.0.0.1:0").unwrap();
-        bob.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (mut relay, alice, bob) = relay_between((41_240, 41_279));
         let (a, b) = (alice.local_addr().unwrap(), bob.local_addr().unwrap());
         let mux = |port: u16| {
             let mut s = sdp(port, None);

@@ -1132,6 +1132,13 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         )
     }
 
+    /// `side`'s description `sdp`, taken (see [`Session::describe`]): what
+    /// the other party gets.
+    fn say(s: &mut Session, pool: &mut PortPool, side: Side, sdp: &str, repeat: Repeat) -> Vec<u8> {
+        s.describe(pool, side, sdp.as_bytes(), None, repeat)
+            .unwrap()
+    }
+
     fn sock(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
@@ -1406,19 +1413,16 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
         let mut s = Session::new("203.0.113.7".parse().unwrap());
         // Late offer: the callee's 200 offers, the caller's ACK answers.
         let (b_sdp, a_sdp) = (offer("10.1.1.1", 5000), offer("198.51.100.1", 4000));
-        s.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        say(&mut s, &mut pool, Side::B, &b_sdp, Repeat::Maybe);
         assert!(!s.answered);
-        s.describe(&mut pool, Side::A, a_sdp.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        say(&mut s, &mut pool, Side::A, &a_sdp, Repeat::Maybe);
         assert!(s.answered);
         let facing_b = s.ports()[1];
         let nat = sock("192.0.2.9:7000");
         assert!(s.route(facing_b, nat).is_some(), "the private side latches");
         // A retransmitted 200 (or a hold re-INVITE naming the same address)
         // must not reopen the latch to whoever sends first.
-        s.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        say(&mut s, &mut pool, Side::B, &b_sdp, Repeat::Maybe);
         assert_eq!(s.route(facing_b, sock("203.0.113.66:7000")), None);
         assert!(s.route(facing_b, nat).is_some());
         assert_eq!(pool.in_use(), 2);
@@ -1449,9 +1453,7 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
 m=audio 5000 RTP/SAVP 0\r\na=crypto:{}\r\n",
             b_key.to_value()
         );
-        let to_a = s
-            .describe(&mut pool, Side::B, b_answer.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        let to_a = say(&mut s, &mut pool, Side::B, &b_answer, Repeat::Maybe);
         assert!(s.answered);
         // The 200 resent (in or after its transaction): the same plain SDP
         // for A, never B's key; the roles stay: A's next offer is an offer.
@@ -1477,8 +1479,7 @@ m=audio 5000 RTP/SAVP 0\r\na=crypto:{}\r\n",
                 .unwrap(),
         );
         assert_eq!(refresh, to_b, "the same ports and the same key");
-        s.describe(&mut pool, Side::B, b_answer.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        say(&mut s, &mut pool, Side::B, &b_answer, Repeat::Maybe);
         let b_reoffer = b_answer.replace("5000", "5004");
         let to_a2 = text(
             s.describe(
@@ -1681,8 +1682,7 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
             "{}m=video 4010 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
             offer("198.51.100.9", 4002)
         );
-        s.describe(&mut pool, Side::A, moved.as_bytes(), None, Repeat::Offer)
-            .unwrap();
+        say(&mut s, &mut pool, Side::A, &moved, Repeat::Offer);
         assert_eq!((s.ports().len(), pool.in_use()), (4, 4));
         assert!(!s.withdraw(&mut pool, Side::B), "B made no offer");
         assert!(s.withdraw(&mut pool, Side::A));
@@ -1706,22 +1706,20 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         );
         // No offer pending: B's answer-shaped SDP in a PRACK or a 2xx
         // is an offer now, and its answer completes it.
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::B,
-            offer("198.51.100.2", 5000).as_bytes(),
-            None,
+            &offer("198.51.100.2", 5000),
             Repeat::Never,
-        )
-        .unwrap();
-        s.describe(
+        );
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            offer("198.51.100.1", 4000).as_bytes(),
-            None,
+            &offer("198.51.100.1", 4000),
             Repeat::Maybe,
-        )
-        .unwrap();
+        );
         assert!(
             !s.withdraw(&mut pool, Side::B),
             "answered: nothing to withdraw"
@@ -1730,25 +1728,22 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         // B moves; A's answer repeats its last bytes (its o= version
         // unchanged): the answer all the same. A refused hold of A's later
         // leaves B where it moved.
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::B,
-            offer("198.51.100.2", 5002).as_bytes(),
-            None,
+            &offer("198.51.100.2", 5002),
             Repeat::Offer,
-        )
-        .unwrap();
-        s.describe(
+        );
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            offer("198.51.100.1", 4000).as_bytes(),
-            None,
+            &offer("198.51.100.1", 4000),
             Repeat::Maybe,
-        )
-        .unwrap();
+        );
         let hold = format!("{}a=sendonly\r\n", offer("198.51.100.1", 4000));
-        s.describe(&mut pool, Side::A, hold.as_bytes(), None, Repeat::Offer)
-            .unwrap();
+        say(&mut s, &mut pool, Side::A, &hold, Repeat::Offer);
         assert!(s.withdraw(&mut pool, Side::A));
         let mut p = rtp(0, 4, 640);
         assert_eq!(
@@ -1759,8 +1754,7 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         // A moves and is heard there before its offer is refused: where its
         // packets come from is kept (a handover), where they go too.
         let moved = offer("198.51.100.9", 4002);
-        s.describe(&mut pool, Side::A, moved.as_bytes(), None, Repeat::Offer)
-            .unwrap();
+        say(&mut s, &mut pool, Side::A, &moved, Repeat::Offer);
         let there = sock("198.51.100.9:4002");
         let mut p = rtp(0, 5, 800);
         assert!(s.forward(now(), fa, there, &mut p).is_ok());
@@ -1783,16 +1777,14 @@ m=audio 4000 RTP/SAVP 0\r\na=crypto:{}\r\n",
         // Both re-INVITE at once, each moving its media: B's offer is no
         // answer to A's.
         let held = format!("{}a=sendonly\r\n", offer("198.51.100.1", 4004));
-        s.describe(&mut pool, Side::A, held.as_bytes(), None, Repeat::Offer)
-            .unwrap();
-        s.describe(
+        say(&mut s, &mut pool, Side::A, &held, Repeat::Offer);
+        say(
+            &mut s,
             &mut pool,
             Side::B,
-            offer("198.51.100.2", 5008).as_bytes(),
-            None,
+            &offer("198.51.100.2", 5008),
             Repeat::Offer,
-        )
-        .unwrap();
+        );
         assert!(s.withdraw(&mut pool, Side::B), "B's offer is no answer");
         // Both failed with 491: each party's media goes where it went.
         assert!(!s.withdraw(&mut pool, Side::A));
@@ -1835,25 +1827,21 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         let (a, b) = (sock("198.51.100.1:4000"), sock("198.51.100.2:5000"));
         let old = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(7));
         let new = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(8));
-        let to_b = s
-            .describe(
-                &mut pool,
-                Side::A,
-                savp("198.51.100.1", 4000, &old).as_bytes(),
-                None,
-                Repeat::Offer,
-            )
-            .unwrap();
+        let to_b = say(
+            &mut s,
+            &mut pool,
+            Side::A,
+            &savp("198.51.100.1", 4000, &old),
+            Repeat::Offer,
+        );
         assert!(!String::from_utf8(to_b).unwrap().contains("crypto"));
-        let answer = s
-            .describe(
-                &mut pool,
-                Side::B,
-                offer("198.51.100.2", 5000).as_bytes(),
-                None,
-                Repeat::Maybe,
-            )
-            .unwrap();
+        let answer = say(
+            &mut s,
+            &mut pool,
+            Side::B,
+            &offer("198.51.100.2", 5000),
+            Repeat::Maybe,
+        );
         let (fa, fb) = (s.ports()[0], s.ports()[1]);
         let mut sender = srtp::Context::new(&old).unwrap();
         let send = |ctx: &mut srtp::Context, s: &mut Session, seq: u16| {
@@ -1868,37 +1856,31 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         // A hold and a resume in A's same key, one from each party: the
         // context (its rollover counter) goes on, and the relay's key too.
         let held = format!("{}a=sendonly\r\n", savp("198.51.100.1", 4000, &old));
-        s.describe(&mut pool, Side::A, held.as_bytes(), None, Repeat::Offer)
-            .unwrap();
-        let again = s
-            .describe(
-                &mut pool,
-                Side::B,
-                offer("198.51.100.2", 5000).as_bytes(),
-                None,
-                Repeat::Maybe,
-            )
-            .unwrap();
+        say(&mut s, &mut pool, Side::A, &held, Repeat::Offer);
+        let again = say(
+            &mut s,
+            &mut pool,
+            Side::B,
+            &offer("198.51.100.2", 5000),
+            Repeat::Maybe,
+        );
         assert_eq!(again, answer, "the relay's key is kept");
-        let to_a = s
-            .describe(
-                &mut pool,
-                Side::B,
-                offer("198.51.100.2", 5000).as_bytes(),
-                None,
-                Repeat::Offer,
-            )
-            .unwrap();
+        let to_a = say(
+            &mut s,
+            &mut pool,
+            Side::B,
+            &offer("198.51.100.2", 5000),
+            Repeat::Offer,
+        );
         let relay_key = |sdp: &[u8]| sdp::inspect(sdp).unwrap().media[0].crypto[0].clone();
         assert_eq!(relay_key(&to_a), relay_key(&answer));
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            savp("198.51.100.1", 4000, &old).as_bytes(),
-            None,
+            &savp("198.51.100.1", 4000, &old),
             Repeat::Maybe,
-        )
-        .unwrap();
+        );
         assert!(send(&mut sender, &mut s, 2).is_ok(), "ROC 1 still known");
         // What the relay sends A decrypts under the key it gave A first.
         let mut rx = srtp::Context::new(&Crypto::parse(&relay_key(&answer)).unwrap()).unwrap();
@@ -1909,14 +1891,13 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         // A re-offers a new key; B refuses: the old key goes on, the new
         // one is never taken.
         let mut renewed = srtp::Context::new(&new).unwrap();
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            savp("198.51.100.1", 4000, &new).as_bytes(),
-            None,
+            &savp("198.51.100.1", 4000, &new),
             Repeat::Offer,
-        )
-        .unwrap();
+        );
         assert!(
             send(&mut sender, &mut s, 3).is_ok(),
             "the old key until the answer"
@@ -1929,22 +1910,20 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         assert!(send(&mut sender, &mut s, 5).is_ok());
         // Again, accepted: packets under either key pass until the first
         // under the new one; then only the new one does.
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            savp("198.51.100.1", 4000, &new).as_bytes(),
-            None,
+            &savp("198.51.100.1", 4000, &new),
             Repeat::Offer,
-        )
-        .unwrap();
-        s.describe(
+        );
+        say(
+            &mut s,
             &mut pool,
             Side::B,
-            offer("198.51.100.2", 5000).as_bytes(),
-            None,
+            &offer("198.51.100.2", 5000),
             Repeat::Maybe,
-        )
-        .unwrap();
+        );
         assert!(
             send(&mut sender, &mut s, 6).is_ok(),
             "in flight under the old key"
@@ -1960,23 +1939,21 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         let third = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(10));
         let fourth = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(11));
         for (key, answered) in [(&third, true), (&fourth, false)] {
-            s.describe(
+            say(
+                &mut s,
                 &mut pool,
                 Side::A,
-                savp("198.51.100.1", 4000, key).as_bytes(),
-                None,
+                &savp("198.51.100.1", 4000, key),
                 Repeat::Offer,
-            )
-            .unwrap();
+            );
             if answered {
-                s.describe(
+                say(
+                    &mut s,
                     &mut pool,
                     Side::B,
-                    offer("198.51.100.2", 5000).as_bytes(),
-                    None,
+                    &offer("198.51.100.2", 5000),
                     Repeat::Maybe,
-                )
-                .unwrap();
+                );
             }
         }
         assert!(s.withdraw(&mut pool, Side::A));
@@ -2002,14 +1979,13 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         let mut s = Session::new("203.0.113.7".parse().unwrap());
         s.terminate_srtp(Side::A, Box::new(|b| b.fill(3)));
         let key = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(7));
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            savp("198.51.100.1", 4000, &key).as_bytes(),
-            None,
+            &savp("198.51.100.1", 4000, &key),
             Repeat::Offer,
-        )
-        .unwrap();
+        );
         let fb = s.ports()[1];
         // B's early packet, before the relay answered A with its key.
         let mut p = rtp(0, 1, 160);
@@ -2024,38 +2000,35 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         let mut pool = PortPool::new(30000, 30099).unwrap();
         let mux = |sdp: String| format!("{sdp}a=rtcp-mux\r\n");
         let mut s = Session::new("203.0.113.7".parse().unwrap());
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            mux(offer("198.51.100.1", 4000)).as_bytes(),
-            None,
+            &mux(offer("198.51.100.1", 4000)),
             Repeat::Offer,
-        )
-        .unwrap();
+        );
         let (fa, fb) = (s.ports()[0], s.ports()[1]);
         assert_eq!(
             s.sockets(),
             vec![fa, fa + 1, fb, fb + 1],
             "the answer may refuse"
         );
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::B,
-            mux(offer("198.51.100.2", 5000)).as_bytes(),
-            None,
+            &mux(offer("198.51.100.2", 5000)),
             Repeat::Maybe,
-        )
-        .unwrap();
+        );
         assert_eq!(s.sockets(), vec![fa, fb]);
         // A re-offer without it, answered without it: RTCP apart again.
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            offer("198.51.100.1", 4000).as_bytes(),
-            None,
+            &offer("198.51.100.1", 4000),
             Repeat::Offer,
-        )
-        .unwrap();
+        );
         assert_eq!(s.sockets().len(), 4);
         assert!(s.withdraw(&mut pool, Side::A), "refused: multiplexed still");
         assert_eq!(s.sockets(), vec![fa, fb]);
@@ -2074,35 +2047,30 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         );
         // Not multiplexed by the answerer: both apart.
         let mut s = Session::new("203.0.113.7".parse().unwrap());
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            mux(offer("198.51.100.1", 4000)).as_bytes(),
-            None,
+            &mux(offer("198.51.100.1", 4000)),
             Repeat::Offer,
-        )
-        .unwrap();
-        s.describe(
+        );
+        say(
+            &mut s,
             &mut pool,
             Side::B,
-            offer("198.51.100.2", 5000).as_bytes(),
-            None,
+            &offer("198.51.100.2", 5000),
             Repeat::Maybe,
-        )
-        .unwrap();
+        );
         assert_eq!(s.sockets().len(), 4);
         // B offers it later: nothing agreed until A's answer says so.
         let b_mux = mux(offer("198.51.100.2", 5000));
-        s.describe(&mut pool, Side::B, b_mux.as_bytes(), None, Repeat::Offer)
-            .unwrap();
+        say(&mut s, &mut pool, Side::B, &b_mux, Repeat::Offer);
         assert_eq!(s.sockets().len(), 4, "A still sends RTCP apart");
         assert!(s.withdraw(&mut pool, Side::B));
         assert_eq!(s.sockets().len(), 4);
-        s.describe(&mut pool, Side::B, b_mux.as_bytes(), None, Repeat::Offer)
-            .unwrap();
+        say(&mut s, &mut pool, Side::B, &b_mux, Repeat::Offer);
         let a_mux = mux(offer("198.51.100.1", 4000));
-        s.describe(&mut pool, Side::A, a_mux.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        say(&mut s, &mut pool, Side::A, &a_mux, Repeat::Maybe);
         assert_eq!(s.sockets().len(), 2);
     }
 
@@ -2110,18 +2078,16 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
     fn rtcp_goes_where_the_partys_rtcp_comes_from_else_where_its_sdp_says() {
         let mut pool = PortPool::new(30000, 30099).unwrap();
         let mut s = Session::new("203.0.113.7".parse().unwrap());
-        s.describe(
+        say(
+            &mut s,
             &mut pool,
             Side::A,
-            offer("198.51.100.1", 4000).as_bytes(),
-            None,
+            &offer("198.51.100.1", 4000),
             Repeat::Offer,
-        )
-        .unwrap();
+        );
         // B: public, RTCP on a port of its own (a=rtcp).
         let b_sdp = format!("{}a=rtcp:5009\r\n", offer("198.51.100.2", 5000));
-        s.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        say(&mut s, &mut pool, Side::B, &b_sdp, Repeat::Maybe);
         let (fa, fb) = (s.ports()[0], s.ports()[1]);
         let a = sock("198.51.100.1:4000");
         let rr = |ssrc: u8| vec![0x80u8, 201, 0, 1, 0, 0, 0, ssrc];
@@ -2139,16 +2105,14 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
         );
         // B heard where its SDP said (no NAT): its a=rtcp port still.
         let mut s2 = Session::new("203.0.113.7".parse().unwrap());
-        s2.describe(
+        say(
+            &mut s2,
             &mut pool,
             Side::A,
-            offer("198.51.100.1", 4000).as_bytes(),
-            None,
+            &offer("198.51.100.1", 4000),
             Repeat::Offer,
-        )
-        .unwrap();
-        s2.describe(&mut pool, Side::B, b_sdp.as_bytes(), None, Repeat::Maybe)
-            .unwrap();
+        );
+        say(&mut s2, &mut pool, Side::B, &b_sdp, Repeat::Maybe);
         let (fa2, fb2) = (s2.ports()[0], s2.ports()[1]);
         for (port, from) in [(fa2, a), (fb2, sock("198.51.100.2:5000"))] {
             let mut p = rtp(0, 1, 160);

@@ -571,6 +571,15 @@ fn reply_in_dialog(req: &Message, code: u16, reason: &str) -> String {
     s
 }
 
+/// A 2xx to the in-dialog request `req` from `contact`, with `sdp`.
+fn ok_in_dialog(req: &Message, contact: &str, sdp: &str) -> String {
+    let ok = reply_in_dialog(req, 200, "OK").replace(
+        "Content-Length: 0\r\n\r\n",
+        &format!("Contact: <sip:{contact}>\r\nContent-Length: 0\r\n\r\n"),
+    );
+    with_body(&ok, sdp)
+}
+
 /// A re-INVITE in call `media-{call}` from `who` ("alice" or "bob") with
 /// `sdp`.
 fn reinvite(call: &str, who: &str, branch: &str, cseq: u32, sdp: &str) -> String {
@@ -664,11 +673,9 @@ fn re_invites_refused_in_glare_leave_the_relayed_media_as_it_was() {
         &reinvite(call, "bob", "z9hG4bK-m9c", 8, &sdp_at("198.51.100.9", 6000)),
     );
     let again = sim.sent_to(ALICE);
-    let ok = with_body(
-        &reply_in_dialog(&again, 200, "OK").replace(
-            "Content-Length: 0\r\n\r\n",
-            "Contact: <sip:alice@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n",
-        ),
+    let ok = ok_in_dialog(
+        &again,
+        "alice@127.0.0.1:5070",
         &sdp_at("198.51.100.1", 4000),
     );
     sim.udp(ALICE, &ok);
@@ -710,13 +717,7 @@ fn a_failed_request_without_sdp_leaves_a_pending_offer_be() {
         "{}m=video 5002 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n",
         sdp_at("198.51.100.2", 5000)
     );
-    let ok = with_body(
-        &reply_in_dialog(&to_bob, 200, "OK").replace(
-            "Content-Length: 0\r\n\r\n",
-            "Contact: <sip:bob@127.0.0.1:5080>\r\nContent-Length: 0\r\n\r\n",
-        ),
-        &answer,
-    );
+    let ok = ok_in_dialog(&to_bob, "bob@127.0.0.1:5080", &answer);
     sim.udp(BOB, &ok);
     let to_alice = sim.last_to(ALICE);
     assert_eq!(to_alice.status(), Some(200));
@@ -746,11 +747,9 @@ fn a_refused_answer_in_a_re_invites_ack_withdraws_its_offer_and_keeps_the_call()
     // Bob re-INVITEs without SDP; Alice offers (moving) in her 200.
     sim.udp(BOB, &reinvite(call, "bob", "z9hG4bK-m11r", 7, ""));
     let reinv = sim.sent_to(ALICE);
-    let ok = with_body(
-        &reply_in_dialog(&reinv, 200, "OK").replace(
-            "Content-Length: 0\r\n\r\n",
-            "Contact: <sip:alice@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n",
-        ),
+    let ok = ok_in_dialog(
+        &reinv,
+        "alice@127.0.0.1:5070",
         &sdp_at("198.51.100.9", 4008),
     );
     sim.udp(ALICE, &ok);
