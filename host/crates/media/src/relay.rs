@@ -1139,6 +1139,20 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
             .unwrap()
     }
 
+    /// A session terminating `side`'s SRTP, whose keys are 1s, then 2s…
+    fn srtp_session(side: Side) -> Session {
+        let mut s = Session::new("203.0.113.7".parse().unwrap());
+        let mut n = 0u8;
+        s.terminate_srtp(
+            side,
+            Box::new(move |b| {
+                n = n.wrapping_add(1);
+                b.fill(n);
+            }),
+        );
+        s
+    }
+
     fn sock(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
@@ -1432,15 +1446,7 @@ m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
     fn a_resent_description_gets_the_same_answer_and_changes_nothing() {
         // SRTP terminated on B's leg: the relay offers B a key of its own.
         let mut pool = PortPool::new(30000, 30099).unwrap();
-        let mut s = Session::new("203.0.113.7".parse().unwrap());
-        let mut keys = 0u8;
-        s.terminate_srtp(
-            Side::B,
-            Box::new(move |b| {
-                keys = keys.wrapping_add(1);
-                b.fill(keys);
-            }),
-        );
+        let mut s = srtp_session(Side::B);
         let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
         let a_offer = offer("198.51.100.1", 4000);
         let to_b = text(
@@ -1815,15 +1821,7 @@ m=audio {port} RTP/SAVP 0\r\na=crypto:{}\r\n",
     #[test]
     fn srtp_contexts_outlive_re_invites_and_a_new_key_takes_over_once_heard() {
         let mut pool = PortPool::new(30000, 30099).unwrap();
-        let mut s = Session::new("203.0.113.7".parse().unwrap());
-        let mut n = 0u8;
-        s.terminate_srtp(
-            Side::A,
-            Box::new(move |b| {
-                n = n.wrapping_add(1);
-                b.fill(n);
-            }),
-        );
+        let mut s = srtp_session(Side::A);
         let (a, b) = (sock("198.51.100.1:4000"), sock("198.51.100.2:5000"));
         let old = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(7));
         let new = Crypto::generate(1, Suite::AesCm128HmacSha1_80, |k| k.fill(8));

@@ -154,7 +154,8 @@ v=0
     )
 }
 
-/// A response to `req` as a UAS at the far end writes it (all Vias copied).
+/// A response to `req` as a UAS at the far end writes it (all Vias copied);
+/// `to_tag` is added to a To without one (an in-dialog request's stays).
 fn answer(req: &Message, code: u16, reason: &str, to_tag: &str, extra: &str) -> String {
     let mut s = format!("SIP/2.0 {code} {reason}\r\n");
     for f in req.fields_all() {
@@ -169,10 +170,16 @@ fn answer(req: &Message, code: u16, reason: &str, to_tag: &str, extra: &str) -> 
             s.push_str(&String::from_utf8_lossy(&req.as_bytes()[f.line.range()]));
         }
         if f.name == HeaderName::To {
-            s.push_str(&format!(
-                "To: {};tag={to_tag}\r\n",
-                String::from_utf8_lossy(req.value(f))
-            ));
+            let to = String::from_utf8_lossy(req.value(f));
+            let tagged = req
+                .to()
+                .and_then(Result::ok)
+                .is_some_and(|t| t.tag().is_some());
+            if tagged {
+                s.push_str(&format!("To: {to}\r\n"));
+            } else {
+                s.push_str(&format!("To: {to};tag={to_tag}\r\n"));
+            }
         }
     }
     s.push_str(extra);

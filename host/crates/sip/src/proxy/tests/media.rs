@@ -552,28 +552,9 @@ fn an_answer_in_an_ack_the_relay_refuses_goes_on_without_it_and_ends_the_call() 
     assert_eq!(relay.in_use(), 0);
 }
 
-/// A response to the in-dialog request `req`: its dialog's own headers.
-fn reply_in_dialog(req: &Message, code: u16, reason: &str) -> String {
-    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
-    for f in req.fields_all() {
-        if matches!(
-            f.name,
-            HeaderName::Via
-                | HeaderName::From
-                | HeaderName::To
-                | HeaderName::CallId
-                | HeaderName::CSeq
-        ) {
-            s.push_str(&String::from_utf8_lossy(&req.as_bytes()[f.line.range()]));
-        }
-    }
-    s.push_str("Content-Length: 0\r\n\r\n");
-    s
-}
-
 /// A 2xx to the in-dialog request `req` from `contact`, with `sdp`.
 fn ok_in_dialog(req: &Message, contact: &str, sdp: &str) -> String {
-    let ok = reply_in_dialog(req, 200, "OK").replace(
+    let ok = answer(req, 200, "OK", "", "").replace(
         "Content-Length: 0\r\n\r\n",
         &format!("Contact: <sip:{contact}>\r\nContent-Length: 0\r\n\r\n"),
     );
@@ -659,9 +640,9 @@ fn re_invites_refused_in_glare_leave_the_relayed_media_as_it_was() {
     let alices = sim.sent_to(BOB);
     assert_eq!(media_of(&alices).port, to_bob.port);
     // Each party refuses the other's: 491.
-    sim.udp(ALICE, &reply_in_dialog(&bobs, 491, "Request Pending"));
+    sim.udp(ALICE, &answer(&bobs, 491, "Request Pending", "", ""));
     assert_eq!(sim.last_to(BOB).status(), Some(491));
-    sim.udp(BOB, &reply_in_dialog(&alices, 491, "Request Pending"));
+    sim.udp(BOB, &answer(&alices, 491, "Request Pending", "", ""));
     assert_eq!(sim.last_to(ALICE).status(), Some(491));
     assert_eq!(relay.in_use(), 2, "the refused offer's ports are back");
     // Media goes where both last agreed: to Bob's old address.
@@ -709,7 +690,7 @@ fn a_failed_request_without_sdp_leaves_a_pending_offer_be() {
     );
     let update = sim.sent_to(BOB);
     assert_eq!(update.method(), Some(Method::Update));
-    sim.udp(BOB, &reply_in_dialog(&update, 501, "Not Implemented"));
+    sim.udp(BOB, &answer(&update, 501, "Not Implemented", "", ""));
     assert_eq!(sim.last_to(ALICE).status(), Some(501));
     assert_eq!(relay.in_use(), 4, "Alice's offer still stands");
     // Bob accepts the video: his 200 is the answer, its SDP the relay's.
